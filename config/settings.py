@@ -1,0 +1,167 @@
+"""Typed settings, read once from the environment (and a `.env` file) at start-up.
+
+Every other module receives a `Settings`; none reads the environment itself.
+A wrong value stops start-up with one line per variable (see `config_errors`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import phonenumbers
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from engine.codes import fits_one_segment
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+# Limits of SignalWire's MFA API (SPEC.md section 1); the local engine keeps them too.
+TOKEN_LENGTH = (4, 20)
+VALID_FOR_MAX = 604_800
+MAX_ATTEMPTS = (1, 20)
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the deployer can configure (SPEC.md section 2)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    port: int = Field(3000, ge=1, le=65535)
+    host: str = "0.0.0.0"
+    swml_basic_auth_user: str | None = None
+    swml_basic_auth_password: SecretStr | None = None
+
+    signalwire_project_id: str | None = None
+    signalwire_api_token: SecretStr | None = None
+    signalwire_space: str | None = None
+
+    mfa_provider: Literal["signalwire", "local"] | None = None
+    mfa_delivery: Literal["outbox", "signalwire"] = "outbox"
+    mfa_from_number: str | None = None
+    mfa_token_length: int = Field(6, ge=TOKEN_LENGTH[0], le=TOKEN_LENGTH[1])
+    mfa_valid_for: int = Field(600, ge=1, le=VALID_FOR_MAX)
+    mfa_max_attempts: int = Field(3, ge=MAX_ATTEMPTS[0], le=MAX_ATTEMPTS[1])
+    mfa_allow_alphas: bool = False
+    mfa_message: str = Field("Your verification code is", min_length=1, max_length=160)
+
+    mfa_destinations: Literal["caller", "any"] = "caller"
+    mfa_allowed_countries: Annotated[list[str], NoDecode] = []
+
+    mfa_store: str = "sqlite:///./data/mfa.sqlite3"
+    mfa_outbox: Path = Path("./data/outbox.jsonl")
+
+    mfa_sends_per_number_per_hour: int = Field(5, ge=1)
+    mfa_sends_per_call: int = Field(3, ge=1)
+    mfa_max_failures_per_call: int = Field(5, ge=1)
+    mfa_sends_per_agent_per_minute: int = Field(600, ge=1)
+
+    mfa_workflow_window: int = Field(90, ge=1, le=VALID_FOR_MAX)
+    mfa_workflow_token_length: int = Field(4, ge=TOKEN_LENGTH[0], le=TOKEN_LENGTH[1])
+    mfa_workflow_tries: int = Field(4, ge=MAX_ATTEMPTS[0], le=MAX_ATTEMPTS[1])
+
+    signalwire_swaig_secret: SecretStr | None = Field(None, min_length=16)
+    agent_id: str = Field("mfa", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    mfa_webhook_urls: Annotated[list[str], NoDecode] = []
+    mfa_webhook_secret: SecretStr | None = None
+
+    # Not in SPEC.md's table: operational knobs with safe defaults.
+    mfa_upstream_timeout: float = Field(8.0, gt=0, le=9.0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("mfa_allowed_countries", "mfa_webhook_urls", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("mfa_allowed_countries")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        known = phonenumbers.SUPPORTED_REGIONS
+        regions = [region.upper() for region in value]
+        unknown = [region for region in regions if region not in known]
+        if unknown:
+            raise ValueError(f"unknown ISO region(s) {', '.join(unknown)}; use codes like US,CA,GB")
+        return regions
+
+    @field_validator("mfa_webhook_urls")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.match(r"^https?://[^\s/]+", url):
+                raise ValueError("each entry must be an http:// or https:// URL")
+        return value
+
+    @field_validator("mfa_from_number")
+    @classmethod
+    def _from_number(cls, value: str | None) -> str | None:
+        if value is not None and not E164.match(value):
+            raise ValueError("must be an E.164 number such as +15551234567")
+        return value
+
+    @field_validator("signalwire_space")
+    @classmethod
+    def _space(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+        if not re.match(r"^[A-Za-z0-9.-]+(:\d{1,5})?$", value):
+            raise ValueError("must be a host such as example.signalwire.com")
+        return value
+
+    @field_validator("mfa_store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if not (value.startswith("sqlite:///") or re.match(r"^rediss?://", value)):
+            raise ValueError("must be sqlite:///path or redis://host:port/db")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.mfa_provider is None:
+            self.mfa_provider = "signalwire" if self.has_signalwire_credentials else "local"
+        uses_rest = self.mfa_provider == "signalwire" or self.mfa_delivery == "signalwire"
+        if uses_rest and not self.has_signalwire_credentials:
+            raise ValueError(
+                "MFA_PROVIDER=signalwire or MFA_DELIVERY=signalwire needs "
+                "SIGNALWIRE_PROJECT_ID, SIGNALWIRE_API_TOKEN and SIGNALWIRE_SPACE"
+            )
+        if self.mfa_provider == "local" and self.mfa_delivery == "signalwire" and not self.mfa_from_number:
+            raise ValueError("MFA_DELIVERY=signalwire needs MFA_FROM_NUMBER (the sender of the SMS)")
+        if not fits_one_segment(self.mfa_message, self.mfa_token_length):
+            raise ValueError(
+                "MFA_MESSAGE with the code must fit one SMS segment "
+                "(160 GSM-7 characters, or 70 with any other character)"
+            )
+        return self
+
+    @property
+    def has_signalwire_credentials(self) -> bool:
+        return bool(self.signalwire_project_id and self.signalwire_api_token and self.signalwire_space)
+
+    @property
+    def signalwire_base_url(self) -> str:
+        """The REST base URL; a loopback host with a port is spoken to over plain http."""
+        space = self.signalwire_space or ""
+        loopback = re.match(r"^(127\.\d+\.\d+\.\d+|localhost|\[::1\]):\d+$", space)
+        return f"{'http' if loopback else 'https'}://{space}"
+
+
+def config_errors(error: ValidationError) -> list[str]:
+    """One line per wrong variable, naming it and what is allowed, never echoing a secret."""
+    lines = []
+    for problem in error.errors():
+        location = "_".join(str(part) for part in problem["loc"]).upper()
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{location}: {message}" if location else message)
+    return lines

@@ -1,0 +1,1 @@
+"""The verification engine: decisions, records and events, shared by every interface."""

@@ -1,0 +1,149 @@
+"""The engine's records: a verification, the outcome of checking a code, and events."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Channel = Literal["sms", "call"]
+
+
+class Status(StrEnum):
+    """Where a verification stands. Only `pending` can change."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    EXPIRED = "expired"
+    MAX_ATTEMPTS_REACHED = "max_attempts_reached"
+    CANCELED = "canceled"
+
+
+class Verification(BaseModel):
+    """One code sent to one number, and what has happened to it since.
+
+    ``to`` is the full E.164 number: it stays in the store and never goes into
+    a log, an event or a text the model reads (use ``masked_to``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    to: str
+    channel: Channel
+    status: Status = Status.PENDING
+    max_attempts: int
+    attempts: int = 0
+    created_at: float
+    expires_at: float
+    updated_at: float
+    agent_id: str
+    call_id: str | None = None
+    provider: str
+    provider_ref: str | None = None  # the provider's own id, e.g. SignalWire's MFA id
+    code_digest: str | None = None  # local provider only: HMAC of the code, never the code
+
+    @property
+    def attempts_left(self) -> int:
+        return max(0, self.max_attempts - self.attempts)
+
+    @property
+    def masked_to(self) -> str:
+        return mask_number(self.to)
+
+    def is_expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+
+def mask_number(number: str) -> str:
+    """Only the last four digits of a number leave the store."""
+    digits = [char for char in number if char.isdigit()]
+    return "***" + "".join(digits[-4:]) if len(digits) >= 4 else "***"
+
+
+def new_verification_id() -> str:
+    return str(uuid.uuid4())
+
+
+class CheckOutcome(StrEnum):
+    """The result of checking one code, each a distinct thing to tell the caller."""
+
+    APPROVED = "approved"
+    WRONG_CODE = "wrong_code"
+    EXPIRED = "expired"
+    MAX_ATTEMPTS_REACHED = "max_attempts_reached"
+    ALREADY_APPROVED = "already_approved"
+    CANCELED = "canceled"
+    LOCKED = "locked"  # this call has used up its failed attempts across codes
+
+
+class CheckResult(BaseModel):
+    """A checked code's outcome, with the verification as it now stands."""
+
+    model_config = ConfigDict(frozen=True)
+
+    outcome: CheckOutcome
+    verification: Verification
+    event: Event | None = None
+
+    @property
+    def attempts_left(self) -> int:
+        return self.verification.attempts_left
+
+
+EventType = Literal[
+    "mfa.sent",
+    "mfa.send_failed",
+    "mfa.verified",
+    "mfa.rejected",
+    "mfa.expired",
+    "mfa.locked",
+    "mfa.canceled",
+]
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Event(BaseModel):
+    """One step of a verification, as every watcher sees it (SPEC.md section 5).
+
+    Never holds a code or a full number: ``to`` is masked.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: EventType
+    agent_id: str
+    call_id: str | None = None
+    verification_id: str | None = None
+    to: str | None = None
+    channel: Channel | None = None
+    attempts_left: int | None = None
+    status: Status | None = None
+    reason: str | None = None
+    at: str = Field(default_factory=utc_now_iso)
+
+    @classmethod
+    def about(
+        cls, type_: EventType, verification: Verification, reason: str | None = None
+    ) -> Event:
+        return cls(
+            type=type_,
+            agent_id=verification.agent_id,
+            call_id=verification.call_id,
+            verification_id=verification.id,
+            to=verification.masked_to,
+            channel=verification.channel,
+            attempts_left=verification.attempts_left,
+            status=verification.status,
+            reason=reason,
+        )
+
+
+CheckResult.model_rebuild()

@@ -1,0 +1,70 @@
+"""The provider interface: who makes, delivers and checks a code.
+
+`signalwire` hands all three to SignalWire's MFA REST API; `local` makes and
+checks codes itself and hands delivery to a `Delivery`. The engine counts
+attempts and keeps status in the store for both, so the SWAIG functions and
+the HTTP API cannot tell the two apart.
+
+Providers raise `ProviderUnavailable` (try again later; nothing known to be
+delivered) or `ProviderRejected` (will not work as configured) and nothing else.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import StrEnum
+
+from engine.models import Channel, Status, Verification
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """What to send. ``valid_for`` and ``max_attempts`` are the engine's, passed on."""
+
+    verification_id: str
+    to: str
+    channel: Channel
+    token_length: int
+    valid_for: int
+    max_attempts: int
+    allow_alphas: bool
+    message: str
+    from_number: str | None = None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the provider made of a send: its own id, or (local) the code's digest."""
+
+    provider_ref: str | None = None
+    code_digest: str | None = None
+
+
+class Answer(StrEnum):
+    """The provider's verdict on one code."""
+
+    CORRECT = "correct"
+    WRONG = "wrong"
+    GONE = "gone"  # the provider no longer knows it: expired, used, attempts spent
+
+
+class Provider(ABC):
+    """Sends codes and checks them. One instance serves the whole process."""
+
+    name: str
+
+    @abstractmethod
+    async def send(self, request: SendRequest) -> Sent:
+        """Deliver a new code to ``request.to``. Never retried blindly: it could text twice."""
+
+    @abstractmethod
+    async def verify(self, verification: Verification, code: str) -> Answer:
+        """Check ``code`` against the verification's code."""
+
+    async def status(self, verification: Verification) -> Status:
+        """Where the provider thinks the verification stands; the store's record by default."""
+        return verification.status
+
+    async def cancel(self, verification: Verification) -> None:  # noqa: B027 - optional hook
+        """Tell the provider to forget the code. The engine refuses checks either way."""

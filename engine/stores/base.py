@@ -1,0 +1,216 @@
+"""The store interface: every piece of state the engine keeps, behind one contract.
+
+Two implementations keep it: SQLite (one instance, the default) and Redis
+(several instances). Every method that decides something does so atomically
+in the store (a transaction in SQLite, a Lua script in Redis), so two
+requests or two instances can never both win the same race.
+
+Times are UNIX seconds as floats, passed in by the caller (so tests can use a
+fake clock); the store never reads the clock itself, except where Redis uses
+key expiry to forget data (a TTL is always given explicitly).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from engine.models import Status, Verification
+
+# How long a finished verification stays readable after it ended (or expired),
+# so a late check or a status query still gets its final status, not a 404.
+RETAIN_FINISHED_SECONDS = 24 * 3600
+
+
+class AttemptGate(StrEnum):
+    """Why an attempt was or was not counted."""
+
+    COUNTED = "counted"  # attempts was incremented; go ahead and check the code
+    NOT_PENDING = "not_pending"  # already approved / canceled / max_attempts_reached / expired
+    EXPIRED = "expired"  # past expires_at: the store moved it to `expired` just now
+    NO_ATTEMPTS_LEFT = "no_attempts_left"  # the store moved it to `max_attempts_reached`
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The answer of `begin_attempt`: the gate, and the verification as it now stands.
+
+    ``changed`` is True when this very call moved the verification out of
+    `pending` (to `expired`), so the caller knows it must publish that event.
+    """
+
+    gate: AttemptGate
+    verification: Verification
+    changed: bool = False
+
+
+class ClaimState(StrEnum):
+    NEW = "new"  # the caller owns the key now and must `complete` or `release` it
+    RUNNING = "running"  # someone else owns it and has not finished
+    DONE = "done"  # finished; `result` holds the stored answer
+
+
+@dataclass(frozen=True)
+class Claim:
+    state: ClaimState
+    result: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A message waiting in a durable outbox (webhook deliveries)."""
+
+    id: str
+    payload: str
+    attempts: int
+    due_at: float
+
+
+class Store(ABC):
+    """Everything the engine keeps. Implementations raise StoreUnavailable when unreachable."""
+
+    # -- lifecycle ----------------------------------------------------------
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, create tables/scripts. Called once at start-up."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers now (readiness)."""
+
+    # -- server keys --------------------------------------------------------
+    @abstractmethod
+    async def secret(self, name: str) -> bytes:
+        """The named 32-byte server key, created at random on first use.
+
+        Every instance sharing the store, before and after a restart, gets the
+        same bytes: two instances racing to create it agree on one value.
+        """
+
+    # -- verifications ------------------------------------------------------
+    @abstractmethod
+    async def create_verification(self, verification: Verification) -> None:
+        """Record a new verification (status `pending`). Ids are unique."""
+
+    @abstractmethod
+    async def get_verification(self, verification_id: str) -> Verification | None:
+        """The verification, or None if unknown or forgotten."""
+
+    @abstractmethod
+    async def begin_attempt(self, verification_id: str, now: float) -> Attempt | None:
+        """Atomically count one attempt at checking a code, if one may be made.
+
+        - not `pending`: gate NOT_PENDING, nothing changes;
+        - `pending` but ``now >= expires_at``: status becomes `expired`, gate EXPIRED,
+          ``changed`` True;
+        - `pending` with ``attempts >= max_attempts``: status becomes
+          `max_attempts_reached`, gate NO_ATTEMPTS_LEFT, ``changed`` True;
+        - otherwise ``attempts += 1``, gate COUNTED.
+        None when the id is unknown.
+        """
+
+    @abstractmethod
+    async def refund_attempt(self, verification_id: str) -> None:
+        """Undo one counted attempt whose code could not be checked (provider down)."""
+
+    @abstractmethod
+    async def transition(
+        self, verification_id: str, to: Status, now: float, *, provider_ref: str | None = None
+    ) -> Verification | None:
+        """Move a `pending` verification to ``to``; None if it was not `pending`.
+
+        Exactly one of several concurrent callers succeeds. Ending a
+        verification removes it from the expiry schedule and keeps it
+        readable for RETAIN_FINISHED_SECONDS.
+        """
+
+    @abstractmethod
+    async def due_for_expiry(self, now: float, limit: int = 100) -> list[str]:
+        """Ids of `pending` verifications whose ``expires_at`` has passed."""
+
+    @abstractmethod
+    async def next_expiry(self) -> float | None:
+        """The earliest ``expires_at`` among `pending` verifications, or None."""
+
+    # -- counters and limits ------------------------------------------------
+    @abstractmethod
+    async def hit(self, key: str, limit: int, window: float, now: float) -> float:
+        """Sliding-window limiter: record one event under ``key`` if fewer than
+        ``limit`` happened in the last ``window`` seconds and return 0; else record
+        nothing and return the seconds until one more would be allowed."""
+
+    @abstractmethod
+    async def unhit(self, key: str, now: float) -> None:
+        """Take back the newest event recorded under ``key`` (a send that then failed)."""
+
+    @abstractmethod
+    async def incr(self, key: str, ttl: float) -> int:
+        """Add one to a counter that lives ``ttl`` seconds from its first increment."""
+
+    @abstractmethod
+    async def get_count(self, key: str) -> int:
+        """The counter's value (0 if absent or gone)."""
+
+    # -- repeated requests --------------------------------------------------
+    @abstractmethod
+    async def claim(self, key: str, ttl: float) -> Claim:
+        """Take ``key`` for a request, or report who has it.
+
+        NEW: the caller owns it for ``ttl`` seconds (after that, if never
+        completed, it is free again: a crashed owner does not block forever).
+        RUNNING: another owner is still working. DONE: the stored result.
+        """
+
+    @abstractmethod
+    async def complete(self, key: str, result: dict[str, Any], ttl: float) -> None:
+        """Store the owner's result under ``key`` for ``ttl`` seconds."""
+
+    @abstractmethod
+    async def release(self, key: str) -> None:
+        """Forget ``key`` (the request failed in a way a new try may repeat)."""
+
+    # -- generic records ----------------------------------------------------
+    @abstractmethod
+    async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl: float) -> None:
+        """Keep a small JSON document (e.g. a call's verified flag, an orchestration)."""
+
+    @abstractmethod
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        """The document, or None if absent or expired."""
+
+    # -- durable outbox -----------------------------------------------------
+    @abstractmethod
+    async def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> None:
+        """Add an item; an id already queued is ignored (de-duplication)."""
+
+    @abstractmethod
+    async def claim_due(self, queue: str, now: float, lease: float, limit: int) -> list[OutboxItem]:
+        """Items due by ``now``, each hidden from other claimers for ``lease`` seconds."""
+
+    @abstractmethod
+    async def ack(self, queue: str, item_id: str) -> None:
+        """The item was delivered: remove it."""
+
+    @abstractmethod
+    async def retry_later(self, queue: str, item_id: str, due_at: float) -> None:
+        """Delivery failed: count the attempt and make it due again at ``due_at``."""
+
+    @abstractmethod
+    async def backlog(self, queue: str) -> int:
+        """How many items wait in the queue."""
+
+    # -- event fan-out ------------------------------------------------------
+    @abstractmethod
+    async def broadcast(self, message: str) -> None:
+        """Send a message to every instance's `listen` (itself included)."""
+
+    @abstractmethod
+    def listen(self) -> AsyncIterator[str]:
+        """Every message broadcast from now on, by any instance sharing the store."""

@@ -1,0 +1,43 @@
+"""Where the engine keeps its state: the Store contract and its SQLite and Redis implementations."""
+
+from __future__ import annotations
+
+from engine.stores.base import (
+    RETAIN_FINISHED_SECONDS,
+    Attempt,
+    AttemptGate,
+    Claim,
+    ClaimState,
+    OutboxItem,
+    Store,
+)
+from engine.stores.redis import RedisStore
+from engine.stores.sqlite import SqliteStore
+
+__all__ = [
+    "RETAIN_FINISHED_SECONDS",
+    "Attempt",
+    "AttemptGate",
+    "Claim",
+    "ClaimState",
+    "OutboxItem",
+    "RedisStore",
+    "SqliteStore",
+    "Store",
+    "open_store",
+]
+
+_SQLITE = "sqlite:///"
+
+
+def open_store(url: str, *, prefix: str = "mfa:") -> Store:
+    """The store that ``url`` names, not yet opened (call ``await store.open()``).
+
+    ``sqlite:///relative/path``, ``sqlite:////absolute/path``, or
+    ``redis://host:port/db`` / ``rediss://...`` (keys under ``prefix``).
+    """
+    if url.startswith(_SQLITE) and len(url) > len(_SQLITE):
+        return SqliteStore(url.removeprefix(_SQLITE))
+    if url.startswith(("redis://", "rediss://")):
+        return RedisStore(url, prefix=prefix)
+    raise ValueError("a store URL is sqlite:///path, redis://host:port/db or rediss://host:port/db")

@@ -1,0 +1,578 @@
+"""The Redis store: several instances share one Redis, every decision is one Lua script.
+
+A script runs atomically in Redis, so the read and the write of a decision
+(count an attempt, end a verification, take a claim, lease outbox items) can
+never interleave with another instance's. Scripts are registered once in
+``open()``; redis-py sends them by SHA and loads them on first use.
+
+Keys, all under ``prefix`` (default ``mfa:``):
+
+- ``v:{id}``: a verification, as a hash with short field names (see ``_SHORT``);
+  it expires RETAIN_FINISHED_SECONDS after it would have expired, and again
+  RETAIN_FINISHED_SECONDS after it ends;
+- ``expiry``: sorted set of pending verification ids by ``expires_at``;
+- ``hit:{key}``: sorted set of one sliding window's events by time;
+- ``count:{key}``, ``claim:{key}``, ``record:{kind}:{id}``, ``secret:{name}``: strings;
+- ``outbox:{queue}:due`` (sorted set by due time), ``outbox:{queue}:payload`` and
+  ``outbox:{queue}:attempts`` (hashes by item id);
+- channel ``events``: the pub/sub channel of ``broadcast``/``listen``.
+
+TTLs are always relative (PEXPIRE, PX), never absolute: the caller's ``now``
+may be a test's fixed clock or a clock that disagrees with the Redis host's,
+and neither may make fresh data vanish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.exceptions
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+
+from engine.errors import StoreUnavailable
+from engine.models import Status, Verification
+from engine.stores.base import (
+    RETAIN_FINISHED_SECONDS,
+    Attempt,
+    AttemptGate,
+    Claim,
+    ClaimState,
+    OutboxItem,
+    Store,
+)
+
+# A dead or unreachable Redis must answer "unavailable" fast, not hang a request.
+SOCKET_TIMEOUT_SECONDS = 2.0
+MAX_CONNECTIONS = 64
+# How often an idle listener wakes up to notice that the store was closed.
+LISTEN_POLL_SECONDS = 1.0
+
+# Verification field -> hash field. Short names keep a pending verification small.
+_SHORT = {
+    "to": "to",
+    "channel": "ch",
+    "status": "st",
+    "max_attempts": "ma",
+    "attempts": "at",
+    "created_at": "ca",
+    "expires_at": "ea",
+    "updated_at": "ua",
+    "agent_id": "ag",
+    "call_id": "ci",
+    "provider": "pv",
+    "provider_ref": "pr",
+    "code_digest": "cd",
+}
+_LONG = {short: field for field, short in _SHORT.items()}
+_RUNNING = "running"  # a claim's value while its owner works; a finished one holds JSON
+
+_CREATE = """
+-- KEYS: verification, expiry schedule. ARGV: id, expires_at, ttl_ms, schedule (1/0), field, value, ...
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
+return 1
+"""
+
+_BEGIN_ATTEMPT = """
+-- KEYS: verification, expiry schedule. ARGV: id, now, retain_ms.
+local key = KEYS[1]
+local status = redis.call('HGET', key, 'st')
+if not status then return false end
+local function finish(to)
+  redis.call('HSET', key, 'st', to, 'ua', ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', key, ARGV[3])
+end
+local gate = 'counted'
+if status ~= 'pending' then
+  gate = 'not_pending'
+elseif tonumber(ARGV[2]) >= tonumber(redis.call('HGET', key, 'ea')) then
+  gate = 'expired'
+  finish('expired')
+elseif tonumber(redis.call('HGET', key, 'at')) >= tonumber(redis.call('HGET', key, 'ma')) then
+  gate = 'no_attempts_left'
+  finish('max_attempts_reached')
+else
+  redis.call('HINCRBY', key, 'at', 1)
+  redis.call('HSET', key, 'ua', ARGV[2])
+end
+return {gate, redis.call('HGETALL', key)}
+"""
+
+_REFUND_ATTEMPT = """
+-- KEYS: verification.
+if redis.call('HGET', KEYS[1], 'st') == 'pending' and tonumber(redis.call('HGET', KEYS[1], 'at')) > 0 then
+  redis.call('HINCRBY', KEYS[1], 'at', -1)
+end
+return 0
+"""
+
+_TRANSITION = """
+-- KEYS: verification, expiry schedule. ARGV: id, to, now, retain_ms [, provider_ref].
+if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
+  -- Also drops the schedule entry of a verification that Redis already forgot.
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return false
+end
+redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ua', ARGV[3])
+if ARGV[5] then redis.call('HSET', KEYS[1], 'pr', ARGV[5]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_HIT = """
+-- KEYS: event log. ARGV: now, window start (events at or before it are gone), limit, member, window_ms.
+-- Nil when the event was recorded; else the oldest event's time (or now if there is none).
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return false
+end
+return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or ARGV[1]
+"""
+
+_INCR = """
+-- KEYS: counter. ARGV: ttl_ms. The lifetime starts at the first increment.
+local value = redis.call('INCR', KEYS[1])
+if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return value
+"""
+
+_CLAIM = """
+-- KEYS: claim. ARGV: running marker, ttl_ms. Nil when the caller took it; else its value.
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])
+"""
+
+_SERVER_KEY = """
+-- KEYS: secret. ARGV: a fresh random value, kept only if none exists yet.
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+_ENQUEUE = """
+-- KEYS: due schedule, payloads. ARGV: id, due_at, payload.
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+end
+return 0
+"""
+
+_CLAIM_DUE = """
+-- KEYS: due schedule, payloads, attempts. ARGV: now, lease end, limit.
+-- Returns id, payload, attempts, due_at for each item, flattened.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local items = {}
+for i = 1, #due, 2 do
+  local id = due[i]
+  local payload = redis.call('HGET', KEYS[2], id)
+  if payload then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    table.insert(items, id)
+    table.insert(items, payload)
+    table.insert(items, redis.call('HGET', KEYS[3], id) or '0')
+    table.insert(items, due[i + 1])
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return items
+"""
+
+_RETRY_LATER = """
+-- KEYS: due schedule, payloads, attempts. ARGV: id, due_at.
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class _Scripts:
+    create: AsyncScript
+    begin_attempt: AsyncScript
+    refund_attempt: AsyncScript
+    transition: AsyncScript
+    hit: AsyncScript
+    incr: AsyncScript
+    claim: AsyncScript
+    secret: AsyncScript
+    enqueue: AsyncScript
+    claim_due: AsyncScript
+    retry_later: AsyncScript
+
+    @classmethod
+    def register(cls, client: Redis) -> _Scripts:
+        return cls(
+            create=client.register_script(_CREATE),
+            begin_attempt=client.register_script(_BEGIN_ATTEMPT),
+            refund_attempt=client.register_script(_REFUND_ATTEMPT),
+            transition=client.register_script(_TRANSITION),
+            hit=client.register_script(_HIT),
+            incr=client.register_script(_INCR),
+            claim=client.register_script(_CLAIM),
+            secret=client.register_script(_SERVER_KEY),
+            enqueue=client.register_script(_ENQUEUE),
+            claim_due=client.register_script(_CLAIM_DUE),
+            retry_later=client.register_script(_RETRY_LATER),
+        )
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """Turn "cannot reach Redis" into StoreUnavailable; other Redis errors are bugs and pass."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable("the Redis store cannot be reached") from exc
+
+
+def _num(value: float) -> str:
+    """A float as Redis and Lua read it back exactly (repr is the shortest exact form)."""
+    return repr(float(value))
+
+
+def _ms(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least 1 (Redis refuses 0)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _to_hash(verification: Verification) -> list[str]:
+    fields: list[str] = []
+    for field, value in verification.model_dump(mode="json", exclude={"id"}).items():
+        if value is not None:
+            fields += [_SHORT[field], str(value)]
+    return fields
+
+
+def _from_hash(verification_id: str, values: Mapping[str, str]) -> Verification:
+    # The strings become numbers and enums through pydantic's validation.
+    fields = {_LONG[short]: value for short, value in values.items()}
+    return Verification.model_validate({"id": verification_id, **fields})
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    """HGETALL's reply inside a script: a flat list of field, value, field, value..."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisStore(Store):
+    """The store in Redis at ``url`` (``redis://`` or ``rediss://``), keys under ``prefix``.
+
+    ``open()`` does not contact Redis: the instance starts, reports itself not
+    ready through ``ping()``, and works as soon as Redis answers.
+    """
+
+    def __init__(self, url: str, prefix: str = "mfa:") -> None:
+        self._url = url
+        self._prefix = prefix
+        self._channel = f"{prefix}events"
+        self._redis: Redis | None = None
+        self._scripts: _Scripts | None = None
+        self._secrets: dict[str, bytes] = {}
+        # Listeners of this instance whose SUBSCRIBE is not confirmed yet (see broadcast).
+        self._subscribing: set[asyncio.Task[None]] = set()
+        self._pubsubs: weakref.WeakSet[PubSub] = weakref.WeakSet()
+
+    # -- lifecycle ----------------------------------------------------------
+    async def open(self) -> None:
+        pool = BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=SOCKET_TIMEOUT_SECONDS,  # waiting for a free connection
+            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            # One quick retry covers a pooled connection that went stale (Redis restarted);
+            # the default retries with backoff for seconds, which a readiness probe cannot wait.
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
+            health_check_interval=30,
+            decode_responses=True,
+        )
+        self._redis = Redis.from_pool(pool)
+        self._scripts = _Scripts.register(self._redis)
+
+    async def close(self) -> None:
+        client, self._redis, self._scripts = self._redis, None, None
+        for task in list(self._subscribing):
+            task.cancel()
+        for pubsub in list(self._pubsubs):
+            with suppress(redis.exceptions.RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        if client is not None:
+            with suppress(redis.exceptions.RedisError, OSError):
+                await client.aclose()
+
+    async def ping(self) -> None:
+        with _unavailable():
+            await self._client.ping()
+
+    @property
+    def _client(self) -> Redis:
+        if self._redis is None:
+            raise StoreUnavailable("the Redis store is not open")
+        return self._redis
+
+    @property
+    def _script(self) -> _Scripts:
+        if self._scripts is None:
+            raise StoreUnavailable("the Redis store is not open")
+        return self._scripts
+
+    def _key(self, *parts: str) -> str:
+        return self._prefix + ":".join(parts)
+
+    # -- server keys --------------------------------------------------------
+    async def secret(self, name: str) -> bytes:
+        if name not in self._secrets:
+            with _unavailable():
+                value = await self._script.secret(
+                    keys=[self._key("secret", name)], args=[secrets.token_hex(32)]
+                )
+            self._secrets[name] = bytes.fromhex(value)
+        return self._secrets[name]
+
+    # -- verifications ------------------------------------------------------
+    async def create_verification(self, verification: Verification) -> None:
+        lifetime = max(0.0, verification.expires_at - verification.created_at)
+        with _unavailable():
+            created = await self._script.create(
+                keys=[self._key("v", verification.id), self._key("expiry")],
+                args=[
+                    verification.id,
+                    _num(verification.expires_at),
+                    _ms(lifetime + RETAIN_FINISHED_SECONDS),
+                    "1" if verification.status is Status.PENDING else "0",
+                    *_to_hash(verification),
+                ],
+            )
+        if not created:
+            raise ValueError(f"verification {verification.id} already exists")
+
+    async def get_verification(self, verification_id: str) -> Verification | None:
+        with _unavailable():
+            # decode_responses=True: every reply is str, whatever redis-py's annotations allow.
+            values = cast(dict[str, str], await self._client.hgetall(self._key("v", verification_id)))
+        return _from_hash(verification_id, values) if values else None
+
+    async def begin_attempt(self, verification_id: str, now: float) -> Attempt | None:
+        with _unavailable():
+            answer = await self._script.begin_attempt(
+                keys=[self._key("v", verification_id), self._key("expiry")],
+                args=[verification_id, _num(now), _ms(RETAIN_FINISHED_SECONDS)],
+            )
+        if answer is None:
+            return None
+        gate = AttemptGate(answer[0])
+        changed = gate in (AttemptGate.EXPIRED, AttemptGate.NO_ATTEMPTS_LEFT)
+        return Attempt(gate, _from_hash(verification_id, _pairs(answer[1])), changed=changed)
+
+    async def refund_attempt(self, verification_id: str) -> None:
+        with _unavailable():
+            await self._script.refund_attempt(keys=[self._key("v", verification_id)])
+
+    async def transition(
+        self, verification_id: str, to: Status, now: float, *, provider_ref: str | None = None
+    ) -> Verification | None:
+        args = [verification_id, to.value, _num(now), _ms(RETAIN_FINISHED_SECONDS)]
+        if provider_ref is not None:
+            args.append(provider_ref)
+        with _unavailable():
+            flat = await self._script.transition(
+                keys=[self._key("v", verification_id), self._key("expiry")], args=args
+            )
+        return None if flat is None else _from_hash(verification_id, _pairs(flat))
+
+    async def due_for_expiry(self, now: float, limit: int = 100) -> list[str]:
+        with _unavailable():
+            ids = await self._client.zrangebyscore(self._key("expiry"), "-inf", _num(now), start=0, num=limit)
+        return cast(list[str], ids)
+
+    async def next_expiry(self) -> float | None:
+        with _unavailable():
+            earliest = cast(
+                list[tuple[str, float]], await self._client.zrange(self._key("expiry"), 0, 0, withscores=True)
+            )
+        return float(earliest[0][1]) if earliest else None
+
+    # -- counters and limits ------------------------------------------------
+    async def hit(self, key: str, limit: int, window: float, now: float) -> float:
+        with _unavailable():
+            oldest = await self._script.hit(
+                keys=[self._key("hit", key)],
+                # The member only has to be unique: two events may share a timestamp.
+                args=[_num(now), _num(now - window), limit, secrets.token_hex(8), _ms(window)],
+            )
+        return 0.0 if oldest is None else max(0.0, float(oldest) + window - now)
+
+    async def unhit(self, key: str, now: float) -> None:
+        with _unavailable():
+            await self._client.zpopmax(self._key("hit", key))
+
+    async def incr(self, key: str, ttl: float) -> int:
+        with _unavailable():
+            value = await self._script.incr(keys=[self._key("count", key)], args=[_ms(ttl)])
+        return int(value)
+
+    async def get_count(self, key: str) -> int:
+        with _unavailable():
+            value = await self._client.get(self._key("count", key))
+        return 0 if value is None else int(value)
+
+    # -- repeated requests --------------------------------------------------
+    async def claim(self, key: str, ttl: float) -> Claim:
+        with _unavailable():
+            value = await self._script.claim(keys=[self._key("claim", key)], args=[_RUNNING, _ms(ttl)])
+        if value is None:
+            return Claim(ClaimState.NEW)
+        if value == _RUNNING:
+            return Claim(ClaimState.RUNNING)
+        return Claim(ClaimState.DONE, json.loads(value))
+
+    async def complete(self, key: str, result: dict[str, Any], ttl: float) -> None:
+        with _unavailable():
+            await self._client.set(
+                self._key("claim", key), json.dumps(result, separators=(",", ":")), px=_ms(ttl)
+            )
+
+    async def release(self, key: str) -> None:
+        with _unavailable():
+            await self._client.delete(self._key("claim", key))
+
+    # -- generic records ----------------------------------------------------
+    async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl: float) -> None:
+        with _unavailable():
+            await self._client.set(
+                self._key("record", kind, record_id), json.dumps(data, separators=(",", ":")), px=_ms(ttl)
+            )
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        with _unavailable():
+            value = await self._client.get(self._key("record", kind, record_id))
+        if value is None:
+            return None
+        data: dict[str, Any] = json.loads(value)
+        return data
+
+    # -- durable outbox -----------------------------------------------------
+    def _outbox(self, queue: str) -> list[str]:
+        return [self._key("outbox", queue, part) for part in ("due", "payload", "attempts")]
+
+    async def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> None:
+        with _unavailable():
+            await self._script.enqueue(keys=self._outbox(queue)[:2], args=[item_id, _num(due_at), payload])
+
+    async def claim_due(self, queue: str, now: float, lease: float, limit: int) -> list[OutboxItem]:
+        """Items due by ``now``, each hidden for ``lease`` seconds; ``due_at`` is when it fell due."""
+        if limit <= 0:
+            return []
+        with _unavailable():
+            flat: list[str] = await self._script.claim_due(
+                keys=self._outbox(queue), args=[_num(now), _num(now + lease), limit]
+            )
+        return [
+            OutboxItem(id=flat[i], payload=flat[i + 1], attempts=int(flat[i + 2]), due_at=float(flat[i + 3]))
+            for i in range(0, len(flat), 4)
+        ]
+
+    async def ack(self, queue: str, item_id: str) -> None:
+        due, payload, attempts = self._outbox(queue)
+        with _unavailable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zrem(due, item_id)
+                pipe.hdel(payload, item_id)
+                pipe.hdel(attempts, item_id)
+                await pipe.execute()
+
+    async def retry_later(self, queue: str, item_id: str, due_at: float) -> None:
+        with _unavailable():
+            await self._script.retry_later(keys=self._outbox(queue), args=[item_id, _num(due_at)])
+
+    async def backlog(self, queue: str) -> int:
+        with _unavailable():
+            count: int = await self._client.zcard(self._key("outbox", queue, "due"))
+        return count
+
+    # -- event fan-out ------------------------------------------------------
+    async def broadcast(self, message: str) -> None:
+        client = self._client
+        if self._subscribing:
+            # This instance's listeners still subscribing: let them finish first, so a
+            # message broadcast here after listen() returned reaches them. asyncio.wait
+            # never cancels them, even if this call is cancelled.
+            await asyncio.wait(set(self._subscribing), timeout=SOCKET_TIMEOUT_SECONDS)
+        with _unavailable():
+            await client.publish(self._channel, message)
+
+    def listen(self) -> AsyncIterator[str]:
+        """Every message broadcast after this call, by any instance; ends when the store closes.
+
+        Each call has its own pub/sub connection. Its SUBSCRIBE starts here, not
+        at the first ``__anext__``, and this instance's ``broadcast`` waits for it,
+        so nothing this instance broadcasts after ``listen()`` returns is missed.
+        The race that remains: a message another instance publishes before the
+        SUBSCRIBE is confirmed (a few milliseconds) is not received, and neither
+        is anything published while the connection is being re-established
+        after Redis dropped it (pub/sub keeps no history).
+        """
+        client = self._client
+        pubsub = client.pubsub()
+        self._pubsubs.add(pubsub)
+        subscribed = asyncio.create_task(self._subscribe(pubsub))
+        self._subscribing.add(subscribed)
+        subscribed.add_done_callback(self._subscribing.discard)
+        # Mark a failure as seen even if the iterator is never started; it re-raises on first use.
+        subscribed.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return self._messages(client, pubsub, subscribed)
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        with _unavailable():
+            await pubsub.subscribe(self._channel)
+            # Redis answers SUBSCRIBE once the subscription is in place: from that reply
+            # on, every PUBLISH reaches this connection.
+            while True:
+                reply = await pubsub.get_message(timeout=SOCKET_TIMEOUT_SECONDS)
+                if reply is None:
+                    raise redis.exceptions.TimeoutError("no reply to SUBSCRIBE")
+                if reply["type"] == "subscribe":
+                    return
+
+    async def _messages(
+        self, client: Redis, pubsub: PubSub, subscribed: asyncio.Task[None]
+    ) -> AsyncIterator[str]:
+        try:
+            await subscribed
+            # A bounded wait, so a listener notices close() even if its connection lingers.
+            while self._redis is client:
+                try:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=LISTEN_POLL_SECONDS
+                    )
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                    if self._redis is not client:
+                        return  # close() cut the connection: the end, not a failure
+                    raise StoreUnavailable("the Redis store cannot be reached") from exc
+                if message is not None and message["type"] == "message":
+                    yield str(message["data"])
+        finally:
+            subscribed.cancel()
+            self._pubsubs.discard(pubsub)
+            with suppress(redis.exceptions.RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

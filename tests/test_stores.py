@@ -1,0 +1,502 @@
+"""The Store contract (engine/stores/base.py), run against SQLite and Redis alike.
+
+Times are a fixed fake clock; only the TTL tests wait, briefly, on the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from engine.errors import StoreUnavailable
+from engine.models import Status, Verification
+from engine.stores import (
+    AttemptGate,
+    ClaimState,
+    RedisStore,
+    SqliteStore,
+    Store,
+    open_store,
+)
+
+NOW = 1_700_000_000.0
+SHORT_TTL = 0.2  # seconds: long enough to observe, short enough to wait out
+
+
+def make_verification(**changes: Any) -> Verification:
+    fields: dict[str, Any] = {
+        "id": str(uuid4()),
+        "to": "+15551234567",
+        "channel": "sms",
+        "max_attempts": 3,
+        "created_at": NOW,
+        "expires_at": NOW + 600,
+        "updated_at": NOW,
+        "agent_id": "mfa",
+        "provider": "local",
+    }
+    return Verification(**(fields | changes))
+
+
+async def created(store: Store, **changes: Any) -> Verification:
+    verification = make_verification(**changes)
+    await store.create_verification(verification)
+    return verification
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``check`` until it holds; for what only the real clock (a TTL) can bring about."""
+    for _ in range(150):  # 3 s at most
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail("the condition did not hold within 3 s")
+
+
+# -- verifications ----------------------------------------------------------
+
+
+async def test_create_then_get_returns_the_same_verification(store: Store) -> None:
+    full = await created(store, call_id="call-1", provider_ref="ref-1", code_digest="d" * 64, channel="call")
+    bare = await created(store)
+
+    assert await store.get_verification(full.id) == full
+    assert await store.get_verification(bare.id) == bare
+
+
+async def test_creating_an_existing_id_is_refused(store: Store) -> None:
+    verification = await created(store)
+
+    with pytest.raises(ValueError, match="already exists"):
+        await store.create_verification(verification)
+
+
+async def test_unknown_ids_are_none(store: Store) -> None:
+    assert await store.get_verification("nope") is None
+    assert await store.begin_attempt("nope", NOW) is None
+    assert await store.transition("nope", Status.APPROVED, NOW) is None
+
+
+async def test_attempts_are_counted_up_to_max_then_refused(store: Store) -> None:
+    verification = await created(store, max_attempts=3)
+
+    for expected in (1, 2, 3):
+        attempt = await store.begin_attempt(verification.id, NOW + expected)
+        assert attempt is not None
+        assert (attempt.gate, attempt.changed) == (AttemptGate.COUNTED, False)
+        assert attempt.verification.attempts == expected
+
+    refused = await store.begin_attempt(verification.id, NOW + 10)
+    assert refused is not None
+    assert (refused.gate, refused.changed) == (AttemptGate.NO_ATTEMPTS_LEFT, True)
+    assert refused.verification.status is Status.MAX_ATTEMPTS_REACHED
+
+    again = await store.begin_attempt(verification.id, NOW + 11)
+    assert again is not None
+    assert (again.gate, again.changed) == (AttemptGate.NOT_PENDING, False)
+    stored = await store.get_verification(verification.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (Status.MAX_ATTEMPTS_REACHED, 3)
+
+
+async def test_an_attempt_after_expiry_expires_it_once(store: Store) -> None:
+    verification = await created(store, expires_at=NOW + 600)
+
+    expired = await store.begin_attempt(verification.id, NOW + 600)
+    assert expired is not None
+    assert (expired.gate, expired.changed) == (AttemptGate.EXPIRED, True)
+    assert expired.verification.status is Status.EXPIRED
+    assert expired.verification.attempts == 0
+
+    later = await store.begin_attempt(verification.id, NOW + 601)
+    assert later is not None
+    assert (later.gate, later.changed) == (AttemptGate.NOT_PENDING, False)
+    assert await store.due_for_expiry(NOW + 1000) == []
+
+
+async def test_only_one_of_many_concurrent_transitions_wins(store: Store) -> None:
+    verification = await created(store)
+
+    results = await asyncio.gather(
+        *(store.transition(verification.id, Status.APPROVED, NOW + 1, provider_ref=str(i)) for i in range(50))
+    )
+
+    winners = [result for result in results if result is not None]
+    assert len(winners) == 1
+    assert winners[0].status is Status.APPROVED
+    assert winners[0].updated_at == NOW + 1
+    assert await store.get_verification(verification.id) == winners[0]
+
+
+async def test_transition_keeps_the_provider_ref_unless_given(store: Store) -> None:
+    kept = await created(store, provider_ref="original")
+    replaced = await created(store, provider_ref="original")
+
+    ended = await store.transition(kept.id, Status.CANCELED, NOW)
+    assert ended is not None
+    assert ended.provider_ref == "original"
+    ended = await store.transition(replaced.id, Status.APPROVED, NOW, provider_ref="new")
+    assert ended is not None
+    assert ended.provider_ref == "new"
+
+
+async def test_concurrent_attempts_count_exactly_max_attempts(store: Store) -> None:
+    verification = await created(store, max_attempts=3)
+
+    attempts = await asyncio.gather(*(store.begin_attempt(verification.id, NOW) for _ in range(50)))
+
+    gates = [attempt.gate for attempt in attempts if attempt is not None]
+    assert len(gates) == 50
+    assert gates.count(AttemptGate.COUNTED) == 3
+    assert gates.count(AttemptGate.NO_ATTEMPTS_LEFT) == 1
+    assert gates.count(AttemptGate.NOT_PENDING) == 46
+    stored = await store.get_verification(verification.id)
+    assert stored is not None
+    assert stored.attempts == 3
+
+
+async def test_a_refunded_attempt_can_be_made_again(store: Store) -> None:
+    verification = await created(store, max_attempts=1)
+    await store.begin_attempt(verification.id, NOW)
+
+    await store.refund_attempt(verification.id)
+    await store.refund_attempt(verification.id)  # never below zero
+
+    stored = await store.get_verification(verification.id)
+    assert stored is not None
+    assert stored.attempts == 0
+    attempt = await store.begin_attempt(verification.id, NOW)
+    assert attempt is not None
+    assert attempt.gate is AttemptGate.COUNTED
+
+
+async def test_a_refund_does_not_touch_an_ended_verification(store: Store) -> None:
+    verification = await created(store)
+    await store.begin_attempt(verification.id, NOW)
+    await store.transition(verification.id, Status.APPROVED, NOW)
+
+    await store.refund_attempt(verification.id)
+
+    stored = await store.get_verification(verification.id)
+    assert stored is not None
+    assert stored.attempts == 1
+
+
+async def test_expiry_schedule_lists_pending_verifications_by_expiry(store: Store) -> None:
+    assert await store.next_expiry() is None
+    third = await created(store, expires_at=NOW + 30)
+    first = await created(store, expires_at=NOW + 10)
+    second = await created(store, expires_at=NOW + 20)
+
+    assert await store.next_expiry() == NOW + 10
+    assert await store.due_for_expiry(NOW + 9) == []
+    assert await store.due_for_expiry(NOW + 10) == [first.id]
+    assert await store.due_for_expiry(NOW + 100) == [first.id, second.id, third.id]
+    assert await store.due_for_expiry(NOW + 100, limit=2) == [first.id, second.id]
+
+
+async def test_ending_a_verification_takes_it_off_the_schedule(store: Store) -> None:
+    first = await created(store, expires_at=NOW + 10)
+    second = await created(store, expires_at=NOW + 20)
+
+    await store.transition(first.id, Status.APPROVED, NOW + 5)
+
+    assert await store.next_expiry() == NOW + 20
+    assert await store.due_for_expiry(NOW + 100) == [second.id]
+    await store.transition(second.id, Status.EXPIRED, NOW + 20)
+    assert await store.next_expiry() is None
+    assert await store.due_for_expiry(NOW + 100) == []
+
+
+# -- counters and limits ----------------------------------------------------
+
+
+async def test_hit_is_a_sliding_window(store: Store) -> None:
+    for offset in (0, 10, 20):
+        assert await store.hit("number", limit=3, window=60, now=NOW + offset) == 0
+
+    # Full: the oldest event (at NOW) leaves the window at NOW + 60.
+    assert await store.hit("number", limit=3, window=60, now=NOW + 30) == pytest.approx(30)
+    assert await store.hit("number", limit=3, window=60, now=NOW + 59.5) == pytest.approx(0.5)
+    # The refused tries were not recorded; at NOW + 60 the first event is out.
+    assert await store.hit("number", limit=3, window=60, now=NOW + 60) == 0
+    assert await store.hit("number", limit=3, window=60, now=NOW + 61) == pytest.approx(9)
+    assert await store.hit("other", limit=3, window=60, now=NOW + 61) == 0
+
+
+async def test_hits_at_the_same_instant_all_count(store: Store) -> None:
+    assert await store.hit("agent", limit=2, window=60, now=NOW) == 0
+    assert await store.hit("agent", limit=2, window=60, now=NOW) == 0
+    assert await store.hit("agent", limit=2, window=60, now=NOW) == pytest.approx(60)
+
+
+async def test_unhit_takes_back_the_newest_event(store: Store) -> None:
+    assert await store.hit("call", limit=1, window=60, now=NOW) == 0
+    assert await store.hit("call", limit=1, window=60, now=NOW + 1) > 0
+
+    await store.unhit("call", NOW + 1)
+
+    assert await store.hit("call", limit=1, window=60, now=NOW + 2) == 0
+
+
+async def test_counters_count_until_their_ttl_passes(store: Store) -> None:
+    assert await store.get_count("failures") == 0
+    assert [await store.incr("failures", ttl=60) for _ in range(3)] == [1, 2, 3]
+    assert await store.get_count("failures") == 3
+    assert await store.get_count("other") == 0
+
+    assert await store.incr("short", ttl=SHORT_TTL) == 1
+
+    async def forgotten() -> bool:
+        return await store.get_count("short") == 0
+
+    await eventually(forgotten)
+    assert await store.incr("short", ttl=60) == 1
+
+
+# -- repeated requests ------------------------------------------------------
+
+
+async def test_claim_runs_then_completes(store: Store) -> None:
+    assert (await store.claim("request", ttl=30)).state is ClaimState.NEW
+    assert (await store.claim("request", ttl=30)).state is ClaimState.RUNNING
+
+    await store.complete("request", {"response": "sent", "n": 1}, ttl=30)
+
+    done = await store.claim("request", ttl=30)
+    assert done.state is ClaimState.DONE
+    assert done.result == {"response": "sent", "n": 1}
+
+
+async def test_a_released_claim_is_new_again(store: Store) -> None:
+    await store.claim("request", ttl=30)
+
+    await store.release("request")
+
+    assert (await store.claim("request", ttl=30)).state is ClaimState.NEW
+
+
+async def test_an_abandoned_claim_is_free_after_its_ttl(store: Store) -> None:
+    assert (await store.claim("request", ttl=SHORT_TTL)).state is ClaimState.NEW
+    assert (await store.claim("request", ttl=SHORT_TTL)).state is ClaimState.RUNNING
+
+    async def free() -> bool:
+        return (await store.claim("request", ttl=30)).state is ClaimState.NEW
+
+    await eventually(free)
+
+
+# -- records ----------------------------------------------------------------
+
+
+async def test_records_round_trip_until_their_ttl_passes(store: Store) -> None:
+    assert await store.get_record("call", "c1") is None
+
+    await store.put_record("call", "c1", {"verified": True, "tries": [1, 2]}, ttl=60)
+    await store.put_record("orchestration", "c1", {"state": "waiting"}, ttl=SHORT_TTL)
+
+    assert await store.get_record("call", "c1") == {"verified": True, "tries": [1, 2]}
+    await store.put_record("call", "c1", {"verified": False}, ttl=60)
+    assert await store.get_record("call", "c1") == {"verified": False}
+
+    async def forgotten() -> bool:
+        return await store.get_record("orchestration", "c1") is None
+
+    await eventually(forgotten)
+
+
+# -- outbox -----------------------------------------------------------------
+
+
+async def test_outbox_hands_out_due_items_under_a_lease(store: Store) -> None:
+    await store.enqueue("webhooks", "a", "payload-a", due_at=NOW)
+    await store.enqueue("webhooks", "b", "payload-b", due_at=NOW + 10)
+    await store.enqueue("webhooks", "a", "duplicate", due_at=NOW - 100)  # ignored: already queued
+    assert await store.backlog("webhooks") == 2
+    assert await store.backlog("other") == 0
+
+    claimed = await store.claim_due("webhooks", now=NOW, lease=30, limit=10)
+    assert [(item.id, item.payload, item.attempts) for item in claimed] == [("a", "payload-a", 0)]
+
+    # a is leased until NOW + 30, b is not due until NOW + 10.
+    assert await store.claim_due("webhooks", now=NOW + 5, lease=30, limit=10) == []
+    assert [item.id for item in await store.claim_due("webhooks", now=NOW + 10, lease=30, limit=10)] == ["b"]
+    # Neither was acknowledged: a comes back when its lease ends.
+    assert [item.id for item in await store.claim_due("webhooks", now=NOW + 30, lease=30, limit=10)] == ["a"]
+    assert await store.backlog("webhooks") == 2
+
+
+async def test_outbox_respects_the_limit(store: Store) -> None:
+    for index in range(5):
+        await store.enqueue("webhooks", f"item-{index}", "{}", due_at=NOW + index)
+
+    first = await store.claim_due("webhooks", now=NOW + 10, lease=30, limit=2)
+    second = await store.claim_due("webhooks", now=NOW + 10, lease=30, limit=10)
+
+    assert [item.id for item in first] == ["item-0", "item-1"]
+    assert [item.id for item in second] == ["item-2", "item-3", "item-4"]
+
+
+async def test_outbox_retry_counts_attempts_and_ack_removes(store: Store) -> None:
+    await store.enqueue("webhooks", "a", "payload-a", due_at=NOW)
+    await store.claim_due("webhooks", now=NOW, lease=30, limit=10)
+
+    await store.retry_later("webhooks", "a", due_at=NOW + 100)
+
+    assert await store.claim_due("webhooks", now=NOW + 99, lease=30, limit=10) == []
+    [item] = await store.claim_due("webhooks", now=NOW + 100, lease=30, limit=10)
+    assert (item.id, item.payload, item.attempts) == ("a", "payload-a", 1)
+
+    await store.ack("webhooks", "a")
+
+    assert await store.backlog("webhooks") == 0
+    assert await store.claim_due("webhooks", now=NOW + 1000, lease=30, limit=10) == []
+    await store.retry_later("webhooks", "a", due_at=NOW)  # an acknowledged item stays gone
+    assert await store.backlog("webhooks") == 0
+
+
+# -- server keys ------------------------------------------------------------
+
+
+async def test_secret_is_32_stable_bytes(store: Store, make_store: Callable[[], Store]) -> None:
+    key = await store.secret("swaig")
+    assert isinstance(key, bytes)
+    assert len(key) == 32
+    assert await store.secret("swaig") == key
+    assert await store.secret("webhook") != key
+    await store.close()
+
+    reopened = make_store()
+    await reopened.open()
+    try:
+        assert await reopened.secret("swaig") == key
+    finally:
+        await reopened.close()
+
+
+async def test_instances_racing_to_create_a_secret_agree(make_store: Callable[[], Store]) -> None:
+    first, second = make_store(), make_store()
+    await first.open()
+    await second.open()
+    try:
+        keys = await asyncio.gather(*(instance.secret("race") for instance in (first, second) * 5))
+    finally:
+        await first.close()
+        await second.close()
+
+    assert len(set(keys)) == 1
+
+
+# -- event fan-out ----------------------------------------------------------
+
+
+async def test_broadcast_reaches_every_listener(store: Store) -> None:
+    async with aclosing(store.listen()) as first, aclosing(store.listen()) as second:
+        # Right after listen(), without waiting: nothing broadcast from now on is lost.
+        await store.broadcast("hello")
+        await store.broadcast("again")
+
+        received = await asyncio.wait_for(
+            asyncio.gather(*(anext(listener) for listener in (first, second, first, second))), timeout=5
+        )
+
+    assert received == ["hello", "hello", "again", "again"]
+
+
+async def test_a_listener_ends_when_the_store_closes(store: Store) -> None:
+    listener = store.listen()
+    await store.broadcast("hello")
+    assert await asyncio.wait_for(anext(listener), timeout=5) == "hello"
+
+    await store.close()
+
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(listener), timeout=5)
+
+
+async def test_redis_broadcast_reaches_other_instances(make_store: Callable[[], Store]) -> None:
+    listening, sending = make_store(), make_store()
+    if isinstance(listening, SqliteStore):
+        pytest.skip("SQLite has one instance: its fan-out is in-process")
+    await listening.open()
+    await sending.open()
+    try:
+        async with aclosing(listening.listen()) as listener:
+            await listening.broadcast("subscribed")  # our own broadcast proves the subscription
+            assert await asyncio.wait_for(anext(listener), timeout=5) == "subscribed"
+
+            await sending.broadcast("from another instance")
+
+            assert await asyncio.wait_for(anext(listener), timeout=5) == "from another instance"
+    finally:
+        await listening.close()
+        await sending.close()
+
+
+# -- failures and construction ----------------------------------------------
+
+
+async def test_sqlite_creates_missing_folders(tmp_path: Any) -> None:
+    store = SqliteStore(str(tmp_path / "a" / "b" / "mfa.sqlite3"))
+    await store.open()
+    try:
+        await store.ping()
+    finally:
+        await store.close()
+    assert (tmp_path / "a" / "b" / "mfa.sqlite3").exists()
+
+
+async def test_sqlite_on_an_unusable_path_is_unavailable(tmp_path: Any) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    store = SqliteStore(str(tmp_path / "a-file" / "mfa.sqlite3"))
+
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+    await store.close()
+
+
+async def test_sqlite_on_a_file_that_is_not_a_database_is_unavailable(tmp_path: Any) -> None:
+    (tmp_path / "mfa.sqlite3").write_bytes(b"definitely not SQLite " * 100)
+    store = SqliteStore(str(tmp_path / "mfa.sqlite3"))
+
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+    await store.close()
+
+
+async def test_redis_on_a_closed_port_is_unavailable_at_once(unused_tcp_port: int) -> None:
+    store = RedisStore(f"redis://127.0.0.1:{unused_tcp_port}/0")
+    await store.open()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.get_verification("any")
+        assert time.monotonic() - started < 3
+    finally:
+        await store.close()
+
+
+async def test_a_store_that_is_not_open_is_unavailable(tmp_path: Any) -> None:
+    for store in (SqliteStore(str(tmp_path / "mfa.sqlite3")), RedisStore("redis://127.0.0.1:1/0")):
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        await store.close()  # closing a store never opened, or twice, is fine
+        await store.close()
+
+
+def test_open_store_chooses_by_url() -> None:
+    assert isinstance(open_store("sqlite:///./data/mfa.sqlite3"), SqliteStore)
+    assert isinstance(open_store("sqlite:////var/lib/mfa.sqlite3"), SqliteStore)
+    assert isinstance(open_store("redis://localhost:6379/0"), RedisStore)
+    assert isinstance(open_store("rediss://cache.example.com:6380/1", prefix="x:"), RedisStore)
+    for wrong in ("sqlite:///", "sqlite://relative.db", "postgres://db", "mfa.sqlite3"):
+        with pytest.raises(ValueError, match="store URL"):
+            open_store(wrong)

@@ -1,0 +1,1 @@
+"""Providers: who makes, delivers and checks a code (see base.py)."""

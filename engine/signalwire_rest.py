@@ -1,0 +1,243 @@
+"""A small client for SignalWire's REST API over the app's one shared HTTP session.
+
+It adds HTTP Basic auth (project id and API token), bounds every request with
+a total timeout, and turns what can go wrong on the way into the engine's two
+errors, each with a stable ``kind`` that metrics, the circuit breaker and the
+retry decision can rely on:
+
+- ``ProviderUnavailable``: ``timeout``, ``connection``, ``server_error`` (5xx),
+  ``rate_limited`` (429, with ``retry_after``), ``bad_response``;
+- ``ProviderRejected``: ``unauthorized`` (401).
+
+Every other status comes back to the caller with its JSON body, because only
+the caller knows what a 404 or a 422 means for its API. The token, phone
+numbers and codes never reach a log line or an exception message: messages
+name the method, the path and the status only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+
+from engine.errors import ProviderRejected, ProviderUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_AFTER = 30  # seconds, when a 429 does not say (or says it as an HTTP date)
+POOL_SIZE = 100
+KEEPALIVE_SECONDS = 30.0
+
+JsonObject = dict[str, Any]
+
+# A phone number inside an error text: 7 or more digits, perhaps split by spaces,
+# dots, dashes or brackets, perhaps after a "+".
+_NUMBER_LIKE = re.compile(r"\+?\(?\d(?:[\s().-]{0,2}\d){6,}")
+_MAX_DETAIL = 300
+
+
+class RequestNotSent(ProviderUnavailable):
+    """The connection could not be opened, so the request surely never reached SignalWire.
+
+    Its ``kind`` is ``connection`` like any other connection fault; the type
+    lets a caller that must not repeat a request which may have counted (a
+    code check) tell this case apart from a reset or a timeout.
+    """
+
+
+def new_http_session(timeout: float) -> aiohttp.ClientSession:
+    """The process's one HTTP session, with a pooled, keep-alive connector.
+
+    Call it from inside the running event loop (the app's start-up hook) and
+    close it at shutdown. Reusing connections saves a TLS handshake on every
+    send and check; the pool bounds how many requests can be in flight to
+    SignalWire at once, so a slow upstream queues work here instead of
+    opening sockets without limit.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=POOL_SIZE,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        ttl_dns_cache=300,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        raise_for_status=False,
+    )
+
+
+class SignalWireRest:
+    """POSTs to one SignalWire space as one project; see the module docstring for errors."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        project_id: str,
+        api_token: str | SecretStr,
+        timeout: float,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        token = api_token.get_secret_value() if isinstance(api_token, SecretStr) else api_token
+        # Built once, by hand: aiohttp 3.14 deprecates BasicAuth, and this works on any version.
+        credentials = base64.b64encode(f"{project_id}:{token}".encode()).decode("ascii")
+        self._headers = {"Authorization": f"Basic {credentials}", "Accept": "application/json"}
+        self.project_id = project_id
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        # Never show the Authorization header (the token) in a repr.
+        return f"SignalWireRest({self._base_url!r}, project_id={self.project_id!r})"
+
+    async def post_json(
+        self, path: str, body: Mapping[str, Any], time_budget: float | None = None
+    ) -> tuple[int, JsonObject]:
+        """POST a JSON body; returns the status and the JSON object answered.
+
+        ``time_budget`` (seconds) overrides the client's timeout for this request (a retry that must
+        fit in what is left of the first try's time).
+        """
+        return await self._post(path, time_budget, json=dict(body))
+
+    async def post_form(
+        self, path: str, fields: Mapping[str, str], time_budget: float | None = None
+    ) -> tuple[int, JsonObject]:
+        """POST form fields (the LaML/compatibility API); returns the status and JSON answered."""
+        return await self._post(path, time_budget, data=dict(fields))
+
+    async def _post(self, path: str, time_budget: float | None, **payload: Any) -> tuple[int, JsonObject]:
+        where = f"POST {path}"
+        seconds = self.timeout if time_budget is None else time_budget
+        try:
+            async with self._session.post(
+                self._base_url + path,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=seconds),
+                allow_redirects=False,
+                **payload,
+            ) as response:
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+                raw = await response.read()
+        # Order matters: aiohttp's timeouts are also connection errors, and a
+        # failed connect is one too.
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise _unavailable(f"SignalWire did not answer {where} within {seconds:g} s", "timeout") from exc
+        except aiohttp.ClientSSLError as exc:
+            # The handshake happened; trying again at once will not change a certificate.
+            raise _unavailable(f"TLS with SignalWire failed for {where}", "connection") from exc
+        except aiohttp.ClientConnectorError as exc:
+            # Refused, unreachable or not resolved: nothing was written to a socket.
+            message = f"could not connect to SignalWire for {where} ({type(exc).__name__})"
+            log.warning("signalwire unavailable: %s", message)
+            raise RequestNotSent(message, kind="connection") from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError) as exc:
+            raise _unavailable(
+                f"connection to SignalWire lost during {where} ({type(exc).__name__})", "connection"
+            ) from exc
+        except aiohttp.ClientResponseError as exc:  # an answer that is not valid HTTP
+            raise _unavailable(
+                f"SignalWire answered {where} with a malformed response", "bad_response"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise _unavailable(
+                f"request to SignalWire failed: {where} ({type(exc).__name__})", "connection"
+            ) from exc
+
+        log.debug("signalwire %s -> %s", where, status)
+        if status == 401:
+            log.warning("signalwire refused the credentials on %s", where)
+            raise ProviderRejected(
+                "SignalWire refused the project id or API token (HTTP 401)", kind="unauthorized"
+            )
+        if status == 429:
+            seconds_to_wait = _retry_after(retry_after)
+            log.warning("signalwire rate limited %s; retry after %d s", where, seconds_to_wait)
+            raise ProviderUnavailable(
+                f"SignalWire is rate limiting {where} (HTTP 429)",
+                kind="rate_limited",
+                retry_after=seconds_to_wait,
+            )
+        if status >= 500:
+            raise _unavailable(f"SignalWire failed {where} (HTTP {status})", "server_error")
+        return status, _parse_body(raw, status, where)
+
+
+def _unavailable(message: str, kind: str) -> ProviderUnavailable:
+    log.warning("signalwire unavailable: %s", message)
+    return ProviderUnavailable(message, kind=kind)
+
+
+def _retry_after(header: str | None) -> int:
+    """Seconds from a numeric ``Retry-After``; an HTTP date or garbage gets the default."""
+    if header is not None and header.strip().isdigit():
+        return max(1, int(header.strip()))
+    return DEFAULT_RETRY_AFTER
+
+
+def _parse_body(raw: bytes, status: int, where: str) -> JsonObject:
+    """The answer's JSON object.
+
+    A success must carry one: anything else (an HTML error page from a proxy,
+    a list) means we cannot tell what happened. Other statuses speak through
+    their status first, so an empty or non-JSON body there reads as ``{}``.
+    """
+    try:
+        parsed = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        return parsed
+    if 200 <= status < 300:
+        raise _unavailable(
+            f"SignalWire answered {where} (HTTP {status}) without a JSON object", "bad_response"
+        )
+    return {}
+
+
+def mask_numbers(text: str) -> str:
+    """Replace anything that looks like a phone number with its last four digits."""
+
+    def _mask(match: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", match.group())
+        return "***" + digits[-4:]
+
+    return _NUMBER_LIKE.sub(_mask, text)
+
+
+def error_details(answer: JsonObject) -> str:
+    """The ``detail`` (or ``title``) of each error SignalWire listed, numbers masked."""
+    parts: list[str] = []
+    errors = answer.get("errors")
+    if isinstance(errors, list):
+        for error in errors:
+            if isinstance(error, dict):
+                text = error.get("detail") or error.get("title") or error.get("code")
+                if isinstance(text, str) and text:
+                    parts.append(text)
+    if not parts:
+        for key in ("message", "error"):  # the LaML API's and the plain error shapes
+            if isinstance(answer.get(key), str) and answer[key]:
+                parts.append(answer[key])
+                break
+    text = "; ".join(parts) or "no details given"
+    text = mask_numbers(text)
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
+
+
+__all__ = [
+    "JsonObject",
+    "RequestNotSent",
+    "SignalWireRest",
+    "error_details",
+    "mask_numbers",
+    "new_http_session",
+]

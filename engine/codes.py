@@ -52,16 +52,29 @@ def fits_one_segment(message: str, code_length: int) -> bool:
 
 
 _WORDS = {
-    "zero": "0", "oh": "0", "o": "0", "nought": "0", "naught": "0",
-    "one": "1", "won": "1",
-    "two": "2", "to": "2", "too": "2",
-    "three": "3", "tree": "3",
-    "four": "4", "for": "4", "fore": "4",
-    "five": "5", "fife": "5",
+    "zero": "0",
+    "oh": "0",
+    "o": "0",
+    "nought": "0",
+    "naught": "0",
+    "one": "1",
+    "won": "1",
+    "two": "2",
+    "to": "2",
+    "too": "2",
+    "three": "3",
+    "tree": "3",
+    "four": "4",
+    "for": "4",
+    "fore": "4",
+    "five": "5",
+    "fife": "5",
     "six": "6",
     "seven": "7",
-    "eight": "8", "ate": "8",
-    "nine": "9", "niner": "9",
+    "eight": "8",
+    "ate": "8",
+    "nine": "9",
+    "niner": "9",
 }
 _REPEAT = {"double": 2, "triple": 3}
 _SEPARATORS = re.compile(r"[\s,.;:\-–—_/]+")

@@ -130,9 +130,7 @@ class Event(BaseModel):
     at: str = Field(default_factory=utc_now_iso)
 
     @classmethod
-    def about(
-        cls, type_: EventType, verification: Verification, reason: str | None = None
-    ) -> Event:
+    def about(cls, type_: EventType, verification: Verification, reason: str | None = None) -> Event:
         return cls(
             type=type_,
             agent_id=verification.agent_id,
@@ -144,6 +142,15 @@ class Event(BaseModel):
             status=verification.status,
             reason=reason,
         )
+
+
+class Started(BaseModel):
+    """A code that went out: the pending verification and its `mfa.sent` event."""
+
+    model_config = ConfigDict(frozen=True)
+
+    verification: Verification
+    event: Event
 
 
 CheckResult.model_rebuild()

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""The phone-verification agent: `python agent.py` serves it.
+
+This file wires things together and decides nothing itself:
+- `conversation.py` is what the model sees and may do at each step,
+- `functions/` turns each SWAIG request into a checked result,
+- `engine/` makes every decision, keeps every record and publishes every event,
+- `api/` and `web/` are the HTTP API, the live events and the dashboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI
+from pydantic import ValidationError
+from signalwire import AgentBase
+
+from config import Settings, config_errors
+from conversation import FILLERS_SEND, FILLERS_VERIFY, configure_conversation
+from engine.runtime import Runtime, swaig_secret
+from functions import MfaFunctions
+from functions.platform import request_agent_id
+
+log = logging.getLogger("mfa")
+
+# Both functions share one meta_data scope: send_mfa writes `mfa`, verify_mfa reads it.
+META_DATA_TOKEN = "mfa_verification"  # noqa: S105 - a scope name, not a secret
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+class MfaAgent(AgentBase):
+    """A voice agent that verifies the caller's phone with a one-time code."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        runtime: Runtime | None = None,
+        swaig_secret: str | None = None,
+    ) -> None:
+        # No arguments is how `swaig-test agent.py` builds it: settings from the environment.
+        self.settings = settings or Settings()
+        self.runtime = runtime or Runtime(self.settings)
+        # Passed explicitly so a `.env` file counts too (the SDK reads only the process environment).
+        password = self.settings.swml_basic_auth_password
+        self.generated_password = password is None
+        basic_auth = (
+            self.settings.swml_basic_auth_user or "signalwire",
+            password.get_secret_value() if password else secrets.token_urlsafe(18),
+        )
+        super().__init__(
+            name="mfa",
+            route="/",
+            host=self.settings.host,
+            port=self.settings.port,
+            basic_auth=basic_auth,
+            swaig_secret=swaig_secret,
+            suppress_logs=True,
+        )
+        self._register_functions(MfaFunctions(self.runtime))
+        configure_conversation(self)  # after the functions, so the steps can name them
+
+    def _register_functions(self, functions: MfaFunctions) -> None:
+        self.define_tool(
+            name="send_mfa",
+            description=(
+                "Send a one-time verification code to the caller's phone, by text message unless they "
+                "ask for a phone call. Use it when the caller agrees to verify, or asks for a new code."
+            ),
+            parameters={
+                "phone_number": {
+                    "type": "string",
+                    "description": "Leave empty to use the number the caller is calling from. Only pass a "
+                    "number the caller gave, with its country code.",
+                },
+                "channel": {
+                    "type": "string",
+                    "enum": ["sms", "call"],
+                    "description": "'sms' (default) to text the code, 'call' to have it read out in a call.",
+                },
+            },
+            handler=functions.send_mfa,
+            secure=True,
+            fillers=FILLERS_SEND,
+            meta_data_token=META_DATA_TOKEN,
+        )
+        self.define_tool(
+            name="verify_mfa",
+            description=(
+                "Check the code the caller read back. Pass exactly what they said; digit words are fine. "
+                "Only this function can verify the caller."
+            ),
+            parameters={
+                "token": {
+                    "type": "string",
+                    "description": "The code as the caller said it, e.g. '482913' or 'four eight two'.",
+                },
+            },
+            handler=functions.verify_mfa,
+            required=["token"],
+            secure=True,
+            fillers=FILLERS_VERIFY,
+            meta_data_token=META_DATA_TOKEN,
+        )
+
+    def _build_webhook_url(self, endpoint: str, query_params: dict[str, str] | None = None) -> str:
+        # A call whose SWML was fetched with ?agent_id=X keeps reporting under X.
+        agent_id = request_agent_id.get()
+        if endpoint == "swaig" and agent_id:
+            query_params = {**(query_params or {}), "agent_id": agent_id}
+        return super()._build_webhook_url(endpoint, query_params)
+
+
+class AgentIdFromQuery:
+    """Reads a valid `agent_id` query parameter into the request's context (SPEC.md section 2)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and b"agent_id=" in scope.get("query_string", b""):
+            values = parse_qs(scope["query_string"].decode("latin-1")).get("agent_id", [])
+            if values and _AGENT_ID.match(values[0]):
+                token = request_agent_id.set(values[0])
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    request_agent_id.reset(token)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(agent: MfaAgent) -> FastAPI:
+    """The SDK's app with our lifespan, middleware and routes."""
+    app = agent.get_app()
+    runtime = agent.runtime
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app.router.lifespan_context = lifespan
+    app.add_middleware(AgentIdFromQuery)
+    return app
+
+
+def load_settings() -> Settings:
+    """Settings, or one line per wrong variable and exit status 2."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        for line in config_errors(error):
+            print(f"configuration error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    secret = asyncio.run(swaig_secret(settings))
+    agent = MfaAgent(settings, swaig_secret=secret)
+    app = build_app(agent)
+    user, password = agent.get_basic_auth_credentials()[:2]
+    print(f"Phone verification agent listening on http://{settings.host}:{settings.port}/", flush=True)
+    if agent.generated_password:
+        # Printed once so a developer can use it; configure SWML_BASIC_AUTH_PASSWORD for anything real.
+        print(
+            f"Basic auth: {user}:{password} (generated; set SWML_BASIC_AUTH_PASSWORD to keep one)", flush=True
+        )
+    else:
+        print(f"Basic auth user: {user} (password from SWML_BASIC_AUTH_PASSWORD)", flush=True)
+
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()

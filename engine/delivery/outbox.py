@@ -1,0 +1,37 @@
+"""Development delivery: each message becomes one JSON line in a file instead of an SMS.
+
+Anyone running the agent locally reads the code from ``MFA_OUTBOX`` (the body
+holds it). Writes go through a worker thread so the event loop never waits on
+the disk, and a lock keeps lines whole when several sends finish together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+from engine.models import utc_now_iso
+
+
+class OutboxDelivery:
+    """Appends ``{"to", "channel", "body", "at"}`` lines to a JSON-lines file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    async def deliver(self, to: str, channel: str, body: str) -> None:
+        line = json.dumps({"to": to, "channel": channel, "body": body, "at": utc_now_iso()}) + "\n"
+        async with self._lock:
+            await asyncio.to_thread(self._append, line)
+
+    def _append(self, line: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # O_APPEND keeps each line whole even if another process writes the same file.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)

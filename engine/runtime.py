@@ -1,0 +1,202 @@
+"""Builds the engine and its parts from `Settings`, and starts and stops them.
+
+One shared aiohttp session (pooled, with timeouts), one store, one provider,
+one publisher, and the expiry timer: created on start-up, closed on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from config.settings import Settings
+from engine.breaker import CircuitBreaker
+from engine.delivery import Delivery
+from engine.delivery.outbox import OutboxDelivery
+from engine.delivery.signalwire_messaging import SignalWireMessaging
+from engine.events.publisher import EventPublisher
+from engine.limits import Limits, LimitSettings
+from engine.providers.base import Provider
+from engine.providers.local import LocalProvider
+from engine.providers.signalwire import SignalWireMfaProvider
+from engine.repeats import Repeats
+from engine.signalwire_rest import SignalWireRest, new_http_session
+from engine.stores import Store, open_store
+from engine.verifications import CodeShape, VerificationEngine
+
+log = logging.getLogger(__name__)
+
+CODE_KEY = "code-hmac"
+LIMITS_KEY = "limit-keys"
+SWAIG_KEY = "swaig-secret"
+
+
+class NotStarted(RuntimeError):
+    """The runtime was used before `start`."""
+
+
+class Runtime:
+    """The running engine: what the functions and the HTTP API talk to."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.publisher = EventPublisher()
+        self._engine: VerificationEngine | None = None
+        self._repeats: Repeats | None = None
+        self._store: Store | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._starting: asyncio.Lock | None = None
+
+    @property
+    def engine(self) -> VerificationEngine:
+        if self._engine is None:
+            raise NotStarted("the runtime has not started")
+        return self._engine
+
+    @property
+    def repeats(self) -> Repeats:
+        if self._repeats is None:
+            raise NotStarted("the runtime has not started")
+        return self._repeats
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise NotStarted("the runtime has not started")
+        return self._store
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise NotStarted("the runtime has not started")
+        return self._http
+
+    @property
+    def started(self) -> bool:
+        return self._engine is not None
+
+    async def ensure_started(self) -> None:
+        """Start on first use (for `swaig-test`, which runs a function without the server)."""
+        if self.started:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if not self.started:
+                await self.start()
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._http = new_http_session(settings.mfa_upstream_timeout)
+        store = open_store(settings.mfa_store)
+        await store.open()
+        self._store = store
+        provider = self._provider(await store.secret(CODE_KEY))
+        limits = Limits(
+            store,
+            LimitSettings(
+                sends_per_number_per_hour=settings.mfa_sends_per_number_per_hour,
+                sends_per_call=settings.mfa_sends_per_call,
+                max_failures_per_call=settings.mfa_max_failures_per_call,
+                sends_per_agent_per_minute=settings.mfa_sends_per_agent_per_minute,
+            ),
+            await store.secret(LIMITS_KEY),
+        )
+        self._repeats = Repeats(store)
+        self._engine = VerificationEngine(
+            store=store,
+            provider=provider,
+            publisher=self.publisher,
+            limits=limits,
+            shape=CodeShape(
+                token_length=settings.mfa_token_length,
+                valid_for=settings.mfa_valid_for,
+                max_attempts=settings.mfa_max_attempts,
+                allow_alphas=settings.mfa_allow_alphas,
+                message=settings.mfa_message,
+            ),
+            allowed_regions=settings.mfa_allowed_countries,
+            from_number=settings.mfa_from_number,
+            breaker=CircuitBreaker(),
+            clock=self.clock,
+        )
+        self._stop.clear()
+        self.spawn(self._engine.run_expiry_timer(self._stop))
+
+    def spawn(self, coroutine: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+        """Run a background loop until `close` (webhook delivery, live fan-out, the timer)."""
+        self._tasks.append(asyncio.ensure_future(coroutine))  # type: ignore[arg-type]
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stop
+
+    def _provider(self, code_key: bytes) -> Provider:
+        settings = self.settings
+        rest = None
+        if settings.has_signalwire_credentials:
+            assert settings.signalwire_project_id and settings.signalwire_api_token
+            rest = SignalWireRest(
+                self.http,
+                settings.signalwire_base_url,
+                settings.signalwire_project_id,
+                settings.signalwire_api_token.get_secret_value(),
+                settings.mfa_upstream_timeout,
+            )
+        if settings.mfa_provider == "signalwire":
+            assert rest is not None
+            log.info("codes are sent by SignalWire's MFA API at %s", settings.signalwire_space)
+            return SignalWireMfaProvider(rest)
+        delivery: Delivery
+        if settings.mfa_delivery == "signalwire":
+            assert rest is not None and settings.signalwire_project_id and settings.mfa_from_number
+            delivery = SignalWireMessaging(rest, settings.signalwire_project_id, settings.mfa_from_number)
+            log.info("codes are made here and sent through SignalWire messaging")
+        else:
+            delivery = OutboxDelivery(settings.mfa_outbox)
+            log.warning(
+                "codes are made here and written to %s (development delivery, no SMS is sent)",
+                settings.mfa_outbox.resolve(),
+            )
+        return LocalProvider(code_key, delivery)
+
+    async def close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._store is not None:
+            await self._store.close()
+        if self._http is not None:
+            await self._http.close()
+        self._engine = None
+        self._repeats = None
+        self._store = None
+        self._http = None
+
+
+async def swaig_secret(settings: Settings) -> str:
+    """The key that signs per-call function tokens: configured, or made once and kept in the store.
+
+    The same on every instance sharing the store and across restarts, so calls
+    in progress keep working (SPEC.md section 1).
+    """
+    if settings.signalwire_swaig_secret is not None:
+        return settings.signalwire_swaig_secret.get_secret_value()
+    store = open_store(settings.mfa_store)
+    await store.open()
+    try:
+        return (await store.secret(SWAIG_KEY)).hex()
+    finally:
+        await store.close()

@@ -1,0 +1,331 @@
+"""The verification engine: every decision about a code is made here.
+
+Handlers (SWAIG functions, the HTTP API, the walkthrough's workflow) parse
+and validate, then call `start`, `check`, `get` or `cancel`. The engine
+applies the destination policy and the limits, asks the provider to deliver
+or check, records the outcome in the store atomically, and publishes one
+event per step. Nothing the caller or the model says can skip a step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from engine.breaker import CircuitBreaker
+from engine.errors import (
+    CallLocked,
+    DestinationRefused,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+    VerificationNotFound,
+)
+from engine.events.publisher import EventPublisher
+from engine.limits import Limits
+from engine.models import (
+    Channel,
+    CheckOutcome,
+    CheckResult,
+    Event,
+    EventType,
+    Started,
+    Status,
+    Verification,
+    mask_number,
+    new_verification_id,
+)
+from engine.phone import checked_destination
+from engine.providers.base import Answer, Provider, SendRequest
+from engine.stores.base import AttemptGate, Store
+
+log = logging.getLogger(__name__)
+
+CALL_RECORD = "call"
+CALL_RECORD_TTL = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class CodeShape:
+    """How a code looks and lives: length, alphabet, lifetime and tries."""
+
+    token_length: int
+    valid_for: int
+    max_attempts: int
+    allow_alphas: bool
+    message: str
+
+
+_FINAL_OUTCOME = {
+    Status.APPROVED: CheckOutcome.ALREADY_APPROVED,
+    Status.EXPIRED: CheckOutcome.EXPIRED,
+    Status.MAX_ATTEMPTS_REACHED: CheckOutcome.MAX_ATTEMPTS_REACHED,
+    Status.CANCELED: CheckOutcome.CANCELED,
+}
+
+
+class VerificationEngine:
+    """Starts, checks, reads and cancels verifications for every interface."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        provider: Provider,
+        publisher: EventPublisher,
+        limits: Limits,
+        shape: CodeShape,
+        allowed_regions: Collection[str] = (),
+        from_number: str | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.publisher = publisher
+        self.limits = limits
+        self.shape = shape
+        self.allowed_regions = frozenset(allowed_regions)
+        self.from_number = from_number
+        self.breaker = breaker or CircuitBreaker()
+        self.clock = clock
+
+    # -- start ---------------------------------------------------------------
+    async def start(
+        self,
+        to: str,
+        channel: Channel,
+        *,
+        agent_id: str,
+        call_id: str | None = None,
+        shape: CodeShape | None = None,
+    ) -> Started:
+        """Send a new code to ``to``; the pending verification, or a VerificationError."""
+        shape = shape or self.shape
+        try:
+            number = checked_destination(to, self.allowed_regions)
+        except DestinationRefused as refusal:
+            await self._publish_failure(agent_id, call_id, channel, None, refusal.reason)
+            raise
+        now = self.clock()
+        try:
+            admission = await self.limits.admit_send(number, agent_id, call_id, now)
+        except CallLocked:
+            await self._publish_failure(agent_id, call_id, channel, number, "call_locked", "mfa.locked")
+            raise
+        except RateLimited as refusal:
+            await self._publish_failure(agent_id, call_id, channel, number, refusal.limit)
+            raise
+        verification_id = new_verification_id()
+        request = SendRequest(
+            verification_id=verification_id,
+            to=number,
+            channel=channel,
+            token_length=shape.token_length,
+            valid_for=shape.valid_for,
+            max_attempts=shape.max_attempts,
+            allow_alphas=shape.allow_alphas,
+            message=shape.message,
+            from_number=self.from_number,
+        )
+        try:
+            sent = await self.breaker.call(lambda: self.provider.send(request))
+        except (ProviderUnavailable, ProviderRejected) as failure:
+            await self.limits.take_back(admission, now)
+            await self._publish_failure(agent_id, call_id, channel, number, failure.kind)
+            raise
+        verification = Verification(
+            id=verification_id,
+            to=number,
+            channel=channel,
+            max_attempts=shape.max_attempts,
+            created_at=now,
+            expires_at=now + shape.valid_for,
+            updated_at=now,
+            agent_id=agent_id,
+            call_id=call_id,
+            provider=self.provider.name,
+            provider_ref=sent.provider_ref,
+            code_digest=sent.code_digest,
+        )
+        await self.store.create_verification(verification)
+        event = Event.about("mfa.sent", verification)
+        await self.publisher.publish(event)
+        return Started(verification=verification, event=event)
+
+    async def _publish_failure(
+        self,
+        agent_id: str,
+        call_id: str | None,
+        channel: Channel,
+        number: str | None,
+        reason: str,
+        type_: EventType = "mfa.send_failed",
+    ) -> None:
+        await self.publisher.publish(
+            Event(
+                type=type_,
+                agent_id=agent_id,
+                call_id=call_id,
+                channel=channel,
+                to=mask_number(number) if number else None,
+                reason=reason,
+            )
+        )
+
+    # -- check ---------------------------------------------------------------
+    async def check(self, verification_id: str, code: str, *, call_id: str | None = None) -> CheckResult:
+        """Check one code. Wrong codes, spent attempts and expiry are outcomes, not errors."""
+        verification = await self.get(verification_id, call_id=call_id)
+        if verification.call_id is not None:
+            try:
+                await self.limits.ensure_not_locked(verification.call_id)
+            except CallLocked:
+                return CheckResult(outcome=CheckOutcome.LOCKED, verification=verification)
+        now = self.clock()
+        attempt = await self.store.begin_attempt(verification_id, now)
+        if attempt is None:
+            raise VerificationNotFound("No such verification.")
+        if attempt.gate is not AttemptGate.COUNTED:
+            return await self._not_checked(attempt.verification, attempt.gate, attempt.changed)
+        counted = attempt.verification
+        try:
+            answer = await self.breaker.call(lambda: self.provider.verify(counted, code))
+        except ProviderUnavailable:
+            # The code was never judged, so the try is not the caller's to lose.
+            await self.store.refund_attempt(verification_id)
+            raise
+        if answer is Answer.CORRECT:
+            return await self._approve(counted)
+        if answer is Answer.GONE:
+            return await self._gone(counted)
+        return await self._wrong(counted)
+
+    async def _not_checked(self, verification: Verification, gate: AttemptGate, changed: bool) -> CheckResult:
+        if gate is AttemptGate.EXPIRED:
+            event = Event.about("mfa.expired", verification) if changed else None
+            if event:
+                await self.publisher.publish(event)
+            return CheckResult(outcome=CheckOutcome.EXPIRED, verification=verification, event=event)
+        if gate is AttemptGate.NO_ATTEMPTS_LEFT:
+            event = Event.about("mfa.locked", verification, "max_attempts") if changed else None
+            if event:
+                await self.publisher.publish(event)
+            return CheckResult(
+                outcome=CheckOutcome.MAX_ATTEMPTS_REACHED, verification=verification, event=event
+            )
+        return CheckResult(outcome=_FINAL_OUTCOME[verification.status], verification=verification)
+
+    async def _approve(self, counted: Verification) -> CheckResult:
+        now = self.clock()
+        approved = await self.store.transition(counted.id, Status.APPROVED, now)
+        if approved is None:
+            # Another request ended it first (a parallel right code, or expiry).
+            current = await self.store.get_verification(counted.id) or counted
+            return CheckResult(outcome=_FINAL_OUTCOME[current.status], verification=current)
+        if approved.call_id is not None:
+            await self.store.put_record(
+                CALL_RECORD,
+                approved.call_id,
+                {"verified": True, "verification_id": approved.id},
+                CALL_RECORD_TTL,
+            )
+        event = Event.about("mfa.verified", approved)
+        await self.publisher.publish(event)
+        return CheckResult(outcome=CheckOutcome.APPROVED, verification=approved, event=event)
+
+    async def _wrong(self, counted: Verification) -> CheckResult:
+        locked_call = counted.call_id is not None and await self.limits.add_failure(counted.call_id)
+        event = Event.about("mfa.rejected", counted)
+        await self.publisher.publish(event)
+        if counted.attempts_left > 0 and not locked_call:
+            return CheckResult(outcome=CheckOutcome.WRONG_CODE, verification=counted, event=event)
+        ended = await self.store.transition(counted.id, Status.MAX_ATTEMPTS_REACHED, self.clock())
+        current = ended or counted
+        reason = "call_failures" if locked_call else "max_attempts"
+        locked = Event.about("mfa.locked", current, reason)
+        await self.publisher.publish(locked)
+        outcome = CheckOutcome.LOCKED if locked_call else CheckOutcome.MAX_ATTEMPTS_REACHED
+        return CheckResult(outcome=outcome, verification=current, event=locked)
+
+    async def _gone(self, counted: Verification) -> CheckResult:
+        # The provider forgot the code while our record still says pending: its
+        # clock ran out first, or it counted attempts we never saw. Either way
+        # the code is dead; record it as expired so both sides agree.
+        expired = await self.store.transition(counted.id, Status.EXPIRED, self.clock())
+        if expired is None:
+            current = await self.store.get_verification(counted.id) or counted
+            return CheckResult(outcome=_FINAL_OUTCOME[current.status], verification=current)
+        event = Event.about("mfa.expired", expired, "provider")
+        await self.publisher.publish(event)
+        return CheckResult(outcome=CheckOutcome.EXPIRED, verification=expired, event=event)
+
+    # -- read, cancel, expire -----------------------------------------------
+    async def get(self, verification_id: str, *, call_id: str | None = None) -> Verification:
+        """The verification; with ``call_id``, only if it belongs to that call."""
+        verification = await self.store.get_verification(verification_id)
+        if verification is None or (call_id is not None and verification.call_id != call_id):
+            raise VerificationNotFound("No such verification.")
+        if verification.status is Status.PENDING and verification.is_expired(self.clock()):
+            # Report what is true now, even if the timer has not run yet.
+            expired = await self._expire(verification.id)
+            return expired or verification
+        return verification
+
+    async def cancel(self, verification_id: str) -> Verification:
+        verification = await self.get(verification_id)
+        canceled = await self.store.transition(verification_id, Status.CANCELED, self.clock())
+        if canceled is None:
+            return await self.store.get_verification(verification_id) or verification
+        try:
+            await self.provider.cancel(canceled)
+        except (ProviderUnavailable, ProviderRejected):
+            log.warning("provider could not cancel verification %s; it is canceled here", canceled.id)
+        await self.publisher.publish(Event.about("mfa.canceled", canceled))
+        return canceled
+
+    async def is_call_verified(self, call_id: str) -> bool:
+        """Whether a correct code was checked on this call (the server's record, not the model's)."""
+        record = await self.store.get_record(CALL_RECORD, call_id)
+        return bool(record and record.get("verified"))
+
+    async def _expire(self, verification_id: str) -> Verification | None:
+        expired = await self.store.transition(verification_id, Status.EXPIRED, self.clock())
+        if expired is not None:
+            await self.publisher.publish(Event.about("mfa.expired", expired))
+        return expired
+
+    async def expire_due(self) -> int:
+        """Expire every pending verification past its lifetime; how many this call ended."""
+        ended = 0
+        while True:
+            due = await self.store.due_for_expiry(self.clock())
+            if not due:
+                return ended
+            for verification_id in due:
+                if await self._expire(verification_id) is not None:
+                    ended += 1
+
+    async def run_expiry_timer(self, stop: asyncio.Event, interval: float = 1.0) -> None:
+        """The durable timer: raises `mfa.expired` for codes that ran out unverified.
+
+        It reads the schedule from the store, so codes that ran out while no
+        instance was running are expired on the next start.
+        """
+        while not stop.is_set():
+            try:
+                await self.expire_due()
+            except Exception:
+                log.exception("expiry timer pass failed; retrying")
+            next_due = None
+            try:
+                next_due = await self.store.next_expiry()
+            except Exception:
+                log.debug("could not read the next expiry", exc_info=True)
+            delay = interval if next_due is None else min(interval, max(0.05, next_due - self.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -1,0 +1,110 @@
+"""What the platform sends a function, and what a function sends back.
+
+`SwaigRequest` validates the webhook body (SPEC.md section 1) with pydantic;
+the SDK's own argument validation does nothing with the current jsonschema-rs.
+`Reply` is the one result type handlers build: the fact, what the model
+should do next, and the platform actions, rendered as one plain `response`
+string (prompts and dashboards rely on that shape) plus `action`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from signalwire.core.function_result import FunctionResult
+
+from engine.models import Event
+
+log = logging.getLogger(__name__)
+
+# Set per request by the app from the SWAIG URL's `agent_id` query parameter.
+request_agent_id: ContextVar[str | None] = ContextVar("request_agent_id", default=None)
+
+_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
+
+
+class SwaigRequest(BaseModel):
+    """The parts of the platform's webhook body the functions use."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    function: str = Field(max_length=64)
+    call_id: str = Field(pattern=_ID_PATTERN)
+    caller_id_num: str | None = Field(None, max_length=64)
+    meta_data: dict[str, Any] = Field(default_factory=dict)
+    global_data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("meta_data", "global_data", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class BadRequest(Exception):
+    """The request cannot be acted on; ``reply`` says so to the model."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.fact)
+        self.reply = reply
+
+
+@dataclass
+class Reply:
+    """A function's answer: the fact, what to do next, and platform actions."""
+
+    fact: str
+    next_step: str = ""
+    actions: list[tuple[str, Any]] = field(default_factory=list)
+
+    def with_action(self, name: str, data: Any) -> Reply:
+        self.actions.append((name, data))
+        return self
+
+    def with_event(self, event: Event | None) -> Reply:
+        """The step's event also goes to the call as a `user_event` (for a WebRTC page)."""
+        if event is not None:
+            self.actions.append(("user_event", event.model_dump(mode="json", exclude_none=True)))
+        return self
+
+    def to_result(self) -> FunctionResult:
+        result = FunctionResult(f"{self.fact} {self.next_step}".strip())
+        for name, data in self.actions:
+            if name == "user_event":
+                result.swml_user_event(data)
+            elif name == "change_step":
+                result.swml_change_step(data)
+            elif name == "set_meta_data":
+                result.set_metadata(data)
+            elif name == "set_global_data":
+                result.update_global_data(data)
+            else:
+                result.add_action(name, data)
+        return result
+
+
+def parse_request(raw_data: Any) -> SwaigRequest:
+    try:
+        return SwaigRequest.model_validate(raw_data)
+    except ValidationError:
+        raise BadRequest(
+            Reply(
+                "Nothing was done: the request did not come from a call this agent can serve.",
+                "Apologize and say verification is not available right now.",
+            )
+        ) from None
+
+
+def parse_arguments(model: type[BaseModel], args: Any, retry_hint: str) -> Any:
+    """Validate the model's arguments; a clear answer instead of a guess when they are wrong."""
+    try:
+        return model.model_validate(args if isinstance(args, dict) else {})
+    except ValidationError as error:
+        fields = sorted({str(problem["loc"][0]) for problem in error.errors() if problem["loc"]})
+        named = f" ({', '.join(fields)})" if fields else ""
+        raise BadRequest(
+            Reply(f"Nothing was done: the arguments were not valid{named}.", retry_hint)
+        ) from None

@@ -1,0 +1,153 @@
+"""`send_mfa`: text (or call) a one-time code to the caller's phone.
+
+The destination is the number the call comes from, unless the deployer set
+MFA_DESTINATIONS=any; then the model may pass another number, which still
+goes through the destination policy. The model hears the last four digits
+only, never the number or the code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.errors import (
+    CallLocked,
+    DestinationRefused,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+    StoreUnavailable,
+)
+from engine.verifications import VerificationEngine
+from functions.platform import BadRequest, Reply, SwaigRequest
+from functions.steps import AWAIT_CODE, LOCKED
+
+_CHANNEL_WORDS = {"sms": "sms", "text": "sms", "call": "call", "voice": "call"}
+
+
+class SendMfaArgs(BaseModel):
+    """The model's arguments. Unknown keys are ignored; known ones are checked."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phone_number: str | None = Field(None, max_length=64)
+    channel: Literal["sms", "call"] = "sms"
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _channel(cls, value: object) -> object:
+        if value is None:
+            return "sms"
+        if isinstance(value, str):
+            return _CHANNEL_WORDS.get(value.strip().lower(), value)
+        return value
+
+    @field_validator("phone_number", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+def _delivery_words(channel: str) -> str:
+    return "by text message" if channel == "sms" else "by a phone call"
+
+
+async def send_mfa(
+    engine: VerificationEngine,
+    args: SendMfaArgs,
+    request: SwaigRequest,
+    *,
+    agent_id: str,
+    any_destination: bool,
+) -> tuple[Reply, bool]:
+    """Send a code; the reply, and whether a repeat of this request should get it too."""
+    destination = request.caller_id_num
+    if args.phone_number is not None:
+        # Punctuation aside, "+1 (202) 555-0143" is the caller's own "+12025550143".
+        other = destination is None or _normalised(args.phone_number) != _normalised(destination)
+        if other and not any_destination:
+            raise BadRequest(
+                Reply(
+                    "Nothing was sent: codes can only go to the number this call comes from.",
+                    "Tell the caller the code can only be sent to the phone they are calling from.",
+                )
+            )
+        destination = args.phone_number
+    if not destination:
+        raise BadRequest(
+            Reply(
+                "Nothing was sent: this call has no phone number to send a code to.",
+                "Tell the caller you cannot send a code to this call, and offer to hand them over.",
+            )
+        )
+    try:
+        started = await engine.start(destination, args.channel, agent_id=agent_id, call_id=request.call_id)
+    except DestinationRefused as refusal:
+        return Reply(f"Nothing was sent: {refusal.message}", "Tell the caller, briefly."), False
+    except CallLocked:
+        return (
+            Reply(
+                "Nothing was sent: this call has had too many wrong codes, so verification is locked.",
+                "Tell the caller verification is locked for this call, and offer to hand them over.",
+            ).with_action("change_step", LOCKED),
+            False,
+        )
+    except RateLimited as limited:
+        return (
+            Reply(
+                f"Nothing was sent: {limited.message} Another code can be sent in "
+                f"{_spoken_wait(limited.retry_after)}.",
+                "Tell the caller when they can try again, or offer to hand them over.",
+            ),
+            False,
+        )
+    except (ProviderUnavailable, StoreUnavailable):
+        return (
+            Reply(
+                "Nothing was sent: the verification service is not answering right now.",
+                "Tell the caller there is a short delay, then try send_mfa again in a moment.",
+            ),
+            False,
+        )
+    except ProviderRejected:
+        return (
+            Reply(
+                "Nothing was sent: the verification service refused the request.",
+                "Apologize, say codes cannot be sent right now, and offer to hand the caller over.",
+            ),
+            False,
+        )
+    verification = started.verification
+    ending = verification.masked_to.removeprefix("***")
+    kind = "character" if engine.shape.allow_alphas else "digit"
+    digits = f"{engine.shape.token_length} {kind}"
+    reply = Reply(
+        f"A {digits} code was sent {_delivery_words(verification.channel)} to the number ending in {ending}.",
+        "Ask the caller to read the code back, then call verify_mfa with it.",
+    )
+    reply.with_action(
+        "set_meta_data",
+        {
+            "mfa": {
+                "id": verification.id,
+                "success": True,
+                "to": verification.masked_to,
+                "channel": verification.channel,
+            }
+        },
+    )
+    reply.with_action("change_step", AWAIT_CODE).with_event(started.event)
+    return reply, True
+
+
+def _normalised(number: str) -> str:
+    return "+" + "".join(char for char in number if char.isdigit())
+
+
+def _spoken_wait(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    minutes = (seconds + 59) // 60
+    return f"{minutes} minutes" if minutes < 90 else f"{(minutes + 59) // 60} hours"

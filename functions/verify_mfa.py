@@ -1,0 +1,113 @@
+"""`verify_mfa`: check the code the caller read back.
+
+The code is read from speech ("four two, double five"), checked by the
+engine against the verification this call's `send_mfa` recorded in
+meta_data, and every outcome gets its own answer. Only a correct code sets
+`verified`; nothing the model passes can.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.codes import UnreadableCode, normalise_spoken
+from engine.errors import ProviderUnavailable, StoreUnavailable, VerificationNotFound
+from engine.models import CheckOutcome, CheckResult
+from engine.verifications import VerificationEngine
+from functions.platform import BadRequest, Reply, SwaigRequest
+from functions.steps import LOCKED, VERIFIED
+
+_NEW_CODE_OR_HANDOVER = "Offer to send a new code with send_mfa, or to hand the caller over to a person."
+
+
+class VerifyMfaArgs(BaseModel):
+    """The model's arguments: the code as the caller said it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    token: str = Field(min_length=1, max_length=400)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _digits_as_text(cls, value: object) -> object:
+        # Models often pass a code of digits as a JSON number.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+
+def _verification_id(request: SwaigRequest) -> str | None:
+    mfa = request.meta_data.get("mfa")
+    verification_id = mfa.get("id") if isinstance(mfa, dict) else None
+    return verification_id if isinstance(verification_id, str) and len(verification_id) <= 128 else None
+
+
+def _no_code_yet() -> Reply:
+    return Reply(
+        "No code has been sent on this call yet.",
+        "Call send_mfa first, then ask the caller for the code they receive.",
+    )
+
+
+async def verify_mfa(
+    engine: VerificationEngine, args: VerifyMfaArgs, request: SwaigRequest
+) -> tuple[Reply, bool]:
+    """Check a code; the reply, and whether a repeat of this request should get it too."""
+    verification_id = _verification_id(request)
+    if verification_id is None:
+        return _no_code_yet(), False
+    try:
+        code = normalise_spoken(args.token, engine.shape.allow_alphas)
+    except UnreadableCode:
+        raise BadRequest(
+            Reply(
+                "No attempt was used: that could not be read as a code.",
+                "Ask the caller to say the code again, one character at a time.",
+            )
+        ) from None
+    try:
+        result = await engine.check(verification_id, code, call_id=request.call_id)
+    except VerificationNotFound:
+        return _no_code_yet(), False
+    except (ProviderUnavailable, StoreUnavailable):
+        return (
+            Reply(
+                "The code was not checked: the verification service is not answering right now. "
+                "No attempt was used.",
+                "Tell the caller there is a short delay, then call verify_mfa again with the same code "
+                "in a moment.",
+            ),
+            False,
+        )
+    return _reply_for(result).with_event(result.event), True
+
+
+def _reply_for(result: CheckResult) -> Reply:
+    outcome = result.outcome
+    if outcome in (CheckOutcome.APPROVED, CheckOutcome.ALREADY_APPROVED):
+        return (
+            Reply(
+                "The code is correct: the caller's phone is verified.",
+                "Tell the caller they are verified, then carry on with what they called about.",
+            )
+            .with_action("set_meta_data", {"verified": True})
+            .with_action("set_global_data", {"mfa_verified": True})
+            .with_action("change_step", VERIFIED)
+        )
+    if outcome is CheckOutcome.WRONG_CODE:
+        left = result.attempts_left
+        tries = "1 try" if left == 1 else f"{left} tries"
+        return Reply(
+            f"That code is not correct. {tries} left for this code.",
+            "Ask the caller to check the message and read the code again.",
+        )
+    if outcome is CheckOutcome.EXPIRED:
+        return Reply("That code has expired.", _NEW_CODE_OR_HANDOVER)
+    if outcome is CheckOutcome.MAX_ATTEMPTS_REACHED:
+        return Reply("That code can no longer be used: all its tries are used up.", _NEW_CODE_OR_HANDOVER)
+    if outcome is CheckOutcome.CANCELED:
+        return Reply("That code was canceled.", _NEW_CODE_OR_HANDOVER)
+    return Reply(
+        "Verification is locked for this call: too many wrong codes.",
+        "Tell the caller you cannot verify them on this call, and offer to hand them over to a person.",
+    ).with_action("change_step", LOCKED)

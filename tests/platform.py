@@ -1,0 +1,187 @@
+"""Test harness: the agent served by the SDK's real app under uvicorn, and a stand-in
+for the SignalWire platform that drives it the way the platform does.
+
+`FakePlatform` fetches the SWML for a call, takes each function's
+`web_hook_url` (credentials and per-call `__token` included) from it, posts
+the SWAIG payload there, and carries `set_meta_data` forward into the next
+request, as the platform does for functions sharing a `meta_data_token`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import uvicorn
+
+from agent import MfaAgent, build_app
+from config import Settings
+from engine.runtime import Runtime, swaig_secret
+
+USER = "tester"
+PASSWORD = "correct-horse-battery-staple"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def settings_for(tmp_path: Any, **overrides: Any) -> Settings:
+    """Settings for a test agent: local files under ``tmp_path``, test credentials."""
+    values: dict[str, Any] = {
+        "swml_basic_auth_user": USER,
+        "swml_basic_auth_password": PASSWORD,
+        "mfa_store": f"sqlite:///{tmp_path}/mfa.sqlite3",
+        "mfa_outbox": tmp_path / "outbox.jsonl",
+        "port": free_port(),
+        "host": "127.0.0.1",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@dataclass
+class RunningAgent:
+    base_url: str
+    agent: MfaAgent
+    runtime: Runtime
+    settings: Settings
+
+    @property
+    def auth(self) -> aiohttp.BasicAuth:
+        return aiohttp.BasicAuth(USER, PASSWORD)
+
+
+@contextlib.asynccontextmanager
+async def serve_agent(settings: Settings, *, clock: Any = None) -> AsyncIterator[RunningAgent]:
+    """The real app (SDK routes, our lifespan) served by uvicorn on a free loopback port."""
+    runtime = Runtime(settings, clock=clock) if clock else Runtime(settings)
+    agent = MfaAgent(settings, runtime=runtime, swaig_secret=await swaig_secret(settings))
+    app = build_app(agent)
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield RunningAgent(f"http://127.0.0.1:{settings.port}", agent, runtime, settings)
+    finally:
+        server.should_exit = True
+        await task
+
+
+@dataclass
+class FakePlatform:
+    """One call as the SignalWire platform would make it."""
+
+    session: aiohttp.ClientSession
+    base_url: str
+    auth: aiohttp.BasicAuth
+    caller_id_num: str = "+12025550143"
+    call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    swml_query: str = ""
+    urls: dict[str, str] = field(default_factory=dict)
+    meta_data: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    global_data: dict[str, Any] = field(default_factory=dict)
+
+    async def start_call(self) -> dict[str, Any]:
+        """Fetch the SWML as the platform does when the call starts, and note the function URLs."""
+        body = {"call": {"call_id": self.call_id, "from": self.caller_id_num, "to": "+12025550100"}}
+        async with self.session.post(f"{self.base_url}/{self.swml_query}", json=body, auth=self.auth) as resp:
+            assert resp.status == 200, await resp.text()
+            swml = await resp.json(content_type=None)
+        ai = next(verb["ai"] for verb in swml["sections"]["main"] if "ai" in verb)
+        for function in ai["SWAIG"]["functions"]:
+            if "web_hook_url" in function:
+                self.urls[function["function"]] = function["web_hook_url"]
+                self.tokens[function["function"]] = function.get("meta_data_token", "")
+        return swml
+
+    def payload(self, function: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        token = self.tokens.get(function, "")
+        return {
+            "function": function,
+            "argument": {"parsed": [arguments], "raw": json.dumps(arguments)},
+            "call_id": self.call_id,
+            "ai_session_id": str(uuid.uuid4()),
+            "caller_id_num": self.caller_id_num,
+            "caller_id_name": "Test Caller",
+            "meta_data_token": token,
+            "meta_data": dict(self.meta_data.get(token, {})),
+            "global_data": dict(self.global_data),
+            "project_id": "test-project",
+            "space_id": "test-space",
+            "content_type": "text/swaig",
+            "version": "2.0",
+        }
+
+    async def post(self, function: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST one SWAIG request to the function's URL; the platform insists on HTTP 200."""
+        async with self.session.post(self.urls[function], json=payload) as resp:
+            text = await resp.text()
+            assert resp.status == 200, f"{resp.status}: {text}"
+            result: dict[str, Any] = json.loads(text)
+        return result
+
+    async def call(self, function: str, **arguments: Any) -> dict[str, Any]:
+        """Call a function and apply its actions the way the platform does."""
+        result = await self.post(function, self.payload(function, arguments))
+        self.apply(function, result)
+        return result
+
+    def apply(self, function: str, result: dict[str, Any]) -> None:
+        token = self.tokens.get(function, "")
+        for action in result.get("action", []):
+            if "set_meta_data" in action:
+                self.meta_data.setdefault(token, {}).update(action["set_meta_data"])
+            if "set_global_data" in action:
+                self.global_data.update(action["set_global_data"])
+
+
+def actions(result: dict[str, Any], name: str) -> list[Any]:
+    return [action[name] for action in result.get("action", []) if name in action]
+
+
+def user_events(result: dict[str, Any]) -> list[dict[str, Any]]:
+    events = []
+    for swml in actions(result, "SWML"):
+        for verb in swml["sections"]["main"]:
+            if "user_event" in verb:
+                events.append(verb["user_event"]["event"])
+    return events
+
+
+def changed_step(result: dict[str, Any]) -> str | None:
+    for action in result.get("action", []):
+        if "change_step" in action:
+            return str(action["change_step"])
+        context = action.get("context_switch") or action.get("change_context")
+        if context:
+            return str(context)
+    return None
+
+
+def read_outbox(settings: Settings) -> list[dict[str, Any]]:
+    path = settings.mfa_outbox
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last_code(settings: Settings) -> str:
+    """The code in the newest outbox message (the body ends with it)."""
+    return str(read_outbox(settings)[-1]["body"].rsplit(" ", 1)[-1])

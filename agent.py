@@ -24,11 +24,14 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from signalwire import AgentBase
 
+from api import build_api_router
+from api.auth import BasicAuth
 from config import Settings, config_errors
 from conversation import FILLERS_SEND, FILLERS_VERIFY, configure_conversation
 from engine.runtime import Runtime, swaig_secret
 from functions import MfaFunctions
 from functions.platform import request_agent_id
+from web import build_live_router
 
 log = logging.getLogger("mfa")
 
@@ -157,6 +160,11 @@ def build_app(agent: MfaAgent) -> FastAPI:
 
     app.router.lifespan_context = lifespan
     app.add_middleware(AgentIdFromQuery)
+    user, password = agent.get_basic_auth_credentials()[:2]
+    auth = BasicAuth(user, password)
+    # mount() keeps the SDK's catch-all route last, so these routes are reachable.
+    agent.mount(build_api_router(runtime, auth))
+    agent.mount(build_live_router(runtime, auth))
     return app
 
 

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import aiohttp
 
@@ -19,6 +20,7 @@ from engine.breaker import CircuitBreaker
 from engine.delivery import Delivery
 from engine.delivery.outbox import OutboxDelivery
 from engine.delivery.signalwire_messaging import SignalWireMessaging
+from engine.events import attach_event_sinks
 from engine.events.publisher import EventPublisher
 from engine.limits import Limits, LimitSettings
 from engine.providers.base import Provider
@@ -130,10 +132,11 @@ class Runtime:
         )
         self._stop.clear()
         self.spawn(self._engine.run_expiry_timer(self._stop))
+        attach_event_sinks(self)
 
-    def spawn(self, coroutine: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+    def spawn(self, loop: Coroutine[Any, Any, None]) -> None:
         """Run a background loop until `close` (webhook delivery, live fan-out, the timer)."""
-        self._tasks.append(asyncio.ensure_future(coroutine))  # type: ignore[arg-type]
+        self._tasks.append(asyncio.ensure_future(loop))
 
     @property
     def stopping(self) -> asyncio.Event:

@@ -1,0 +1,14 @@
+"""What people watching the agent use: live events over `/websocket`, the `/dashboard`
+page and Prometheus `/metrics`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.auth import BasicAuth
+from engine.runtime import Runtime
+
+
+def build_live_router(runtime: Runtime, auth: BasicAuth) -> APIRouter:
+    """The live-status routes, each behind ``auth``."""
+    return APIRouter()

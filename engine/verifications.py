@@ -212,12 +212,8 @@ class VerificationEngine:
                 await self.publisher.publish(event)
             return CheckResult(outcome=CheckOutcome.EXPIRED, verification=verification, event=event)
         if gate is AttemptGate.NO_ATTEMPTS_LEFT:
-            event = Event.about("mfa.locked", verification, "max_attempts") if changed else None
-            if event:
-                await self.publisher.publish(event)
-            return CheckResult(
-                outcome=CheckOutcome.MAX_ATTEMPTS_REACHED, verification=verification, event=event
-            )
+            # The last counted attempts are still being checked; none of them is ours.
+            return CheckResult(outcome=CheckOutcome.MAX_ATTEMPTS_REACHED, verification=verification)
         return CheckResult(outcome=_FINAL_OUTCOME[verification.status], verification=verification)
 
     async def _approve(self, counted: Verification) -> CheckResult:
@@ -244,13 +240,18 @@ class VerificationEngine:
         await self.publisher.publish(event)
         if counted.attempts_left > 0 and not locked_call:
             return CheckResult(outcome=CheckOutcome.WRONG_CODE, verification=counted, event=event)
-        ended = await self.store.transition(counted.id, Status.MAX_ATTEMPTS_REACHED, self.clock())
-        current = ended or counted
-        reason = "call_failures" if locked_call else "max_attempts"
-        locked = Event.about("mfa.locked", current, reason)
-        await self.publisher.publish(locked)
         outcome = CheckOutcome.LOCKED if locked_call else CheckOutcome.MAX_ATTEMPTS_REACHED
-        return CheckResult(outcome=outcome, verification=current, event=locked)
+        ended = await self.store.transition(counted.id, Status.MAX_ATTEMPTS_REACHED, self.clock())
+        if ended is None:
+            # Ended meanwhile (a parallel right code, expiry): that one told everyone.
+            current = await self.store.get_verification(counted.id) or counted
+            if current.status is Status.APPROVED:
+                return CheckResult(outcome=CheckOutcome.WRONG_CODE, verification=current, event=event)
+            return CheckResult(outcome=outcome, verification=current, event=event)
+        reason = "call_failures" if locked_call else "max_attempts"
+        locked = Event.about("mfa.locked", ended, reason)
+        await self.publisher.publish(locked)
+        return CheckResult(outcome=outcome, verification=ended, event=locked)
 
     async def _gone(self, counted: Verification) -> CheckResult:
         # The provider forgot the code while our record still says pending: its

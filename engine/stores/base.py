@@ -31,7 +31,7 @@ class AttemptGate(StrEnum):
     COUNTED = "counted"  # attempts was incremented; go ahead and check the code
     NOT_PENDING = "not_pending"  # already approved / canceled / max_attempts_reached / expired
     EXPIRED = "expired"  # past expires_at: the store moved it to `expired` just now
-    NO_ATTEMPTS_LEFT = "no_attempts_left"  # the store moved it to `max_attempts_reached`
+    NO_ATTEMPTS_LEFT = "no_attempts_left"  # every attempt is counted; the last ones decide
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,9 @@ class Store(ABC):
         - not `pending`: gate NOT_PENDING, nothing changes;
         - `pending` but ``now >= expires_at``: status becomes `expired`, gate EXPIRED,
           ``changed`` True;
-        - `pending` with ``attempts >= max_attempts``: status becomes
-          `max_attempts_reached`, gate NO_ATTEMPTS_LEFT, ``changed`` True;
+        - `pending` with ``attempts >= max_attempts``: gate NO_ATTEMPTS_LEFT and
+          nothing changes: the counted attempts may still be in flight, and the
+          last of them (perhaps the right code) decides how it ends;
         - otherwise ``attempts += 1``, gate COUNTED.
         None when the id is unknown.
         """

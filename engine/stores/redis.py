@@ -104,8 +104,8 @@ elseif tonumber(ARGV[2]) >= tonumber(redis.call('HGET', key, 'ea')) then
   gate = 'expired'
   finish('expired')
 elseif tonumber(redis.call('HGET', key, 'at')) >= tonumber(redis.call('HGET', key, 'ma')) then
+  -- Not ended here: a counted attempt still in flight may be the right code.
   gate = 'no_attempts_left'
-  finish('max_attempts_reached')
 else
   redis.call('HINCRBY', key, 'at', 1)
   redis.call('HSET', key, 'ua', ARGV[2])
@@ -381,7 +381,7 @@ class RedisStore(Store):
         if answer is None:
             return None
         gate = AttemptGate(answer[0])
-        changed = gate in (AttemptGate.EXPIRED, AttemptGate.NO_ATTEMPTS_LEFT)
+        changed = gate is AttemptGate.EXPIRED
         return Attempt(gate, _from_hash(verification_id, _pairs(answer[1])), changed=changed)
 
     async def refund_attempt(self, verification_id: str) -> None:

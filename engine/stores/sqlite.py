@@ -272,9 +272,8 @@ class SqliteStore(Store):
                 assert ended is not None  # read as pending inside this very transaction
                 return Attempt(AttemptGate.EXPIRED, ended, changed=True)
             if verification.attempts >= verification.max_attempts:
-                ended = await self._end(db, verification_id, Status.MAX_ATTEMPTS_REACHED, now, None)
-                assert ended is not None
-                return Attempt(AttemptGate.NO_ATTEMPTS_LEFT, ended, changed=True)
+                # Not ended here: a counted attempt still in flight may be the right code.
+                return Attempt(AttemptGate.NO_ATTEMPTS_LEFT, verification)
             await db.execute(
                 "UPDATE verification SET attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (now, verification_id),

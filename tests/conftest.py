@@ -105,3 +105,14 @@ async def store(make_store: Callable[[], Store]) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+# == App fixtures: a Redis store URL of its own for each test that runs whole agents ==
+
+
+@pytest.fixture
+def app_redis_url(redis_url: str) -> Iterator[str]:
+    """A `MFA_STORE` URL on the real Redis whose keys no other test shares, deleted afterwards."""
+    prefix = f"test:{uuid4().hex}:"
+    yield f"{redis_url}?prefix={prefix}"
+    _delete_prefix(redis_url, prefix)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
 from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
@@ -34,10 +36,15 @@ def open_store(url: str, *, prefix: str = "mfa:") -> Store:
     """The store that ``url`` names, not yet opened (call ``await store.open()``).
 
     ``sqlite:///relative/path``, ``sqlite:////absolute/path``, or
-    ``redis://host:port/db`` / ``rediss://...`` (keys under ``prefix``).
+    ``redis://host:port/db`` / ``rediss://...`` (keys under ``prefix``; a
+    ``?prefix=name:`` query parameter sets it, so several agents can share a Redis).
     """
     if url.startswith(_SQLITE) and len(url) > len(_SQLITE):
         return SqliteStore(url.removeprefix(_SQLITE))
     if url.startswith(("redis://", "rediss://")):
-        return RedisStore(url, prefix=prefix)
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        prefix = query.pop("prefix", [prefix])[-1]
+        rest = urlencode(query, doseq=True)
+        return RedisStore(urlunsplit(parts._replace(query=rest)), prefix=prefix)
     raise ValueError("a store URL is sqlite:///path, redis://host:port/db or rediss://host:port/db")

@@ -1,0 +1,91 @@
+"""Test harness: the agent as a real process (`python agent.py`), started, killed and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+
+from tests.platform import PASSWORD, USER, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class AgentProcess:
+    """One `python agent.py` with its own port and environment."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("MFA_", "SIGNALWIRE_", "SWML_"))},
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "SWML_BASIC_AUTH_USER": USER,
+            "SWML_BASIC_AUTH_PASSWORD": PASSWORD,
+            **env,
+        }
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, within: float = 20.0) -> None:
+        self._log = self.log_path.open("ab")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "agent.py"),
+            cwd=self.log_path.parent,
+            env=self.env,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        deadline = asyncio.get_running_loop().time() + within
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"agent exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    async with http.get(f"{self.base_url}/health") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"agent did not start:\n{self.log()}")
+                await asyncio.sleep(0.05)
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, as in a crash or an OOM kill."""
+        await self._end(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """SIGTERM, as an orchestrator stops a container; SIGKILL if it does not end."""
+        await self._end(signal.SIGTERM)
+
+    async def _end(self, how: signal.Signals) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.send_signal(how)
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def auth(self) -> aiohttp.BasicAuth:
+        return aiohttp.BasicAuth(USER, PASSWORD)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -21,6 +21,8 @@ from engine.delivery import Delivery
 from engine.delivery.outbox import OutboxDelivery
 from engine.delivery.signalwire_messaging import SignalWireMessaging
 from engine.events import attach_event_sinks
+from engine.events.live import LiveHub
+from engine.events.metrics import Metrics
 from engine.events.publisher import EventPublisher
 from engine.limits import Limits, LimitSettings
 from engine.providers.base import Provider
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 CODE_KEY = "code-hmac"
 LIMITS_KEY = "limit-keys"
 SWAIG_KEY = "swaig-secret"
+CLOSE_TIMEOUT = 3.0
 
 
 class NotStarted(RuntimeError):
@@ -49,13 +52,14 @@ class Runtime:
         self.settings = settings
         self.clock = clock
         self.publisher = EventPublisher()
+        self.metrics = Metrics()
+        self.live = LiveHub(self.metrics)
         self._engine: VerificationEngine | None = None
         self._repeats: Repeats | None = None
         self._store: Store | None = None
         self._http: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._starting: asyncio.Lock | None = None
 
     @property
     def engine(self) -> VerificationEngine:
@@ -85,15 +89,15 @@ class Runtime:
     def started(self) -> bool:
         return self._engine is not None
 
-    async def ensure_started(self) -> None:
-        """Start on first use (for `swaig-test`, which runs a function without the server)."""
-        if self.started:
-            return
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-        async with self._starting:
-            if not self.started:
-                await self.start()
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Runtime]:
+        """Started for the duration of a block: for `swaig-test`, which runs one function
+        without the server (and so without its start-up and shutdown)."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.close()
 
     async def start(self) -> None:
         settings = self.settings
@@ -127,7 +131,7 @@ class Runtime:
             ),
             allowed_regions=settings.mfa_allowed_countries,
             from_number=settings.mfa_from_number,
-            breaker=CircuitBreaker(),
+            breaker=CircuitBreaker(clock=self.clock),
             clock=self.clock,
         )
         self._stop.clear()
@@ -153,6 +157,7 @@ class Runtime:
                 settings.signalwire_project_id,
                 settings.signalwire_api_token.get_secret_value(),
                 settings.mfa_upstream_timeout,
+                observer=self.metrics.observe_upstream,
             )
         if settings.mfa_provider == "signalwire":
             assert rest is not None
@@ -175,12 +180,17 @@ class Runtime:
         self._stop.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Shutdown must finish even if a loop is stuck in a call that ignores cancellation.
+            _, stuck = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
+            for task in stuck:
+                log.warning("background task %s did not stop within %ss", task.get_coro(), CLOSE_TIMEOUT)
         self._tasks.clear()
         if self._store is not None:
-            await self._store.close()
+            try:
+                await asyncio.wait_for(self._store.close(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("the store did not close within %ss", CLOSE_TIMEOUT)
         if self._http is not None:
             await self._http.close()
         self._engine = None

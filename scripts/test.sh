@@ -5,6 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 ensure_requirements requirements-dev.txt
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} from Debian's packages" >&2

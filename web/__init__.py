@@ -7,8 +7,9 @@ from fastapi import APIRouter
 
 from api.auth import BasicAuth
 from engine.runtime import Runtime
+from web.live import build_routes
 
 
 def build_live_router(runtime: Runtime, auth: BasicAuth) -> APIRouter:
-    """The live-status routes, each behind ``auth``."""
-    return APIRouter()
+    """The live-status routes, each behind ``auth`` (see `web.live`)."""
+    return build_routes(runtime, auth)

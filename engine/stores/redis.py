@@ -569,6 +569,11 @@ class RedisStore(Store):
                     if self._redis is not client:
                         return  # close() cut the connection: the end, not a failure
                     raise StoreUnavailable("the Redis store cannot be reached") from exc
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py can swallow a cancellation that lands inside get_message's own
+                    # timeout; without this check a cancelled listener would poll on forever.
+                    raise asyncio.CancelledError
                 if message is not None and message["type"] == "message":
                     yield str(message["data"])
         finally:

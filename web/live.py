@@ -1,0 +1,182 @@
+"""The live-status routes: `/websocket`, `/dashboard` (and its script and style), `/metrics`.
+
+`/websocket` protocol (JSON text frames):
+
+- the client sends ``{"type": "subscribe", "agent_id": "mfa"}`` (add ``"replay": true``
+  to first get that agent's recent events), as often as it likes, and
+  ``{"type": "unsubscribe", "agent_id": "mfa"}`` to stop;
+- the server answers ``{"type": "subscribed", "agent_id": ...}`` (every later
+  event of that agent follows it), ``{"type": "unsubscribed", ...}`` and, for a
+  message it cannot use, ``{"type": "error", "error": ..., "message": ...}``;
+- every event (SPEC.md section 5; its ``type`` starts with ``mfa.``) of the
+  agents subscribed to, in the order this instance received it.
+
+A client that falls more than a queue's length behind is closed with code
+1008 ("too slow") and counted in ``mfa_websocket_dropped_clients_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect, status
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from api.auth import BasicAuth
+from engine.errors import StoreUnavailable
+from engine.events.live import MAX_SUBSCRIPTIONS, LiveHub, Subscriber
+from engine.events.metrics import CONTENT_TYPE_LATEST
+from engine.events.webhooks import QUEUE as WEBHOOK_QUEUE
+from engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 4096
+CLOSE_TIMEOUT = 2.0  # seconds to say goodbye to a client that may not be reading
+AgentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+_PAGE_DIR = Path(__file__).parent
+_STATIC = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+# The page loads only its own script and style and talks only to this origin.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class Subscribe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["subscribe"]
+    agent_id: AgentId
+    replay: bool = False
+
+
+class Unsubscribe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["unsubscribe"]
+    agent_id: AgentId
+
+
+ClientMessage = TypeAdapter(Annotated[Subscribe | Unsubscribe, Field(discriminator="type")])
+
+
+def build_routes(runtime: Runtime, auth: BasicAuth) -> APIRouter:
+    """`/websocket`, `/dashboard` and `/metrics`, each behind ``auth``."""
+    router = APIRouter()
+    # The agent id the page shows unless its URL names another (AGENT_ID).
+    default_agent = html.escape(runtime.settings.agent_id, quote=True)
+    page = (_PAGE_DIR / "dashboard.html").read_text().replace("{{AGENT_ID}}", default_agent).encode()
+    static = {name: (_PAGE_DIR / "static" / name).read_bytes() for name in _STATIC}
+
+    @router.get("/dashboard", dependencies=[Depends(auth)], include_in_schema=False)
+    async def dashboard() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    @router.get("/dashboard/static/{name}", dependencies=[Depends(auth)], include_in_schema=False)
+    async def dashboard_static(name: str) -> Response:
+        if name not in static:
+            return Response(status_code=404)
+        return Response(static[name], media_type=_STATIC[name], headers=_PAGE_HEADERS)
+
+    @router.get("/metrics", dependencies=[Depends(auth)], include_in_schema=False)
+    async def metrics() -> Response:
+        if runtime.started:
+            # Read at scrape time: the outbox is shared, so this is every instance's backlog.
+            with contextlib.suppress(StoreUnavailable):
+                runtime.metrics.webhook_backlog.set(await runtime.store.backlog(WEBHOOK_QUEUE))
+        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.websocket("/websocket")
+    async def websocket(socket: WebSocket) -> None:
+        if not auth.accepts(socket.headers.get("authorization")):
+            # Closing before accepting refuses the handshake (HTTP 403).
+            await socket.close(code=status.WS_1008_POLICY_VIOLATION)
+            return
+        await socket.accept()
+        hub = runtime.live
+        subscriber = hub.connect()
+        try:
+            await _serve(socket, hub, subscriber)
+        finally:
+            hub.disconnect(subscriber)
+
+    return router
+
+
+async def _serve(socket: WebSocket, hub: LiveHub, subscriber: Subscriber) -> None:
+    """Read the client's messages and write its frames until either side ends, or it is dropped."""
+    tasks = {
+        asyncio.create_task(_read(socket, hub, subscriber)),
+        asyncio.create_task(_write(socket, subscriber)),
+        asyncio.create_task(subscriber.dropped.wait()),
+    }
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if subscriber.dropped.is_set():
+        # It may not be reading at all: do not wait long to say goodbye.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(socket.close(status.WS_1008_POLICY_VIOLATION, "too slow"), CLOSE_TIMEOUT)
+
+
+async def _write(socket: WebSocket, subscriber: Subscriber) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        while True:
+            await socket.send_text(await subscriber.queue.get())
+
+
+async def _read(socket: WebSocket, hub: LiveHub, subscriber: Subscriber) -> None:
+    while True:
+        message = await socket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None and message.get("bytes") is not None:
+            text = message["bytes"].decode("utf-8", "replace")
+        error = _handle(text or "", hub, subscriber)
+        if error is not None:
+            subscriber.offer(json.dumps({"type": "error", **error}))
+
+
+def _handle(text: str, hub: LiveHub, subscriber: Subscriber) -> dict[str, str] | None:
+    """Act on one client message; the error to send back, if any."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        return {"error": "too_long", "message": f"Messages are at most {MAX_MESSAGE_CHARS} characters."}
+    try:
+        request = ClientMessage.validate_json(text)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"] if part not in ("subscribe", "unsubscribe"))
+        if problem["type"] == "json_invalid":
+            return {"error": "bad_json", "message": "The message is not valid JSON."}
+        return {
+            "error": "bad_message",
+            "message": 'Send {"type": "subscribe", "agent_id": "..."} or {"type": "unsubscribe", ...}'
+            + (f" ({where}: {problem['msg']})" if where else f" ({problem['msg']})"),
+        }
+    if isinstance(request, Unsubscribe):
+        hub.unsubscribe(subscriber, request.agent_id)
+        return None
+    if request.agent_id not in subscriber.agent_ids and len(subscriber.agent_ids) >= MAX_SUBSCRIPTIONS:
+        return {"error": "too_many", "message": f"A client may watch at most {MAX_SUBSCRIPTIONS} agent ids."}
+    hub.subscribe(subscriber, request.agent_id, replay=request.replay)
+    return None

@@ -3,12 +3,29 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Depends
 
 from api.auth import BasicAuth
+from api.errors import ApiRoute
+from api.openapi import openapi_document
+from api.orchestrators import build_orchestrators_router
+from api.verifications import build_verifications_router
 from engine.runtime import Runtime
 
 
 def build_api_router(runtime: Runtime, auth: BasicAuth) -> APIRouter:
-    """Every HTTP API route, each behind ``auth``."""
-    return APIRouter()
+    """Every HTTP API route, each behind ``auth``, and `/openapi.json` describing them."""
+    router = APIRouter(dependencies=[Depends(auth)], route_class=ApiRoute)
+    router.include_router(build_verifications_router(runtime))
+    router.include_router(build_orchestrators_router(runtime))
+    document: dict[str, Any] = {}
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        if not document:
+            document.update(openapi_document(router.routes))
+        return document
+
+    return router

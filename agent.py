@@ -20,7 +20,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from signalwire import AgentBase
 
@@ -28,7 +29,8 @@ from api import build_api_router
 from api.auth import BasicAuth
 from config import Settings, config_errors
 from conversation import FILLERS_SEND, FILLERS_VERIFY, configure_conversation
-from engine.runtime import Runtime, swaig_secret
+from engine.errors import StoreUnavailable
+from engine.runtime import NotStarted, Runtime, swaig_secret
 from functions import MfaFunctions
 from functions.platform import request_agent_id
 from web import build_live_router
@@ -38,6 +40,12 @@ log = logging.getLogger("mfa")
 # Both functions share one meta_data scope: send_mfa writes `mfa`, verify_mfa reads it.
 META_DATA_TOKEN = "mfa_verification"  # noqa: S105 - a scope name, not a secret
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# What the SDK answers for a body it cannot process (500: a JSON body that is not an object).
+_UNREADABLE = {400, 413, 415, 422, 500}
+UNREADABLE_REQUEST = (
+    "Nothing was done: the request could not be read. "
+    "Apologize and say verification is not available right now."
+)
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -74,6 +82,11 @@ class MfaAgent(AgentBase):
         )
         self._register_functions(MfaFunctions(self.runtime))
         configure_conversation(self)  # after the functions, so the steps can name them
+        for name in ("send_mfa", "verify_mfa"):
+            function = self._tool_registry.get_function(name)
+            # The SDK's own check validates nothing with the current jsonschema-rs and retries a
+            # failed import on every request (~100 µs); functions/ validates with pydantic instead.
+            function.validate_args = _arguments_checked_by_handler  # type: ignore[union-attr,method-assign]
 
     def _register_functions(self, functions: MfaFunctions) -> None:
         self.define_tool(
@@ -118,12 +131,26 @@ class MfaAgent(AgentBase):
             meta_data_token=META_DATA_TOKEN,
         )
 
+    async def _handle_swaig_request(self, request: Request, response: Response) -> Response | dict[str, Any]:
+        # The SDK answers a body it cannot read with 4xx or 500; the platform must always get
+        # HTTP 200 with something the model can say (401 stays 401), and a 5xx would only
+        # make it send the same unreadable body again.
+        answer = await super()._handle_swaig_request(request, response)
+        if isinstance(answer, Response) and answer.status_code in _UNREADABLE:
+            log.warning("unreadable SWAIG request answered with a spoken refusal (%s)", answer.status_code)
+            return {"response": UNREADABLE_REQUEST}
+        return answer
+
     def _build_webhook_url(self, endpoint: str, query_params: dict[str, str] | None = None) -> str:
         # A call whose SWML was fetched with ?agent_id=X keeps reporting under X.
         agent_id = request_agent_id.get()
         if endpoint == "swaig" and agent_id:
             query_params = {**(query_params or {}), "agent_id": agent_id}
         return super()._build_webhook_url(endpoint, query_params)
+
+
+def _arguments_checked_by_handler(args: dict[str, Any]) -> tuple[bool, list[str]]:
+    return True, []
 
 
 class AgentIdFromQuery:
@@ -163,9 +190,27 @@ def build_app(agent: MfaAgent) -> FastAPI:
     user, password = agent.get_basic_auth_credentials()[:2]
     auth = BasicAuth(user, password)
     # mount() keeps the SDK's catch-all route last, so these routes are reachable.
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/ready"]
+    agent.mount(readiness_router(runtime))
     agent.mount(build_api_router(runtime, auth))
     agent.mount(build_live_router(runtime, auth))
     return app
+
+
+def readiness_router(runtime: Runtime) -> APIRouter:
+    """`/ready` is red while the store cannot be reached, and green again once it can."""
+    router = APIRouter()
+
+    @router.get("/ready")
+    async def ready() -> Response:
+        try:
+            await runtime.store.ping()
+        except (StoreUnavailable, NotStarted):
+            return JSONResponse({"status": "not_ready", "store": "unavailable"}, status_code=503)
+        breaker = runtime.engine.breaker.state
+        return JSONResponse({"status": "ready", "store": "ok", "provider_circuit": breaker})
+
+    return router
 
 
 def load_settings() -> Settings:
@@ -178,9 +223,16 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def main() -> None:
+def serve() -> None:
+    """Read the settings, prepare the store and serve the agent until stopped.
+
+    Not called `main`: `swaig-test` calls a module's `main()` and this one never returns.
+    """
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "DEBUG":
+        # The SDK logs two INFO lines per function request: 4% of the CPU under load (bench/).
+        logging.getLogger("signalwire").setLevel(logging.WARNING)
     secret = asyncio.run(swaig_secret(settings))
     agent = MfaAgent(settings, swaig_secret=secret)
     app = build_app(agent)
@@ -208,4 +260,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    serve()

@@ -75,7 +75,7 @@ class Limits:
                 (
                     f"sends:call:{call_id}",
                     self._settings.sends_per_call,
-                    CALL_STATE_TTL,
+                    HOUR,  # longer than any call
                     "sends_per_call",
                     "The most codes one call may ask for have been sent.",
                 ),

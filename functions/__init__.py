@@ -77,10 +77,17 @@ class MfaFunctions:
         self, name: str, run: Run, args: dict[str, Any], raw_data: dict[str, Any]
     ) -> dict[str, Any]:
         try:
-            request = parse_request(raw_data)
-            await self.runtime.ensure_started()
+            request = parse_request(raw_data, args)
         except BadRequest as bad:
             return bad.reply.to_result().to_dict()
+        if not self.runtime.started:
+            async with self.runtime.running():
+                return await self._answer(name, run, args, request)
+        return await self._answer(name, run, args, request)
+
+    async def _answer(
+        self, name: str, run: Run, args: dict[str, Any], request: SwaigRequest
+    ) -> dict[str, Any]:
 
         async def answer() -> tuple[dict[str, Any], bool]:
             try:

@@ -9,6 +9,7 @@ string (prompts and dashboards rely on that shape) plus `action`.
 
 from __future__ import annotations
 
+import json
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ class SwaigRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    function: str = Field(max_length=64)
     call_id: str = Field(pattern=_ID_PATTERN)
     caller_id_num: str | None = Field(None, max_length=64)
     meta_data: dict[str, Any] = Field(default_factory=dict)
@@ -86,10 +86,24 @@ class Reply:
         return result
 
 
-def parse_request(raw_data: Any) -> SwaigRequest:
+MAX_DOCUMENT = 16_384  # arguments or meta_data larger than this are not a real call's
+
+
+def _small_document(value: Any) -> bool:
     try:
-        return SwaigRequest.model_validate(raw_data)
-    except ValidationError:
+        return len(json.dumps(value, default=str)) <= MAX_DOCUMENT
+    except (RecursionError, ValueError, TypeError):
+        return False  # nested too deeply to be anything the platform sends
+
+
+def parse_request(raw_data: Any, arguments: Any = None) -> SwaigRequest:
+    """The webhook body, validated; BadRequest for anything a real call would not send."""
+    try:
+        request = SwaigRequest.model_validate(raw_data)
+        if not (_small_document(arguments) and _small_document(request.meta_data)):
+            raise ValueError("oversized")
+        return request
+    except (ValidationError, ValueError, RecursionError):
         raise BadRequest(
             Reply(
                 "Nothing was done: the request did not come from a call this agent can serve.",

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -16,61 +11,26 @@ import pytest_asyncio
 import redis
 
 from engine.stores import RedisStore, SqliteStore, Store
+from tests.platform import free_port
+from tests.processes import RedisServer, redis_answers
 
 # == Store fixtures (engine/stores): a Redis to test against, and every store opened fresh ==
 
 _LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
-def _redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-        return False
-    finally:
-        client.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A Redis to test against: the one on 6379 if it answers, else a throw-away redis-server."""
-    if _redis_answers(_LOCAL_REDIS):
+    if redis_answers(_LOCAL_REDIS):
         yield _LOCAL_REDIS
         return
-    server = shutil.which("redis-server")
-    if server is None:
-        reason = "no Redis on 127.0.0.1:6379 and no redis-server to start"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)  # under CI the Redis tests must run, never be skipped
-        pytest.skip(reason)
-    port = _free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = RedisServer(free_port())
+    server.start()
     try:
-        deadline = time.monotonic() + 10
-        while not _redis_answers(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server on port {port} did not start")
-            time.sleep(0.05)
-        yield url
+        yield server.url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        server.stop()
 
 
 def _delete_prefix(url: str, prefix: str) -> None:

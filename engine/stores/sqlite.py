@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import sqlite3
 import time
@@ -39,6 +40,10 @@ from engine.stores.base import (
     OutboxItem,
     Store,
 )
+
+# aiosqlite's debug lines echo every query's parameters, phone numbers included:
+# never below INFO, whatever level the application logs at.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 # Seconds a connection waits for another process's write lock before giving up.
 BUSY_TIMEOUT_SECONDS = 5.0

@@ -29,6 +29,16 @@ USER = "tester"
 PASSWORD = "correct-horse-battery-staple"
 
 
+class FakeClock:
+    """One clock for the agent (and the fake API), moved by the test instead of waiting."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -18,17 +18,17 @@ import pytest
 
 from engine.models import Event
 from tests.fakes.signalwire_api import FakeSignalWire, make_fake_signalwire
-from tests.platform import FakePlatform, RunningAgent, actions, changed_step, serve_agent, settings_for
+from tests.platform import (
+    FakeClock,
+    FakePlatform,
+    RunningAgent,
+    actions,
+    changed_step,
+    serve_agent,
+    settings_for,
+)
 
 CALLER = "+12025550143"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -17,6 +17,7 @@ import pytest
 
 from tests.fakes.signalwire_api import FakeSignalWire, make_fake_signalwire
 from tests.platform import (
+    FakeClock,
     FakePlatform,
     RunningAgent,
     actions,
@@ -28,16 +29,6 @@ from tests.platform import (
 )
 
 CALLER = "+12025550143"
-
-
-class FakeClock:
-    """One clock for the agent and the fake API, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

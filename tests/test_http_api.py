@@ -13,19 +13,9 @@ import aiohttp
 import pytest
 
 from engine.models import Event
-from tests.platform import RunningAgent, last_code, read_outbox, serve_agent, settings_for
+from tests.platform import FakeClock, RunningAgent, last_code, read_outbox, serve_agent, settings_for
 
 NUMBER = "+12025550143"
-
-
-class FakeClock:
-    """The agent's clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -14,17 +14,9 @@ from engine.codes import ALPHAS, code_digest, normalise_spoken
 from engine.models import CheckOutcome, Event, Status
 from engine.runtime import CODE_KEY, Runtime
 from tests.fakes.signalwire_api import make_fake_signalwire
-from tests.platform import FakePlatform, actions, last_code, read_outbox, serve_agent, settings_for
+from tests.platform import FakeClock, FakePlatform, actions, last_code, read_outbox, serve_agent, settings_for
 
 CALLER = "+12025550143"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.fakes.signalwire_api import FakeSignalWire, make_fake_signalwire
+from tests.platform import FakeClock
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -23,14 +24,6 @@ SMS = "/api/relay/rest/mfa/sms"
 CALL = "/api/relay/rest/mfa/call"
 MESSAGES = "/api/laml/2010-04-01/Accounts/test-project/Messages.json"
 CALLS = "/api/laml/2010-04-01/Accounts/test-project/Calls.json"
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -60,7 +53,7 @@ class Api:
 
 @pytest.fixture
 async def api(aiohttp_server: Any) -> AsyncIterator[Api]:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     fake = make_fake_signalwire(clock=clock)
     server: TestServer = await aiohttp_server(fake.app, host="127.0.0.1")
     async with aiohttp.ClientSession() as session:

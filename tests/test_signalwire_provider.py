@@ -21,6 +21,7 @@ from engine.providers.base import Answer, SendRequest
 from engine.providers.signalwire import SignalWireMfaProvider
 from engine.signalwire_rest import RequestNotSent, SignalWireRest, mask_numbers, new_http_session
 from tests.fakes.signalwire_api import FakeSignalWire, make_fake_signalwire
+from tests.platform import FakeClock
 
 PROJECT = "test-project"
 TOKEN = "test-token"
@@ -29,14 +30,6 @@ SENDER = "+15550001111"
 MFA = "/api/relay/rest/mfa"
 MESSAGES = f"/api/laml/2010-04-01/Accounts/{PROJECT}/Messages.json"
 CALLS = f"/api/laml/2010-04-01/Accounts/{PROJECT}/Calls.json"
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -60,7 +53,7 @@ class Env:
 
 @pytest.fixture
 async def env(aiohttp_server: Any) -> AsyncIterator[Env]:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     fake = make_fake_signalwire(PROJECT, TOKEN, clock=clock)
     server: TestServer = await aiohttp_server(fake.app, host="127.0.0.1")
     async with new_http_session(timeout=2.0) as session:

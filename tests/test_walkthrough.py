@@ -20,18 +20,10 @@ import pytest
 
 from engine.models import Event
 from engine.providers import local as local_provider
-from tests.platform import RunningAgent, last_code, read_outbox, serve_agent, settings_for
+from tests.platform import FakeClock, RunningAgent, last_code, read_outbox, serve_agent, settings_for
 
 NUMBER = "+14255550123"
 START = "/orchestrators/E4_SmsPhoneVerification"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -138,7 +138,8 @@ class Settings(BaseSettings):
             )
         if self.mfa_provider == "local" and self.mfa_delivery == "signalwire" and not self.mfa_from_number:
             raise ValueError("MFA_DELIVERY=signalwire needs MFA_FROM_NUMBER (the sender of the SMS)")
-        if not fits_one_segment(self.mfa_message, self.mfa_token_length):
+        longest_code = max(self.mfa_token_length, self.mfa_workflow_token_length)
+        if not fits_one_segment(self.mfa_message, longest_code):
             raise ValueError(
                 "MFA_MESSAGE with the code must fit one SMS segment "
                 "(160 GSM-7 characters, or 70 with any other character)"

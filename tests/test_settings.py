@@ -1,0 +1,71 @@
+"""Start-up configuration: wrong values stop start-up with one clear line per variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from config import Settings, config_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def errors(**values: object) -> list[str]:
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return config_errors(caught.value)
+
+
+def test_defaults_pick_the_local_engine_without_credentials() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.mfa_provider == "local" and settings.port == 3000 and settings.agent_id == "mfa"
+
+
+def test_credentials_pick_signalwire_and_loopback_spaces_use_http() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, signalwire_project_id="p", signalwire_api_token="t", signalwire_space="127.0.0.1:8099"
+    )
+    assert settings.mfa_provider == "signalwire"
+    assert settings.signalwire_base_url == "http://127.0.0.1:8099"
+
+
+@pytest.mark.parametrize(
+    ("values", "names"),
+    [
+        ({"mfa_token_length": 3}, "MFA_TOKEN_LENGTH"),
+        ({"mfa_valid_for": 700_000}, "MFA_VALID_FOR"),
+        ({"mfa_max_attempts": 21}, "MFA_MAX_ATTEMPTS"),
+        ({"mfa_destinations": "everyone"}, "MFA_DESTINATIONS"),
+        ({"mfa_allowed_countries": "US,XX"}, "MFA_ALLOWED_COUNTRIES"),
+        ({"mfa_store": "postgres://db"}, "MFA_STORE"),
+        ({"mfa_from_number": "555-0100"}, "MFA_FROM_NUMBER"),
+        ({"mfa_provider": "signalwire"}, "SIGNALWIRE_PROJECT_ID"),
+        ({"mfa_message": "x" * 150, "mfa_workflow_token_length": 12}, "MFA_MESSAGE"),
+    ],
+)
+def test_each_wrong_value_is_named(values: dict[str, object], names: str) -> None:
+    lines = errors(**values)
+    assert len(lines) == 1 and names in lines[0], lines
+
+
+def test_a_wrong_value_stops_the_agent_with_one_line_and_no_secret(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "MFA_TOKEN_LENGTH": "99", "SIGNALWIRE_API_TOKEN": "PT-top-secret-value"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "agent.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        line
+        for line in result.stderr.strip().splitlines()
+        if line.startswith("configuration error: MFA_TOKEN")
+    ]
+    assert "PT-top-secret-value" not in result.stdout + result.stderr

@@ -54,18 +54,9 @@ def test_each_wrong_value_is_named(values: dict[str, object], names: str) -> Non
 
 def test_a_wrong_value_stops_the_agent_with_one_line_and_no_secret(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "MFA_TOKEN_LENGTH": "99", "SIGNALWIRE_API_TOKEN": "PT-top-secret-value"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "agent.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    command = [sys.executable, str(ROOT / "agent.py")]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        line
-        for line in result.stderr.strip().splitlines()
-        if line.startswith("configuration error: MFA_TOKEN")
-    ]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("configuration error: MFA_TOKEN_LENGTH: "), lines
     assert "PT-top-secret-value" not in result.stdout + result.stderr

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
             )
         if self.mfa_provider == "local" and self.mfa_delivery == "signalwire" and not self.mfa_from_number:
             raise ValueError("MFA_DELIVERY=signalwire needs MFA_FROM_NUMBER (the sender of the SMS)")
+        if self.mfa_webhook_urls and self.mfa_webhook_secret is None:
+            # An unsigned event is one any caller of the receiver's URL could forge.
+            raise ValueError("MFA_WEBHOOK_URLS needs MFA_WEBHOOK_SECRET (the key that signs each event)")
         longest_code = max(self.mfa_token_length, self.mfa_workflow_token_length)
         if not fits_one_segment(self.mfa_message, longest_code):
             raise ValueError(

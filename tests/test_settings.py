@@ -45,6 +45,7 @@ def test_credentials_pick_signalwire_and_loopback_spaces_use_http() -> None:
         ({"mfa_from_number": "555-0100"}, "MFA_FROM_NUMBER"),
         ({"mfa_provider": "signalwire"}, "SIGNALWIRE_PROJECT_ID"),
         ({"mfa_message": "x" * 150, "mfa_workflow_token_length": 12}, "MFA_MESSAGE"),
+        ({"mfa_webhook_urls": "https://hooks.example.com/mfa"}, "MFA_WEBHOOK_SECRET"),
     ],
 )
 def test_each_wrong_value_is_named(values: dict[str, object], names: str) -> None:

@@ -22,8 +22,8 @@ To check one: compute ``hmac.new(secret, f"{timestamp}.".encode() + raw_body,
 hashlib.sha256).hexdigest()``, compare it with the hex after ``v1=`` using
 ``hmac.compare_digest``, and refuse timestamps more than a few minutes old
 (replays). Answer any 2xx once the event is stored; anything else, or no
-answer within 10 s, is retried. Without MFA_WEBHOOK_SECRET the signature
-header is left out (and a warning logged at start). Delivery is at least
+answer within 10 s, is retried. Settings refuse MFA_WEBHOOK_URLS without
+MFA_WEBHOOK_SECRET, so every delivery is signed. Delivery is at least
 once and not necessarily in order: order by the event's ``at``.
 """
 

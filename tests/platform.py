@@ -23,6 +23,7 @@ import uvicorn
 
 from agent import MfaAgent, build_app
 from config import Settings
+from engine.models import Event
 from engine.runtime import Runtime, swaig_secret
 
 USER = "tester"
@@ -57,6 +58,29 @@ def settings_for(tmp_path: Any, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def signalwire_settings(tmp_path: Any, port: int, **overrides: Any) -> Settings:
+    """Settings for a test agent whose SignalWire is the fake API listening on ``port``."""
+    values: dict[str, Any] = {
+        "signalwire_project_id": "test-project",
+        "signalwire_api_token": "test-token",
+        "signalwire_space": f"127.0.0.1:{port}",
+        "mfa_upstream_timeout": 1.0,
+        **overrides,
+    }
+    return settings_for(tmp_path, **values)
+
+
+def record_events(runtime: Runtime) -> list[Event]:
+    """Every event the runtime publishes from now on, in order."""
+    seen: list[Event] = []
+
+    async def capture(event: Event) -> None:
+        seen.append(event)
+
+    runtime.publisher.add_sink("test", capture)
+    return seen
 
 
 @dataclass

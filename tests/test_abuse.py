@@ -24,8 +24,9 @@ from tests.platform import (
     RunningAgent,
     actions,
     changed_step,
+    record_events,
     serve_agent,
-    settings_for,
+    signalwire_settings,
 )
 
 CALLER = "+12025550143"
@@ -56,22 +57,9 @@ async def world(aiohttp_server: Any, tmp_path: Any, request: Any) -> AsyncIterat
     clock = FakeClock()
     fake = make_fake_signalwire(clock=clock)
     server = await aiohttp_server(fake.app)
-    values = {
-        "signalwire_project_id": "test-project",
-        "signalwire_api_token": "test-token",
-        "signalwire_space": f"127.0.0.1:{server.port}",
-        "mfa_upstream_timeout": 1.0,
-        **getattr(request, "param", {}),
-    }
-    events: list[Event] = []
-    async with serve_agent(settings_for(tmp_path, **values), clock=clock) as agent:
-
-        async def capture(event: Event) -> None:
-            events.append(event)
-
-        agent.runtime.publisher.add_sink("test", capture)
-        async with aiohttp.ClientSession() as http:
-            yield World(agent, fake, clock, http, events)
+    settings = signalwire_settings(tmp_path, server.port, **getattr(request, "param", {}))
+    async with serve_agent(settings, clock=clock) as agent, aiohttp.ClientSession() as http:
+        yield World(agent, fake, clock, http, record_events(agent.runtime))
 
 
 ANY_DESTINATION = {"mfa_destinations": "any", "mfa_allowed_countries": "US,CA,GB"}

@@ -24,7 +24,7 @@ from tests.platform import (
     changed_step,
     free_port,
     serve_agent,
-    settings_for,
+    signalwire_settings,
     user_events,
 )
 
@@ -47,14 +47,7 @@ async def world(aiohttp_server: Any, tmp_path: Any, request: Any) -> AsyncIterat
     clock = FakeClock()
     fake = make_fake_signalwire(clock=clock)
     server = await aiohttp_server(fake.app)
-    values = {
-        "signalwire_project_id": "test-project",
-        "signalwire_api_token": "test-token",
-        "signalwire_space": f"127.0.0.1:{server.port}",
-        "mfa_upstream_timeout": 1.0,
-        **getattr(request, "param", {}),
-    }
-    settings = settings_for(tmp_path, **values)
+    settings = signalwire_settings(tmp_path, server.port, **getattr(request, "param", {}))
     async with serve_agent(settings, clock=clock) as agent, aiohttp.ClientSession() as http:
         yield World(agent, fake, clock, http)
 

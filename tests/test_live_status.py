@@ -40,6 +40,7 @@ from tests.platform import (
     last_code,
     serve_agent,
     settings_for,
+    signalwire_settings,
     user_events,
 )
 
@@ -502,13 +503,7 @@ async def test_metrics_count_sends_outcomes_and_upstream_requests(
 ) -> None:
     fake = make_fake_signalwire()
     server = await aiohttp_server(fake.app)
-    settings = settings_for(
-        tmp_path,
-        signalwire_project_id="test-project",
-        signalwire_api_token="test-token",
-        signalwire_space=f"127.0.0.1:{server.port}",
-        mfa_upstream_timeout=1.0,
-    )
+    settings = signalwire_settings(tmp_path, server.port)
     async with serve_agent(settings) as agent, aiohttp.ClientSession() as http:
         async with http.get(f"{agent.base_url}/metrics") as refused:
             assert refused.status == 401

@@ -14,7 +14,17 @@ from engine.codes import ALPHAS, code_digest, normalise_spoken
 from engine.models import CheckOutcome, Event, Status
 from engine.runtime import CODE_KEY, Runtime
 from tests.fakes.signalwire_api import make_fake_signalwire
-from tests.platform import FakeClock, FakePlatform, actions, last_code, read_outbox, serve_agent, settings_for
+from tests.platform import (
+    FakeClock,
+    FakePlatform,
+    actions,
+    last_code,
+    read_outbox,
+    record_events,
+    serve_agent,
+    settings_for,
+    signalwire_settings,
+)
 
 CALLER = "+12025550143"
 
@@ -103,12 +113,7 @@ async def test_a_new_code_does_not_reset_the_calls_failures(tmp_path: Any) -> No
 
 async def test_fifty_parallel_checks_count_at_most_max_attempts(runtime: Runtime) -> None:
     engine = runtime.engine
-    seen: list[Event] = []
-
-    async def capture(event: Event) -> None:
-        seen.append(event)
-
-    runtime.publisher.add_sink("test", capture)
+    seen = record_events(runtime)
     started = await engine.start(CALLER, "sms", agent_id="mfa")
     code = last_code(runtime.settings)
     guesses = [*[f"{n:06d}" for n in range(50) if f"{n:06d}" != code][:49], code]
@@ -125,12 +130,7 @@ async def test_fifty_parallel_checks_count_at_most_max_attempts(runtime: Runtime
 
 async def test_fifty_parallel_right_codes_verify_exactly_once(runtime: Runtime) -> None:
     engine = runtime.engine
-    seen: list[Event] = []
-
-    async def capture(event: Event) -> None:
-        seen.append(event)
-
-    runtime.publisher.add_sink("test", capture)
+    seen = record_events(runtime)
     started = await engine.start(CALLER, "sms", agent_id="mfa")
     code = last_code(runtime.settings)
     results = await asyncio.gather(*(engine.check(started.verification.id, code) for _ in range(50)))
@@ -175,14 +175,8 @@ async def test_local_codes_can_go_out_through_signalwire_messaging(
 ) -> None:
     fake = make_fake_signalwire()
     server = await aiohttp_server(fake.app)
-    settings = settings_for(
-        tmp_path,
-        mfa_provider="local",
-        mfa_delivery="signalwire",
-        mfa_from_number="+12025550100",
-        signalwire_project_id="test-project",
-        signalwire_api_token="test-token",
-        signalwire_space=f"127.0.0.1:{server.port}",
+    settings = signalwire_settings(
+        tmp_path, server.port, mfa_provider="local", mfa_delivery="signalwire", mfa_from_number="+12025550100"
     )
     runtime = await started_runtime(settings, FakeClock())
     try:

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests.fakes.signalwire_api import make_fake_signalwire
-from tests.platform import PASSWORD, FakePlatform, serve_agent, settings_for
+from tests.platform import PASSWORD, FakePlatform, serve_agent, signalwire_settings
 
 CALLER = "+12025550143"
 API_TOKEN = "PT-api-token-4b9d0c1e7f"
@@ -21,11 +21,10 @@ async def test_every_flow_at_debug_logs_no_secret(
     caplog.set_level(logging.DEBUG)
     fake = make_fake_signalwire(api_token=API_TOKEN)
     server = await aiohttp_server(fake.app)
-    settings = settings_for(
+    settings = signalwire_settings(
         tmp_path,
-        signalwire_project_id="test-project",
+        server.port,
         signalwire_api_token=API_TOKEN,
-        signalwire_space=f"127.0.0.1:{server.port}",
         log_level="DEBUG",
         mfa_destinations="any",
     )

@@ -60,7 +60,7 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     seconds: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            # Python 3.11 does not name its threads for the OS: the others are aiosqlite's and executors'.
+            # Python 3.11 does not name its threads for the OS: the others are the SQLite store's, executors'.
             name = "main (event loop)" if task.name == str(pid) else "other threads"
             used = cpu_seconds_of(task / "stat")
         except OSError:  # the thread ended meanwhile

@@ -5,7 +5,7 @@ line per distinct stack, ``frame;frame;...;leaf count``, root first (the file
 opens in speedscope, or in flamegraph.pl for an SVG). Only samples of a
 thread that was running are kept (no ``--idle``), so the shares below are
 shares of the CPU the agent spent. The event loop's thread is where requests
-are served; aiosqlite's worker thread runs SQLite calls.
+are served; the SQLite store's two threads (writer, reader) run SQLite calls.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ LAYERS: list[tuple[str, str]] = [
     ("json", r"\(json/"),
     ("pydantic", r"\(pydantic"),
     ("aiohttp client (+ yarl, multidict)", r"\((aiohttp|yarl|multidict)/"),
-    ("aiosqlite / sqlite3 (event-loop side)", r"\((aiosqlite|sqlite3)/"),
+    ("sqlite3 (event-loop side)", r"\(sqlite3/"),
     ("phonenumbers", r"\(phonenumbers/"),
     (
         "our code (agent.py, functions/, engine/, api/, web/)",
@@ -125,7 +125,7 @@ def _layer(leaf: str) -> str:
 def summarize(path: Path, top: int = 20) -> dict[str, Any]:
     """Shares of the event loop thread's samples: by layer (exclusive), category and function.
 
-    Other threads are only counted: py-spy takes aiosqlite's worker blocked in
+    Other threads are only counted: py-spy takes the SQLite threads blocked in
     ``SimpleQueue.get`` for a running thread, so their CPU comes from /proc instead.
     """
     stacks = read_stacks(path)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from dataclasses import dataclass
 
 from engine.errors import CallLocked, RateLimited
 from engine.stores.base import Store
+from engine.stores.windows import EXACT_UP_TO, Window
 
 HOUR = 3600.0
 MINUTE = 60.0
@@ -32,9 +34,10 @@ class LimitSettings:
 
 @dataclass(frozen=True)
 class Admission:
-    """The limiter keys a send was counted under, so a failed send can be taken back."""
+    """The windows a send was counted in, and when, so a failed send can be taken back."""
 
-    keys: tuple[str, ...]
+    windows: tuple[Window, ...]
+    now: float
 
 
 class Limits:
@@ -51,48 +54,47 @@ class Limits:
 
     async def admit_send(self, to: str, agent_id: str, call_id: str | None, now: float) -> Admission:
         """Count one send against every limit, or raise without counting any."""
+        limits = self._settings
+        checks: list[tuple[Window, str, str]] = []
         if call_id is not None:
             await self.ensure_not_locked(call_id)
-        checks: list[tuple[str, int, float, str, str]] = [
-            (
-                self._number_key(to),
-                self._settings.sends_per_number_per_hour,
-                HOUR,
-                "sends_per_number_per_hour",
-                "Too many codes were sent to that number recently.",
-            ),
-            (
-                f"sends:agent:{agent_id}",
-                self._settings.sends_per_agent_per_minute,
-                MINUTE,
-                "sends_per_agent_per_minute",
-                "The agent is sending too many codes right now.",
-            ),
-        ]
-        if call_id is not None:
-            checks.insert(
-                0,
+            checks.append(
                 (
-                    f"sends:call:{call_id}",
-                    self._settings.sends_per_call,
-                    HOUR,  # longer than any call
+                    Window(f"sends:call:{call_id}", limits.sends_per_call, HOUR),  # longer than any call
                     "sends_per_call",
                     "The most codes one call may ask for have been sent.",
-                ),
+                )
             )
-        counted: list[str] = []
-        for key, limit, window, name, message in checks:
-            retry_after = await self._store.hit(key, limit, window, now)
-            if retry_after > 0:
-                await self.take_back(Admission(tuple(counted)), now)
-                raise RateLimited(message, name, int(retry_after + 0.999))
-            counted.append(key)
-        return Admission(tuple(counted))
+        checks.append(
+            (
+                Window(self._number_key(to), limits.sends_per_number_per_hour, HOUR),
+                "sends_per_number_per_hour",
+                "Too many codes were sent to that number recently.",
+            )
+        )
+        checks.append(
+            (
+                # A flood guard, usually with a large limit: two buckets, not a log of every send.
+                Window(
+                    f"sends:agent:{agent_id}",
+                    limits.sends_per_agent_per_minute,
+                    MINUTE,
+                    exact=limits.sends_per_agent_per_minute <= EXACT_UP_TO,
+                ),
+                "sends_per_agent_per_minute",
+                "The agent is sending too many codes right now.",
+            )
+        )
+        windows = tuple(window for window, _, _ in checks)
+        refused = await self._store.hit(windows, now)
+        if refused is not None:
+            _, name, message = checks[refused.index]
+            raise RateLimited(message, name, math.ceil(refused.retry_after))
+        return Admission(windows, now)
 
-    async def take_back(self, admission: Admission, now: float) -> None:
+    async def take_back(self, admission: Admission) -> None:
         """A send that failed does not count against the limits."""
-        for key in admission.keys:
-            await self._store.unhit(key, now)
+        await self._store.unhit(admission.windows, admission.now)
 
     async def ensure_not_locked(self, call_id: str) -> None:
         if await self.failures(call_id) >= self._settings.max_failures_per_call:

@@ -135,7 +135,7 @@ class VerificationEngine:
         try:
             sent = await self.breaker.call(lambda: self.provider.send(request))
         except (ProviderUnavailable, ProviderRejected) as failure:
-            await self.limits.take_back(admission, now)
+            await self.limits.take_back(admission)
             await self._publish_failure(agent_id, call_id, channel, number, failure.kind)
             raise
         verification = Verification(

@@ -24,6 +24,7 @@ from engine.stores import (
     Store,
     open_store,
 )
+from engine.stores.windows import Refused, Window
 
 NOW = 1_700_000_000.0
 SHORT_TTL = 0.2  # seconds: long enough to observe, short enough to wait out
@@ -213,32 +214,90 @@ async def test_ending_a_verification_takes_it_off_the_schedule(store: Store) -> 
 # -- counters and limits ----------------------------------------------------
 
 
-async def test_hit_is_a_sliding_window(store: Store) -> None:
+def window(key: str, limit: int, seconds: float = 60, *, exact: bool = True) -> Window:
+    return Window(key, limit, seconds, exact=exact)
+
+
+async def retry_after(store: Store, windows: list[Window], now: float) -> float:
+    """0 if the hit was counted, else the seconds it says to wait."""
+    refused = await store.hit(windows, now)
+    return 0.0 if refused is None else refused.retry_after
+
+
+async def test_an_exact_window_slides(store: Store) -> None:
+    number = [window("number", 3)]
     for offset in (0, 10, 20):
-        assert await store.hit("number", limit=3, window=60, now=NOW + offset) == 0
+        assert await retry_after(store, number, NOW + offset) == 0
 
     # Full: the oldest event (at NOW) leaves the window at NOW + 60.
-    assert await store.hit("number", limit=3, window=60, now=NOW + 30) == pytest.approx(30)
-    assert await store.hit("number", limit=3, window=60, now=NOW + 59.5) == pytest.approx(0.5)
+    assert await retry_after(store, number, NOW + 30) == pytest.approx(30)
+    assert await retry_after(store, number, NOW + 59.5) == pytest.approx(0.5)
     # The refused tries were not recorded; at NOW + 60 the first event is out.
-    assert await store.hit("number", limit=3, window=60, now=NOW + 60) == 0
-    assert await store.hit("number", limit=3, window=60, now=NOW + 61) == pytest.approx(9)
-    assert await store.hit("other", limit=3, window=60, now=NOW + 61) == 0
+    assert await retry_after(store, number, NOW + 60) == 0
+    assert await retry_after(store, number, NOW + 61) == pytest.approx(9)
+    assert await retry_after(store, [window("other", 3)], NOW + 61) == 0
 
 
 async def test_hits_at_the_same_instant_all_count(store: Store) -> None:
-    assert await store.hit("agent", limit=2, window=60, now=NOW) == 0
-    assert await store.hit("agent", limit=2, window=60, now=NOW) == 0
-    assert await store.hit("agent", limit=2, window=60, now=NOW) == pytest.approx(60)
+    agent = [window("agent", 2)]
+    assert await retry_after(store, agent, NOW) == 0
+    assert await retry_after(store, agent, NOW) == 0
+    assert await retry_after(store, agent, NOW) == pytest.approx(60)
+
+
+async def test_a_hit_counts_in_every_window_or_in_none(store: Store) -> None:
+    call, number = window("call", 5), window("number", 1)
+    assert await store.hit([call, number], NOW) is None
+
+    refused = await store.hit([call, number], NOW + 1)
+
+    assert refused == Refused(index=1, retry_after=pytest.approx(59))
+    # The refused send left nothing in the call's window: four more fit, not three.
+    for offset in range(2, 6):
+        assert await store.hit([call], NOW + offset) is None
+    assert await store.hit([call], NOW + 6) == Refused(index=0, retry_after=pytest.approx(54))
 
 
 async def test_unhit_takes_back_the_newest_event(store: Store) -> None:
-    assert await store.hit("call", limit=1, window=60, now=NOW) == 0
-    assert await store.hit("call", limit=1, window=60, now=NOW + 1) > 0
+    call, agent = window("call", 1), window("agent", 1, exact=False)
+    assert await store.hit([call, agent], NOW) is None
+    assert await store.hit([call, agent], NOW + 1) is not None
 
-    await store.unhit("call", NOW + 1)
+    await store.unhit([call, agent], NOW)
 
-    assert await store.hit("call", limit=1, window=60, now=NOW + 2) == 0
+    assert await store.hit([call, agent], NOW + 2) is None
+
+
+# A bucketed window of 60 s starts here (NOW itself is not on a bucket boundary).
+BUCKET = (NOW // 60 + 1) * 60
+
+
+async def test_a_bucketed_window_weighs_the_previous_bucket(store: Store) -> None:
+    agent = [window("agent", 10, exact=False)]
+    for _ in range(10):
+        assert await retry_after(store, agent, BUCKET) == 0
+    # Full in its own bucket: it waits for the next bucket, and then until the ten
+    # events, now in the previous bucket, weigh at most 9 (a tenth of 60 s).
+    assert await retry_after(store, agent, BUCKET + 10) == pytest.approx(56)
+    assert await retry_after(store, agent, BUCKET + 65) > 0  # weighs 10 x 55/60: 9.2
+    assert await retry_after(store, agent, BUCKET + 66) == 0  # weighs exactly 9
+
+    # Halfway through the bucket after that: the previous bucket holds 1 and weighs 0.5.
+    assert await retry_after(store, agent, BUCKET + 150) == 0
+    for _ in range(8):
+        assert await retry_after(store, agent, BUCKET + 150) == 0
+    # 0.5 + 9 + 1 > 10: the next fits when the previous bucket's weight reaches 0.
+    assert await retry_after(store, agent, BUCKET + 150) == pytest.approx(30)
+
+
+async def test_a_bucketed_window_counts_every_event_of_its_bucket(store: Store) -> None:
+    agent = [window("agent", 100_000, exact=False)]
+    for offset in range(300):
+        assert await retry_after(store, agent, BUCKET + offset * 0.1) == 0
+    # The same key with a limit of 300: full, and free again once the 300 weigh 299.
+    assert await store.hit([window("agent", 300, exact=False)], BUCKET + 30) == Refused(
+        index=0, retry_after=pytest.approx(60 + 60 * (1 - 299 / 300) - 30)
+    )
 
 
 async def test_counters_count_until_their_ttl_passes(store: Store) -> None:

@@ -13,12 +13,13 @@ key expiry to forget data (a TTL is always given explicitly).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from engine.models import Status, Verification
+from engine.stores.windows import Refused, Window
 
 # How long a finished verification stays readable after it ended (or expired),
 # so a late check or a status query still gets its final status, not a 404.
@@ -142,14 +143,15 @@ class Store(ABC):
 
     # -- counters and limits ------------------------------------------------
     @abstractmethod
-    async def hit(self, key: str, limit: int, window: float, now: float) -> float:
-        """Sliding-window limiter: record one event under ``key`` if fewer than
-        ``limit`` happened in the last ``window`` seconds and return 0; else record
-        nothing and return the seconds until one more would be allowed."""
+    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
+        """Record one event in every window if each has room, and return None;
+        else record nothing and return the first full window and the seconds
+        until it would have room. One atomic step: two concurrent hits can never
+        both take the last place of a window."""
 
     @abstractmethod
-    async def unhit(self, key: str, now: float) -> None:
-        """Take back the newest event recorded under ``key`` (a send that then failed)."""
+    async def unhit(self, windows: Sequence[Window], now: float) -> None:
+        """Take back the event that ``hit(windows, now)`` recorded (a send that then failed)."""
 
     @abstractmethod
     async def incr(self, key: str, ttl: float) -> int:

@@ -11,7 +11,8 @@ Keys, all under ``prefix`` (default ``mfa:``):
   it expires RETAIN_FINISHED_SECONDS after it would have expired, and again
   RETAIN_FINISHED_SECONDS after it ends;
 - ``expiry``: sorted set of pending verification ids by ``expires_at``;
-- ``hit:{key}``: sorted set of one sliding window's events by time;
+- ``hit:{key}``: sorted set of an exact window's events by time (see ``windows``);
+- ``count:{key}@{bucket}``: a bucketed window's count in one fixed bucket;
 - ``count:{key}``, ``claim:{key}``, ``record:{kind}:{id}``, ``secret:{name}``: strings;
 - ``outbox:{queue}:due`` (sorted set by due time), ``outbox:{queue}:payload`` and
   ``outbox:{queue}:attempts`` (hashes by item id);
@@ -29,7 +30,7 @@ import json
 import math
 import secrets
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, cast
@@ -51,6 +52,15 @@ from engine.stores.base import (
     ClaimState,
     OutboxItem,
     Store,
+)
+from engine.stores.windows import (
+    Refused,
+    Window,
+    bucket,
+    bucket_key,
+    buckets_retry_after,
+    log_retry_after,
+    previous_weight,
 )
 
 # A dead or unreachable Redis must answer "unavailable" fast, not hang a request.
@@ -136,15 +146,54 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 _HIT = """
--- KEYS: event log. ARGV: now, window start (events at or before it are gone), limit, member, window_ms.
--- Nil when the event was recorded; else the oldest event's time (or now if there is none).
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  return false
+-- Count one event in every window if each has room, else in none.
+-- ARGV: now, a unique member, then four per window: kind, limit, ttl_ms, and for an exact
+-- window ('e', KEYS: its event log) the window's start (events at or before it are gone),
+-- for a bucketed one ('b', KEYS: previous and current bucket) the previous bucket's weight.
+-- Nil when counted; else {index of the first full window (0-based), then for 'e' the oldest
+-- event's time, for 'b' the previous and current counts}.
+local windows = (#ARGV - 2) / 4
+local k = 1
+for i = 0, windows - 1 do
+  local kind, limit, extra = ARGV[3 + 4 * i], tonumber(ARGV[4 + 4 * i]), ARGV[6 + 4 * i]
+  if kind == 'e' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', extra)
+    if redis.call('ZCARD', KEYS[k]) >= limit then
+      return {i, redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')[2]}
+    end
+    k = k + 1
+  else
+    local previous = tonumber(redis.call('GET', KEYS[k]) or '0')
+    local current = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+    if previous * tonumber(extra) + current + 1 > limit then return {i, previous, current} end
+    k = k + 2
+  end
 end
-return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or ARGV[1]
+k = 1
+for i = 0, windows - 1 do
+  local ttl = tonumber(ARGV[5 + 4 * i])
+  if ARGV[3 + 4 * i] == 'e' then
+    redis.call('ZADD', KEYS[k], ARGV[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[k], ttl)
+    k = k + 1
+  else
+    redis.call('INCR', KEYS[k + 1])
+    redis.call('PEXPIRE', KEYS[k + 1], 2 * ttl)
+    k = k + 2
+  end
+end
+return false
+"""
+
+_UNHIT = """
+-- KEYS: an exact window's event log or a bucketed window's current bucket; ARGV: 'e' or 'b' for each.
+for i, key in ipairs(KEYS) do
+  if ARGV[i] == 'e' then
+    redis.call('ZPOPMAX', key)
+  elseif tonumber(redis.call('GET', key) or '0') > 0 then
+    redis.call('DECR', key)
+  end
+end
 """
 
 _INCR = """
@@ -212,6 +261,7 @@ class _Scripts:
     refund_attempt: AsyncScript
     transition: AsyncScript
     hit: AsyncScript
+    unhit: AsyncScript
     incr: AsyncScript
     claim: AsyncScript
     secret: AsyncScript
@@ -227,6 +277,7 @@ class _Scripts:
             refund_attempt=client.register_script(_REFUND_ATTEMPT),
             transition=client.register_script(_TRANSITION),
             hit=client.register_script(_HIT),
+            unhit=client.register_script(_UNHIT),
             incr=client.register_script(_INCR),
             claim=client.register_script(_CLAIM),
             secret=client.register_script(_SERVER_KEY),
@@ -413,18 +464,41 @@ class RedisStore(Store):
         return float(earliest[0][1]) if earliest else None
 
     # -- counters and limits ------------------------------------------------
-    async def hit(self, key: str, limit: int, window: float, now: float) -> float:
+    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
+        keys: list[str] = []
+        # The member only has to be unique: two events may share a timestamp.
+        args: list[str | int | float] = [_num(now), secrets.token_hex(8)]
+        for window in windows:
+            if window.exact:
+                keys.append(self._key("hit", window.key))
+                args += ["e", window.limit, _ms(window.seconds), _num(now - window.seconds)]
+            else:
+                number = bucket(now, window.seconds)
+                keys += [
+                    self._key("count", bucket_key(window, number - 1)),
+                    self._key("count", bucket_key(window, number)),
+                ]
+                args += ["b", window.limit, _ms(window.seconds), _num(previous_weight(now, window.seconds))]
         with _unavailable():
-            oldest = await self._script.hit(
-                keys=[self._key("hit", key)],
-                # The member only has to be unique: two events may share a timestamp.
-                args=[_num(now), _num(now - window), limit, secrets.token_hex(8), _ms(window)],
-            )
-        return 0.0 if oldest is None else max(0.0, float(oldest) + window - now)
+            refused = await self._script.hit(keys=keys, args=args)
+        if refused is None:
+            return None
+        index = int(refused[0])
+        window = windows[index]
+        if window.exact:
+            oldest = float(refused[1]) if len(refused) > 1 else None
+            return Refused(index, log_retry_after(window, oldest, now))
+        return Refused(index, buckets_retry_after(window, int(refused[1]), int(refused[2]), now))
 
-    async def unhit(self, key: str, now: float) -> None:
+    async def unhit(self, windows: Sequence[Window], now: float) -> None:
+        keys = [
+            self._key("hit", window.key)
+            if window.exact
+            else self._key("count", bucket_key(window, bucket(now, window.seconds)))
+            for window in windows
+        ]
         with _unavailable():
-            await self._client.zpopmax(self._key("hit", key))
+            await self._script.unhit(keys=keys, args=["e" if window.exact else "b" for window in windows])
 
     async def incr(self, key: str, ttl: float) -> int:
         with _unavailable():

@@ -1,11 +1,15 @@
 """The SQLite store: one instance, one file, every decision in one transaction.
 
-Two connections: a writer, behind an asyncio lock so that the statements of
-one transaction are never interleaved with another coroutine's, and a reader
-for plain lookups, which under WAL never waits for the writer. ``BEGIN
-IMMEDIATE`` takes SQLite's write lock before a decision reads anything, so
-even a second process on the same file cannot slip in between the read and
-the write.
+Two plain ``sqlite3`` connections, each owned by a thread of its own: a
+writer and a reader (under WAL the reader never waits for the writer). Every
+store call is one job on its connection's thread, and a decision's whole
+transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) is one such job. A thread
+runs its jobs one at a time, in the order they were submitted, so no lock is
+needed for the statements of two transactions never to interleave, and
+queued writes run back to back instead of waiting for turns of the event
+loop. ``BEGIN IMMEDIATE`` takes SQLite's write lock before a decision reads
+anything, so even a second process on the same file cannot slip in between
+the read and the write.
 
 The contract's times (``now``, ``expires_at``) are the caller's clock. What
 Redis forgets through key expiry (a TTL, a finished verification after
@@ -17,17 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import secrets
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from engine.errors import StoreUnavailable
 from engine.models import Status, Verification
@@ -40,10 +42,17 @@ from engine.stores.base import (
     OutboxItem,
     Store,
 )
+from engine.stores.windows import (
+    Refused,
+    Window,
+    bucket,
+    bucket_key,
+    buckets_have_room,
+    buckets_retry_after,
+    log_retry_after,
+)
 
-# aiosqlite's debug lines echo every query's parameters, phone numbers included:
-# never below INFO, whatever level the application logs at.
-logging.getLogger("aiosqlite").setLevel(logging.INFO)
+T = TypeVar("T")
 
 # Seconds a connection waits for another process's write lock before giving up.
 BUSY_TIMEOUT_SECONDS = 5.0
@@ -135,15 +144,90 @@ def _verification(row: Sequence[Any]) -> Verification:
     return Verification.model_validate(dict(zip(_FIELDS, row, strict=True)))
 
 
+def _in_transaction(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``job`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back if it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = job(db)
+        db.execute("COMMIT")
+    except BaseException:
+        # Also after a failed COMMIT, which leaves the transaction open.
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+class _Connection:
+    """One ``sqlite3`` connection and the one thread that uses it.
+
+    Jobs run on that thread one at a time, in the order `run` was called; the
+    event loop only waits for the answer. A job whose caller is cancelled
+    before it starts never runs; once started it runs to its end, so a
+    transaction is never left half done.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self, path: Path) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self._name}")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._connect, path)
+
+    def _connect(self, path: Path) -> None:
+        # isolation_level=None: no implicit transactions; each decision opens its own.
+        # timeout: how long to wait for another process's write lock.
+        db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            # NORMAL under WAL: a power cut may lose the last commits, never corrupt the file.
+            db.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, job)
+        except RuntimeError as exc:  # the executor was shut down meanwhile
+            if self._executor is None:
+                raise StoreUnavailable("the SQLite store is closed") from exc
+            raise
+
+    def _call(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._db is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        with _unavailable():
+            return job(self._db)
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _disconnect(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            with suppress(sqlite3.Error):  # nothing left to save; WAL keeps the file consistent
+                db.close()
+
+
 class SqliteStore(Store):
     """The store in one SQLite file (``path``; its folder is created if missing)."""
 
     def __init__(self, path: str) -> None:
         self._path = Path(path)
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
-        self._next_purge = 0.0
+        self._writer = _Connection("writer")
+        self._reader = _Connection("reader")
+        self._next_purge = 0.0  # read and written on the writer's thread only
         self._secrets: dict[str, bytes] = {}
         # Weak, so a listener dropped without being closed does not collect messages forever.
         self._listeners: weakref.WeakSet[asyncio.Queue[str | None]] = weakref.WeakSet()
@@ -154,132 +238,107 @@ class SqliteStore(Store):
             await asyncio.to_thread(self._path.parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"cannot create the folder of the SQLite store: {exc}") from exc
-        try:
-            self._writer = await self._connect()
+
+        def create(db: sqlite3.Connection) -> tuple[str, ...]:
             # WAL first: it is a property of the file that the reader then shares.
-            await self._writer.execute("PRAGMA journal_mode = WAL")
-            await self._writer.executescript(_SCHEMA)
-            columns = await self._writer.execute_fetchall("PRAGMA table_info(verification)")
-            self._reader = await self._connect()
-        except sqlite3.Error as exc:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(_SCHEMA)
+            return tuple(column[1] for column in db.execute("PRAGMA table_info(verification)"))
+
+        try:
+            await self._writer.open(self._path)
+            columns = await self._writer.run(create)
+            await self._reader.open(self._path)
+        except (sqlite3.Error, StoreUnavailable) as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
-        if tuple(column[1] for column in columns)[: len(_FIELDS)] != _FIELDS:
+        if columns[: len(_FIELDS)] != _FIELDS:
             await self.close()
             raise StoreUnavailable("the SQLite store's verification table does not match this version")
-
-    async def _connect(self) -> aiosqlite.Connection:
-        # isolation_level=None: no implicit transactions; each decision opens its own.
-        db = await aiosqlite.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS)
-        try:
-            await db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-            # NORMAL under WAL: a power cut may lose the last commits, never corrupt the file.
-            await db.execute("PRAGMA synchronous = NORMAL")
-        except BaseException:
-            await db.close()
-            raise
-        return db
 
     async def close(self) -> None:
         for queue in list(self._listeners):
             queue.put_nowait(None)  # ends that listener's iteration
-        writer, reader, self._writer, self._reader = self._writer, self._reader, None, None
-        for db in (writer, reader):
-            if db is not None:
-                with suppress(sqlite3.Error):  # nothing left to save; WAL keeps the file consistent
-                    await db.close()
+        await self._writer.close()
+        await self._reader.close()
 
     async def ping(self) -> None:
-        async with self._read() as db:
-            await db.execute_fetchall("SELECT 1")
+        await self._reader.run(lambda db: db.execute("SELECT 1").fetchall())
 
-    # -- connections and transactions --------------------------------------
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The reader connection: sees only committed data."""
-        if self._reader is None:
-            raise StoreUnavailable("the SQLite store is not open")
-        with _unavailable():
-            yield self._reader
+    # -- jobs on the two threads --------------------------------------------
+    async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one query on the reader, which sees only committed data."""
+        return await self._reader.run(lambda db: db.execute(sql, parameters).fetchall())
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The writer connection, for single statements (each its own transaction)."""
-        async with self._write_lock:
-            if self._writer is None:
-                raise StoreUnavailable("the SQLite store is not open")
-            with _unavailable():
-                await self._purge_if_due(self._writer)
-                yield self._writer
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job`` on the writer; each of its statements commits on its own."""
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The writer connection inside ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
-        async with self._write() as db:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                await db.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT, which leaves the transaction open.
-                with suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                raise
+        def purged_first(db: sqlite3.Connection) -> T:
+            self._purge_if_due(db)
+            return job(db)
 
-    async def _purge_if_due(self, db: aiosqlite.Connection) -> None:
+        return await self._writer.run(purged_first)
+
+    async def _execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        """One statement on the writer; its rows (for RETURNING)."""
+        return await self._write(lambda db: db.execute(sql, parameters).fetchall())
+
+    async def _transaction(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job`` on the writer inside one ``BEGIN IMMEDIATE`` transaction."""
+        return await self._write(lambda db: _in_transaction(db, job))
+
+    def _purge_if_due(self, db: sqlite3.Connection) -> None:
         if time.monotonic() < self._next_purge:
             return
         self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
         wall = time.time()
         for table in _FORGETTING_TABLES:
-            await db.execute(f"DELETE FROM {table} WHERE forget_at <= ?", (wall,))  # noqa: S608
+            db.execute(f"DELETE FROM {table} WHERE forget_at <= ?", (wall,))  # noqa: S608
 
     # -- server keys --------------------------------------------------------
     async def secret(self, name: str) -> bytes:
         if name not in self._secrets:
-            async with self._write() as db:
+
+            def create_or_read(db: sqlite3.Connection) -> bytes:
                 # INSERT OR IGNORE: whoever inserts first wins; everyone then reads the winner.
-                await db.execute(
+                db.execute(
                     "INSERT OR IGNORE INTO secret (name, value) VALUES (?, ?)",
                     (name, secrets.token_bytes(32)),
                 )
-                rows = await db.execute_fetchall("SELECT value FROM secret WHERE name = ?", (name,))
-            self._secrets[name] = bytes(next(iter(rows))[0])
+                return bytes(db.execute("SELECT value FROM secret WHERE name = ?", (name,)).fetchone()[0])
+
+            self._secrets[name] = await self._write(create_or_read)
         return self._secrets[name]
 
     # -- verifications ------------------------------------------------------
     async def create_verification(self, verification: Verification) -> None:
         lifetime = max(0.0, verification.expires_at - verification.created_at)
         values = [*verification.model_dump().values(), time.time() + lifetime + RETAIN_FINISHED_SECONDS]
-        async with self._write() as db:
-            try:
-                await db.execute(_INSERT_VERIFICATION, values)
-            except sqlite3.IntegrityError as exc:
-                raise ValueError(f"verification {verification.id} already exists") from exc
+        try:
+            await self._execute(_INSERT_VERIFICATION, values)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"verification {verification.id} already exists") from exc
 
     async def get_verification(self, verification_id: str) -> Verification | None:
-        async with self._read() as db:
-            rows = await db.execute_fetchall(_SELECT_VERIFICATION, (verification_id, time.time()))
-        row = next(iter(rows), None)
-        return None if row is None else _verification(row)
+        rows = await self._read(_SELECT_VERIFICATION, (verification_id, time.time()))
+        return _verification(rows[0]) if rows else None
 
     async def begin_attempt(self, verification_id: str, now: float) -> Attempt | None:
-        async with self._transaction() as db:
-            rows = await db.execute_fetchall(_SELECT_VERIFICATION, (verification_id, time.time()))
-            row = next(iter(rows), None)
+        def attempt(db: sqlite3.Connection) -> Attempt | None:
+            row = db.execute(_SELECT_VERIFICATION, (verification_id, time.time())).fetchone()
             if row is None:
                 return None
             verification = _verification(row)
             if verification.status is not Status.PENDING:
                 return Attempt(AttemptGate.NOT_PENDING, verification)
             if verification.is_expired(now):
-                ended = await self._end(db, verification_id, Status.EXPIRED, now, None)
+                ended = self._end(db, verification_id, Status.EXPIRED, now, None)
                 assert ended is not None  # read as pending inside this very transaction
                 return Attempt(AttemptGate.EXPIRED, ended, changed=True)
             if verification.attempts >= verification.max_attempts:
                 # Not ended here: a counted attempt still in flight may be the right code.
                 return Attempt(AttemptGate.NO_ATTEMPTS_LEFT, verification)
-            await db.execute(
+            db.execute(
                 "UPDATE verification SET attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (now, verification_id),
             )
@@ -288,181 +347,230 @@ class SqliteStore(Store):
             )
             return Attempt(AttemptGate.COUNTED, counted)
 
+        return await self._transaction(attempt)
+
     async def refund_attempt(self, verification_id: str) -> None:
-        async with self._write() as db:
-            await db.execute(
-                "UPDATE verification SET attempts = attempts - 1"
-                " WHERE id = ? AND status = 'pending' AND attempts > 0",
-                (verification_id,),
-            )
+        await self._execute(
+            "UPDATE verification SET attempts = attempts - 1"
+            " WHERE id = ? AND status = 'pending' AND attempts > 0",
+            (verification_id,),
+        )
 
     async def transition(
         self, verification_id: str, to: Status, now: float, *, provider_ref: str | None = None
     ) -> Verification | None:
-        async with self._write() as db:
-            return await self._end(db, verification_id, to, now, provider_ref)
+        return await self._write(lambda db: self._end(db, verification_id, to, now, provider_ref))
 
     @staticmethod
-    async def _end(
-        db: aiosqlite.Connection, verification_id: str, to: Status, now: float, provider_ref: str | None
+    def _end(
+        db: sqlite3.Connection, verification_id: str, to: Status, now: float, provider_ref: str | None
     ) -> Verification | None:
         wall = time.time()
-        rows = await db.execute_fetchall(
+        row = db.execute(
             _END_VERIFICATION,
             (to.value, now, provider_ref, wall + RETAIN_FINISHED_SECONDS, verification_id, wall),
-        )
-        row = next(iter(rows), None)
+        ).fetchone()
         return None if row is None else _verification(row)
 
     async def due_for_expiry(self, now: float, limit: int = 100) -> list[str]:
-        async with self._read() as db:
-            rows = await db.execute_fetchall(
-                "SELECT id FROM verification WHERE status = 'pending' AND expires_at <= ? AND forget_at > ?"
-                " ORDER BY expires_at LIMIT ?",
-                (now, time.time(), limit),
-            )
+        rows = await self._read(
+            "SELECT id FROM verification WHERE status = 'pending' AND expires_at <= ? AND forget_at > ?"
+            " ORDER BY expires_at LIMIT ?",
+            (now, time.time(), limit),
+        )
         return [row[0] for row in rows]
 
     async def next_expiry(self) -> float | None:
-        async with self._read() as db:
-            rows = await db.execute_fetchall(
-                "SELECT min(expires_at) FROM verification WHERE status = 'pending' AND forget_at > ?",
-                (time.time(),),
-            )
-        earliest = next(iter(rows))[0]
+        rows = await self._read(
+            "SELECT min(expires_at) FROM verification WHERE status = 'pending' AND forget_at > ?",
+            (time.time(),),
+        )
+        earliest = rows[0][0]
         return None if earliest is None else float(earliest)
 
     # -- counters and limits ------------------------------------------------
-    async def hit(self, key: str, limit: int, window: float, now: float) -> float:
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM hit WHERE key = ? AND at <= ?", (key, now - window))
-            rows = await db.execute_fetchall("SELECT count(*), min(at) FROM hit WHERE key = ?", (key,))
-            count, oldest = next(iter(rows))
-            if count < limit:
-                await db.execute(
-                    "INSERT INTO hit (key, at, forget_at) VALUES (?, ?, ?)", (key, now, time.time() + window)
+    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
+        def count_all(db: sqlite3.Connection) -> Refused | None:
+            wall = time.time()
+            for index, window in enumerate(windows):
+                retry_after = (
+                    self._log_room(db, window, now)
+                    if window.exact
+                    else self._buckets_room(db, window, now, wall)
                 )
-                return 0.0
-        return window if oldest is None else max(0.0, oldest + window - now)
+                if retry_after is not None:
+                    return Refused(index, retry_after)
+            for window in windows:
+                if window.exact:
+                    db.execute(
+                        "INSERT INTO hit (key, at, forget_at) VALUES (?, ?, ?)",
+                        (window.key, now, wall + window.seconds),
+                    )
+                else:
+                    self._add_to_bucket(db, window, now, 1, wall)
+            return None
 
-    async def unhit(self, key: str, now: float) -> None:
-        async with self._write() as db:
-            await db.execute(
-                "DELETE FROM hit WHERE rowid ="
-                " (SELECT rowid FROM hit WHERE key = ? ORDER BY at DESC, rowid DESC LIMIT 1)",
-                (key,),
-            )
+        return await self._transaction(count_all)
+
+    @staticmethod
+    def _log_room(db: sqlite3.Connection, window: Window, now: float) -> float | None:
+        """None if the exact window has room; else the seconds until it has."""
+        db.execute("DELETE FROM hit WHERE key = ? AND at <= ?", (window.key, now - window.seconds))
+        count, oldest = db.execute(
+            "SELECT count(*), min(at) FROM hit WHERE key = ?", (window.key,)
+        ).fetchone()
+        return None if count < window.limit else log_retry_after(window, oldest, now)
+
+    @staticmethod
+    def _buckets_room(db: sqlite3.Connection, window: Window, now: float, wall: float) -> float | None:
+        """None if the bucketed window has room; else the seconds until it has."""
+        number = bucket(now, window.seconds)
+        counts = dict(
+            db.execute(
+                "SELECT key, value FROM counter WHERE key IN (?, ?) AND forget_at > ?",
+                (bucket_key(window, number - 1), bucket_key(window, number), wall),
+            ).fetchall()
+        )
+        previous = counts.get(bucket_key(window, number - 1), 0)
+        current = counts.get(bucket_key(window, number), 0)
+        if buckets_have_room(window, previous, current, now):
+            return None
+        return buckets_retry_after(window, previous, current, now)
+
+    @staticmethod
+    def _add_to_bucket(db: sqlite3.Connection, window: Window, now: float, amount: int, wall: float) -> None:
+        """Add ``amount`` to the bucket ``now`` falls in (never below 0); it is kept for two buckets."""
+        db.execute(
+            "INSERT INTO counter (key, value, forget_at) VALUES (?, max(0, ?), ?)"
+            " ON CONFLICT (key) DO UPDATE SET"
+            " value = max(0, CASE WHEN forget_at > ? THEN value ELSE 0 END + ?),"
+            " forget_at = CASE WHEN forget_at > ? THEN forget_at ELSE excluded.forget_at END",
+            (
+                bucket_key(window, bucket(now, window.seconds)),
+                amount,
+                wall + 2 * window.seconds,
+                wall,
+                amount,
+                wall,
+            ),
+        )
+
+    async def unhit(self, windows: Sequence[Window], now: float) -> None:
+        def take_back(db: sqlite3.Connection) -> None:
+            wall = time.time()
+            for window in windows:
+                if window.exact:
+                    db.execute(
+                        "DELETE FROM hit WHERE rowid ="
+                        " (SELECT rowid FROM hit WHERE key = ? ORDER BY at DESC, rowid DESC LIMIT 1)",
+                        (window.key,),
+                    )
+                else:
+                    self._add_to_bucket(db, window, now, -1, wall)
+
+        await self._transaction(take_back)
 
     async def incr(self, key: str, ttl: float) -> int:
         wall = time.time()
-        async with self._write() as db:
-            # A counter past its forget_at starts again at 1 with a new lifetime.
-            rows = await db.execute_fetchall(
-                "INSERT INTO counter (key, value, forget_at) VALUES (?, 1, ?)"
-                " ON CONFLICT (key) DO UPDATE SET"
-                " value = CASE WHEN forget_at > ? THEN value + 1 ELSE 1 END,"
-                " forget_at = CASE WHEN forget_at > ? THEN forget_at ELSE excluded.forget_at END"
-                " RETURNING value",
-                (key, wall + ttl, wall, wall),
-            )
-        return int(next(iter(rows))[0])
+        # A counter past its forget_at starts again at 1 with a new lifetime.
+        rows = await self._execute(
+            "INSERT INTO counter (key, value, forget_at) VALUES (?, 1, ?)"
+            " ON CONFLICT (key) DO UPDATE SET"
+            " value = CASE WHEN forget_at > ? THEN value + 1 ELSE 1 END,"
+            " forget_at = CASE WHEN forget_at > ? THEN forget_at ELSE excluded.forget_at END"
+            " RETURNING value",
+            (key, wall + ttl, wall, wall),
+        )
+        return int(rows[0][0])
 
     async def get_count(self, key: str) -> int:
-        async with self._read() as db:
-            rows = await db.execute_fetchall(
-                "SELECT value FROM counter WHERE key = ? AND forget_at > ?", (key, time.time())
-            )
-        row = next(iter(rows), None)
-        return 0 if row is None else int(row[0])
+        rows = await self._read(
+            "SELECT value FROM counter WHERE key = ? AND forget_at > ?", (key, time.time())
+        )
+        return int(rows[0][0]) if rows else 0
 
     # -- repeated requests --------------------------------------------------
     async def claim(self, key: str, ttl: float) -> Claim:
-        async with self._transaction() as db:
+        def take(db: sqlite3.Connection) -> Claim:
             wall = time.time()
-            rows = await db.execute_fetchall(
+            row = db.execute(
                 "SELECT result FROM claim WHERE key = ? AND forget_at > ?", (key, wall)
-            )
-            row = next(iter(rows), None)
+            ).fetchone()
             if row is None:
-                await db.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO claim (key, result, forget_at) VALUES (?, NULL, ?)",
                     (key, wall + ttl),
                 )
                 return Claim(ClaimState.NEW)
-        if row[0] is None:
-            return Claim(ClaimState.RUNNING)
-        return Claim(ClaimState.DONE, json.loads(row[0]))
+            if row[0] is None:
+                return Claim(ClaimState.RUNNING)
+            return Claim(ClaimState.DONE, json.loads(row[0]))
+
+        return await self._transaction(take)
 
     async def complete(self, key: str, result: dict[str, Any], ttl: float) -> None:
-        async with self._write() as db:
-            await db.execute(
-                "INSERT OR REPLACE INTO claim (key, result, forget_at) VALUES (?, ?, ?)",
-                (key, json.dumps(result, separators=(",", ":")), time.time() + ttl),
-            )
+        await self._execute(
+            "INSERT OR REPLACE INTO claim (key, result, forget_at) VALUES (?, ?, ?)",
+            (key, json.dumps(result, separators=(",", ":")), time.time() + ttl),
+        )
 
     async def release(self, key: str) -> None:
-        async with self._write() as db:
-            await db.execute("DELETE FROM claim WHERE key = ?", (key,))
+        await self._execute("DELETE FROM claim WHERE key = ?", (key,))
 
     # -- generic records ----------------------------------------------------
     async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl: float) -> None:
-        async with self._write() as db:
-            await db.execute(
-                "INSERT OR REPLACE INTO record (kind, id, data, forget_at) VALUES (?, ?, ?, ?)",
-                (kind, record_id, json.dumps(data, separators=(",", ":")), time.time() + ttl),
-            )
+        await self._execute(
+            "INSERT OR REPLACE INTO record (kind, id, data, forget_at) VALUES (?, ?, ?, ?)",
+            (kind, record_id, json.dumps(data, separators=(",", ":")), time.time() + ttl),
+        )
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
-        async with self._read() as db:
-            rows = await db.execute_fetchall(
-                "SELECT data FROM record WHERE kind = ? AND id = ? AND forget_at > ?",
-                (kind, record_id, time.time()),
-            )
-        row = next(iter(rows), None)
-        if row is None:
+        rows = await self._read(
+            "SELECT data FROM record WHERE kind = ? AND id = ? AND forget_at > ?",
+            (kind, record_id, time.time()),
+        )
+        if not rows:
             return None
-        data: dict[str, Any] = json.loads(row[0])
+        data: dict[str, Any] = json.loads(rows[0][0])
         return data
 
     # -- durable outbox -----------------------------------------------------
     async def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> None:
-        async with self._write() as db:
-            await db.execute(
-                "INSERT OR IGNORE INTO outbox (queue, id, payload, due_at) VALUES (?, ?, ?, ?)",
-                (queue, item_id, payload, due_at),
-            )
+        await self._execute(
+            "INSERT OR IGNORE INTO outbox (queue, id, payload, due_at) VALUES (?, ?, ?, ?)",
+            (queue, item_id, payload, due_at),
+        )
 
     async def claim_due(self, queue: str, now: float, lease: float, limit: int) -> list[OutboxItem]:
         """Items due by ``now``, each hidden for ``lease`` seconds; ``due_at`` is when it fell due."""
-        async with self._transaction() as db:
-            rows = list(
-                await db.execute_fetchall(
-                    "SELECT id, payload, attempts, due_at FROM outbox WHERE queue = ? AND due_at <= ?"
-                    " ORDER BY due_at LIMIT ?",
-                    (queue, now, limit),
-                )
-            )
-            await db.executemany(
+
+        def lease_due(db: sqlite3.Connection) -> list[Any]:
+            rows = db.execute(
+                "SELECT id, payload, attempts, due_at FROM outbox WHERE queue = ? AND due_at <= ?"
+                " ORDER BY due_at LIMIT ?",
+                (queue, now, limit),
+            ).fetchall()
+            db.executemany(
                 "UPDATE outbox SET due_at = ? WHERE queue = ? AND id = ?",
                 [(now + lease, queue, row[0]) for row in rows],
             )
+            return rows
+
+        rows = await self._transaction(lease_due)
         return [OutboxItem(id=row[0], payload=row[1], attempts=row[2], due_at=row[3]) for row in rows]
 
     async def ack(self, queue: str, item_id: str) -> None:
-        async with self._write() as db:
-            await db.execute("DELETE FROM outbox WHERE queue = ? AND id = ?", (queue, item_id))
+        await self._execute("DELETE FROM outbox WHERE queue = ? AND id = ?", (queue, item_id))
 
     async def retry_later(self, queue: str, item_id: str, due_at: float) -> None:
-        async with self._write() as db:
-            await db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, due_at = ? WHERE queue = ? AND id = ?",
-                (due_at, queue, item_id),
-            )
+        await self._execute(
+            "UPDATE outbox SET attempts = attempts + 1, due_at = ? WHERE queue = ? AND id = ?",
+            (due_at, queue, item_id),
+        )
 
     async def backlog(self, queue: str) -> int:
-        async with self._read() as db:
-            rows = await db.execute_fetchall("SELECT count(*) FROM outbox WHERE queue = ?", (queue,))
-        return int(next(iter(rows))[0])
+        rows = await self._read("SELECT count(*) FROM outbox WHERE queue = ?", (queue,))
+        return int(rows[0][0])
 
     # -- event fan-out ------------------------------------------------------
     async def broadcast(self, message: str) -> None:

@@ -10,9 +10,11 @@ are served; the SQLite store's two threads (writer, reader) run SQLite calls.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,7 +49,9 @@ def record(
     pid: int, seconds: float, output: Path, cpus: Iterable[int] | None, rate: int = 100, blocking: bool = True
 ) -> subprocess.Popen[bytes] | None:
     """Start py-spy on ``pid`` for ``seconds``; None when py-spy is not installed."""
-    binary = shutil.which("py-spy")
+    # bench/run.sh runs .venv/bin/python without activating the venv: look beside it first.
+    binary = shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.defpath]))
+    binary = binary or shutil.which("py-spy")
     if binary is None:
         return None
     process = subprocess.Popen(

@@ -6,8 +6,9 @@ Times are a fixed fake clock; only the TTL tests wait, briefly, on the real one.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 from uuid import uuid4
@@ -24,6 +25,7 @@ from engine.stores import (
     Store,
     open_store,
 )
+from engine.stores.sqlite import CHECKPOINT_EVERY_WRITES
 from engine.stores.windows import Refused, Window
 
 NOW = 1_700_000_000.0
@@ -523,6 +525,44 @@ async def test_sqlite_on_a_file_that_is_not_a_database_is_unavailable(tmp_path: 
     with pytest.raises(StoreUnavailable):
         await store.open()
     await store.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Any) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(str(tmp_path / "mfa.sqlite3"))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_sqlite_waits_for_another_process_s_lock_without_holding_up_the_event_loop(
+    sqlite_store: SqliteStore, tmp_path: Any
+) -> None:
+    other = sqlite3.connect(tmp_path / "mfa.sqlite3", isolation_level=None)  # as another process would
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        claiming = asyncio.ensure_future(sqlite_store.claim("key", ttl=30))
+        # The event loop goes on: timers fire and reads are answered while the claim waits.
+        await asyncio.sleep(0.05)
+        assert await sqlite_store.get_count("anything") == 0
+        assert not claiming.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert (await asyncio.wait_for(claiming, timeout=5)).state is ClaimState.NEW
+    assert (await sqlite_store.claim("key", ttl=30)).state is ClaimState.RUNNING
+
+
+async def test_sqlite_keeps_its_write_ahead_log_short(sqlite_store: SqliteStore, tmp_path: Any) -> None:
+    wal = tmp_path / "mfa.sqlite3-wal"
+    for number in range(5 * CHECKPOINT_EVERY_WRITES):
+        await sqlite_store.complete(f"key-{number}", {"response": "x" * 200}, ttl=30)
+        if number % 50 == 0:
+            await asyncio.sleep(0)  # a server between requests
+    # Each write adds a few pages (4 KiB each); unchecked, the log holds every one of them.
+    assert wal.stat().st_size < 3 * CHECKPOINT_EVERY_WRITES * 4096
 
 
 async def test_redis_on_a_closed_port_is_unavailable_at_once(unused_tcp_port: int) -> None:

@@ -367,8 +367,11 @@ class SqliteStore(Store):
         if purge:
             self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
         self._writes_since_checkpoint = 0
-        # Queued on the thread at once, even while the event loop is busy.
-        self._maintenance = self._thread.submit(lambda db: _maintenance(db, purge=purge))
+        try:
+            # Queued on the thread at once, even while the event loop is busy.
+            self._maintenance = self._thread.submit(lambda db: _maintenance(db, purge=purge))
+        except StoreUnavailable:
+            return  # closing: the write that brought us here has succeeded all the same
         self._maintenance.add_done_callback(_log_maintenance_failure)
 
     # -- server keys --------------------------------------------------------

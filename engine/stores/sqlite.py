@@ -136,18 +136,22 @@ CREATE TABLE IF NOT EXISTS secret (name TEXT PRIMARY KEY, value BLOB NOT NULL) W
 _FORGETTING_TABLES = ("verification", "hit", "counter", "claim", "record")
 
 
+def _unavailable_error(exc: sqlite3.DatabaseError) -> StoreUnavailable:
+    """SQLite's "cannot use the file" errors (locked, missing, read-only, disk I/O) as StoreUnavailable.
+
+    Constraint and programming errors are bugs, not an unreachable store: they are not turned.
+    """
+    return StoreUnavailable(f"the SQLite store failed: {exc}")
+
+
 @contextmanager
 def _unavailable() -> Iterator[None]:
-    """Turn SQLite's "cannot use the file" errors into StoreUnavailable.
-
-    Constraint and programming errors are bugs, not an unreachable store: they pass through.
-    """
     try:
         yield
     except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
         raise
-    except sqlite3.DatabaseError as exc:  # OperationalError: locked, missing, read-only, disk I/O
-        raise StoreUnavailable(f"the SQLite store failed: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise _unavailable_error(exc) from exc
 
 
 def _verification(row: Sequence[Any]) -> Verification:
@@ -318,40 +322,51 @@ class SqliteStore(Store):
     # long never does: a file locked by another process (the job is retried on the
     # thread, which waits for the lock), checkpoints and purges (run on the thread).
     # Nothing awaits inside a job, so two jobs can never interleave.
-    async def _run(self, job: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        def in_transaction_if_writing(db: sqlite3.Connection) -> T:
-            return _in_transaction(db, job) if write else job(db)
+    async def _run(self, job: Callable[[sqlite3.Connection], T], *, write: bool, transaction: bool) -> T:
+        """Run ``job`` here, or on the thread if it would have to wait; ``transaction``
+        wraps it in ``BEGIN IMMEDIATE`` ... ``COMMIT`` (a single statement is atomic alone)."""
 
-        if self._db is None:
+        def run(db: sqlite3.Connection) -> T:
+            return _in_transaction(db, job) if transaction else job(db)
+
+        db = self._db
+        if db is None:
             raise StoreUnavailable("the SQLite store is not open")
         try:
-            with _unavailable():
-                if write and self._maintaining():
-                    # Queue behind the checkpoint, which would otherwise starve under a
-                    # stream of writes from here and let the WAL grow.
-                    return await self._thread.run(in_transaction_if_writing)
-                try:
-                    return in_transaction_if_writing(self._db)
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                    # Rolled back, so nothing of it happened: run it where waiting is harmless.
-                    return await self._thread.run(in_transaction_if_writing)
+            if write and self._maintaining():
+                # Queue behind the checkpoint, which would otherwise starve under a
+                # stream of writes from here and let the WAL grow.
+                return await self._thread.run(run)
+            try:
+                return run(db)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise _unavailable_error(exc) from exc
+                # Rolled back, so nothing of it happened: run it where waiting is harmless.
+                return await self._thread.run(run)
+            except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+                raise
+            except sqlite3.DatabaseError as exc:
+                raise _unavailable_error(exc) from exc
         finally:
             if write:
                 self._maintain()
 
     async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query."""
-        return await self._run(lambda db: db.execute(sql, parameters).fetchall(), write=False)
+        return await self._run(
+            lambda db: db.execute(sql, parameters).fetchall(), write=False, transaction=False
+        )
 
     async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``job`` inside one ``BEGIN IMMEDIATE`` transaction."""
-        return await self._run(job, write=True)
+        return await self._run(job, write=True, transaction=True)
 
     async def _execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
-        """One statement in a transaction of its own; its rows (for RETURNING)."""
-        return await self._write(lambda db: db.execute(sql, parameters).fetchall())
+        """One statement (atomic on its own); its rows (for RETURNING)."""
+        return await self._run(
+            lambda db: db.execute(sql, parameters).fetchall(), write=True, transaction=False
+        )
 
     def _maintaining(self) -> bool:
         return self._maintenance is not None and not self._maintenance.done()
@@ -438,7 +453,10 @@ class SqliteStore(Store):
     async def transition(
         self, verification_id: str, to: Status, now: float, *, provider_ref: str | None = None
     ) -> Verification | None:
-        return await self._write(lambda db: self._end(db, verification_id, to, now, provider_ref))
+        # One UPDATE ... RETURNING: atomic without a transaction around it.
+        return await self._run(
+            lambda db: self._end(db, verification_id, to, now, provider_ref), write=True, transaction=False
+        )
 
     @staticmethod
     def _end(

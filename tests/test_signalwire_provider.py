@@ -202,7 +202,8 @@ async def test_a_strange_reference_stays_inside_its_path_segment(env: Env) -> No
 async def test_faults_are_unavailable_with_their_kind_and_not_repeated(
     env: Env, call: str, fault: str, kind: str
 ) -> None:
-    provider = env.provider(timeout=0.5)
+    # Short only where the fault is a hang: elsewhere a busy machine must not turn the fault into a timeout.
+    provider = env.provider(timeout=0.5 if fault == "hang" else 5.0)
     ref = None
     if call == "verify":
         ref = (await provider.send(send_request())).provider_ref

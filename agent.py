@@ -251,9 +251,13 @@ def serve() -> None:
 
     # Everything built so far (the SDK, the app and their modules) lives as long as
     # the process: keep it out of the garbage collector's full passes, which otherwise
-    # stop the event loop for 120-150 ms each under load (bench/README.md).
+    # stop the event loop for 120-150 ms each under load. And collect the youngest
+    # generation every 10,000 allocations instead of 700: a request's objects are
+    # mostly freed by then, so they are not traced and promoted again and again
+    # (17% less CPU per call, 3 MiB more memory; bench/README.md).
     gc.collect()
     gc.freeze()
+    gc.set_threshold(10_000, 20, 10)
     uvicorn.run(
         app,
         host=settings.host,

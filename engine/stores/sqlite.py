@@ -588,22 +588,28 @@ class SqliteStore(Store):
 
     # -- repeated requests --------------------------------------------------
     async def claim(self, key: str, ttl: float) -> Claim:
-        def take(db: sqlite3.Connection) -> Claim:
+        while True:
             wall = time.time()
-            row = db.execute(
-                "SELECT result FROM claim WHERE key = ? AND forget_at > ?", (key, wall)
-            ).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT OR REPLACE INTO claim (key, result, forget_at) VALUES (?, NULL, ?)",
-                    (key, wall + ttl),
-                )
+            # One statement takes the key if it is free or forgotten; RETURNING says whether it did.
+            taken = await self._execute(
+                "INSERT INTO claim (key, result, forget_at) VALUES (?, NULL, ?)"
+                " ON CONFLICT (key) DO UPDATE SET result = NULL, forget_at = excluded.forget_at"
+                " WHERE claim.forget_at <= ?"
+                " RETURNING 1",
+                (key, wall + ttl, wall),
+            )
+            if taken:
                 return Claim(ClaimState.NEW)
-            if row[0] is None:
-                return Claim(ClaimState.RUNNING)
-            return Claim(ClaimState.DONE, json.loads(row[0]))
-
-        return await self._write(take)
+            # Someone holds it (a repeat: rare). Read what they have; if the key was
+            # released or forgotten in between, try to take it again.
+            rows = await self._read("SELECT result FROM claim WHERE key = ? AND forget_at > ?", (key, wall))
+            if rows:
+                result = rows[0][0]
+                return (
+                    Claim(ClaimState.RUNNING)
+                    if result is None
+                    else Claim(ClaimState.DONE, json.loads(result))
+                )
 
     async def complete(self, key: str, result: dict[str, Any], ttl: float) -> None:
         await self._execute(

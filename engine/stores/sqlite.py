@@ -139,7 +139,7 @@ _FORGETTING_TABLES = ("verification", "hit", "counter", "claim", "record")
 def _unavailable_error(exc: sqlite3.DatabaseError) -> StoreUnavailable:
     """SQLite's "cannot use the file" errors (locked, missing, read-only, disk I/O) as StoreUnavailable.
 
-    Constraint and programming errors are bugs, not an unreachable store: they are not turned.
+    Constraint and programming errors are bugs, not an unreachable store: callers let them through.
     """
     return StoreUnavailable(f"the SQLite store failed: {exc}")
 
@@ -192,7 +192,7 @@ def _in_transaction(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], 
 class _Thread:
     """A ``sqlite3`` connection of its own on a thread of its own, for work that may wait.
 
-    Jobs run on that thread one at a time, in the order `run` was called; the
+    Jobs run on that thread one at a time, in the order they were submitted; the
     event loop only waits for the answer. A job whose caller is cancelled
     before it starts never runs; once started it runs to its end, so a
     transaction is never left half done.

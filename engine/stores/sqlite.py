@@ -136,22 +136,18 @@ CREATE TABLE IF NOT EXISTS secret (name TEXT PRIMARY KEY, value BLOB NOT NULL) W
 _FORGETTING_TABLES = ("verification", "hit", "counter", "claim", "record")
 
 
-def _unavailable_error(exc: sqlite3.DatabaseError) -> StoreUnavailable:
-    """SQLite's "cannot use the file" errors (locked, missing, read-only, disk I/O) as StoreUnavailable.
-
-    Constraint and programming errors are bugs, not an unreachable store: callers let them through.
-    """
-    return StoreUnavailable(f"the SQLite store failed: {exc}")
-
-
 @contextmanager
 def _unavailable() -> Iterator[None]:
+    """Turn SQLite's "cannot use the file" errors into StoreUnavailable.
+
+    Constraint and programming errors are bugs, not an unreachable store: they pass through.
+    """
     try:
         yield
     except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
         raise
-    except sqlite3.DatabaseError as exc:
-        raise _unavailable_error(exc) from exc
+    except sqlite3.DatabaseError as exc:  # OperationalError: locked, missing, read-only, disk I/O
+        raise StoreUnavailable(f"the SQLite store failed: {exc}") from exc
 
 
 def _verification(row: Sequence[Any]) -> Verification:
@@ -337,17 +333,14 @@ class SqliteStore(Store):
                 # Queue behind the checkpoint, which would otherwise starve under a
                 # stream of writes from here and let the WAL grow.
                 return await self._thread.run(run)
-            try:
-                return run(db)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise _unavailable_error(exc) from exc
-                # Rolled back, so nothing of it happened: run it where waiting is harmless.
-                return await self._thread.run(run)
-            except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-                raise
-            except sqlite3.DatabaseError as exc:
-                raise _unavailable_error(exc) from exc
+            with _unavailable():
+                try:
+                    return run(db)
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+            # Rolled back, so nothing of it happened: run it where waiting is harmless.
+            return await self._thread.run(run)
         finally:
             if write:
                 self._maintain()

@@ -13,8 +13,9 @@ Two ways to count a window:
   window counter). Constant work and two counters whatever the limit, for
   large limits (600 sends per agent per minute), at the price of assuming the
   previous bucket's events were spread evenly. With a small limit that
-  assumption costs too much (a limit of 2 could make a sender wait 90 s), so
-  windows up to EXACT_UP_TO events are kept exact whatever they guard.
+  assumption costs too much (a limit of 2 could make a sender wait 90 s): the
+  caller chooses, and `engine.limits` buckets the per-agent window only when
+  its limit is above EXACT_UP_TO.
 """
 
 from __future__ import annotations

@@ -246,6 +246,37 @@ async def test_every_route_but_health_needs_credentials(world: World) -> None:
         assert resp.status == 200
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+}
+
+
+async def test_every_response_carries_the_sdks_security_headers(world: World) -> None:
+    # agent.py sets them with its own middleware in place of the SDK's; none may be lost.
+    platform = world.platform()
+    await platform.start_call()
+    base, auth = world.agent.base_url, world.agent.auth
+    requests = [
+        ("POST", "/", auth, {"call": {"call_id": "c1"}}, 200),
+        ("POST", platform.urls["send_mfa"], None, platform.payload("send_mfa", {}), 200),
+        ("POST", "/swaig", None, {}, 401),
+        ("GET", "/health", None, None, 200),
+        ("GET", "/verifications/nope", auth, None, 404),
+    ]
+    for method, path, credentials, body, status in requests:
+        url = path if path.startswith("http") else base + path
+        async with world.http.request(method, url, auth=credentials, json=body) as resp:
+            assert resp.status == status, path
+            for name, value in SECURITY_HEADERS.items():
+                assert resp.headers.get(name) == value, (path, name)
+            assert "Strict-Transport-Security" not in resp.headers
+    world.agent.agent.ssl_enabled = True  # what SWML_SSL_ENABLED does; the SDK adds HSTS then
+    async with world.http.get(base + "/health") as resp:
+        assert resp.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
+
+
 async def test_a_function_url_without_its_call_token_runs_nothing(world: World) -> None:
     platform = world.platform()
     await platform.start_call()

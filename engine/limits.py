@@ -16,12 +16,13 @@ import math
 from dataclasses import dataclass
 
 from engine.errors import CallLocked, RateLimited
-from engine.stores.base import Store
+from engine.stores.base import CallLock, Store
 from engine.stores.windows import EXACT_UP_TO, Window
 
 HOUR = 3600.0
 MINUTE = 60.0
 CALL_STATE_TTL = 24 * 3600.0
+FAILURES_PREFIX = "failures:call:"  # + the call id: wrong codes on that call
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,19 @@ class Limits:
         """A send that failed does not count against the limits."""
         await self._store.unhit(admission.windows, admission.now)
 
+    @property
+    def call_lock(self) -> CallLock:
+        """When a call is locked, for the store to test in the same step as counting an attempt."""
+        return CallLock(FAILURES_PREFIX, self._settings.max_failures_per_call)
+
     async def ensure_not_locked(self, call_id: str) -> None:
         if await self.failures(call_id) >= self._settings.max_failures_per_call:
             raise CallLocked("This call has had too many wrong codes.")
 
     async def failures(self, call_id: str) -> int:
-        return await self._store.get_count(f"failures:call:{call_id}")
+        return await self._store.get_count(FAILURES_PREFIX + call_id)
 
     async def add_failure(self, call_id: str) -> bool:
         """Count a wrong code for the call; True when that locks the call."""
-        count = await self._store.incr(f"failures:call:{call_id}", CALL_STATE_TTL)
+        count = await self._store.incr(FAILURES_PREFIX + call_id, CALL_STATE_TTL)
         return count >= self._settings.max_failures_per_call

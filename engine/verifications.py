@@ -180,16 +180,14 @@ class VerificationEngine:
     # -- check ---------------------------------------------------------------
     async def check(self, verification_id: str, code: str, *, call_id: str | None = None) -> CheckResult:
         """Check one code. Wrong codes, spent attempts and expiry are outcomes, not errors."""
-        verification = await self.get(verification_id, call_id=call_id)
-        if verification.call_id is not None:
-            try:
-                await self.limits.ensure_not_locked(verification.call_id)
-            except CallLocked:
-                return CheckResult(outcome=CheckOutcome.LOCKED, verification=verification)
-        now = self.clock()
-        attempt = await self.store.begin_attempt(verification_id, now)
+        # One step in the store: the call owns it, the call is not locked, an attempt is counted.
+        attempt = await self.store.begin_attempt(
+            verification_id, self.clock(), call_id=call_id, lock=self.limits.call_lock
+        )
         if attempt is None:
             raise VerificationNotFound("No such verification.")
+        if attempt.gate is AttemptGate.CALL_LOCKED:
+            return CheckResult(outcome=CheckOutcome.LOCKED, verification=attempt.verification)
         if attempt.gate is not AttemptGate.COUNTED:
             return await self._not_checked(attempt.verification, attempt.gate, attempt.changed)
         counted = attempt.verification

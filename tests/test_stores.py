@@ -19,6 +19,7 @@ from engine.errors import StoreUnavailable
 from engine.models import Status, Verification
 from engine.stores import (
     AttemptGate,
+    CallLock,
     ClaimState,
     RedisStore,
     SqliteStore,
@@ -118,6 +119,34 @@ async def test_an_attempt_after_expiry_expires_it_once(store: Store) -> None:
     assert later is not None
     assert (later.gate, later.changed) == (AttemptGate.NOT_PENDING, False)
     assert await store.due_for_expiry(NOW + 1000) == []
+
+
+async def test_an_attempt_from_another_call_finds_nothing_and_counts_nothing(store: Store) -> None:
+    verification = await created(store, call_id="call-1")
+
+    assert await store.begin_attempt(verification.id, NOW, call_id="call-2") is None
+    assert (await store.get_verification(verification.id)).attempts == 0  # type: ignore[union-attr]
+    attempt = await store.begin_attempt(verification.id, NOW, call_id="call-1")
+    assert attempt is not None and attempt.gate is AttemptGate.COUNTED
+
+
+async def test_a_locked_call_counts_no_attempt(store: Store) -> None:
+    lock = CallLock("failures:call:", 2)
+    verification = await created(store, call_id="call-1")
+    other = await created(store, call_id="call-2")
+    await store.incr("failures:call:call-1", 3600)
+
+    one_failure = await store.begin_attempt(verification.id, NOW, lock=lock)
+    assert one_failure is not None and one_failure.gate is AttemptGate.COUNTED
+    await store.incr("failures:call:call-1", 3600)
+    for call_id in ("call-1", None):  # the SWAIG path names the call; the HTTP API does not
+        locked = await store.begin_attempt(verification.id, NOW, call_id=call_id, lock=lock)
+        assert locked is not None
+        assert (locked.gate, locked.verification.attempts) == (AttemptGate.CALL_LOCKED, 1)
+    # Another call's verification, and one without a call, are not locked by it.
+    assert (await store.begin_attempt(other.id, NOW, lock=lock)).gate is AttemptGate.COUNTED  # type: ignore[union-attr]
+    no_call = await created(store)
+    assert (await store.begin_attempt(no_call.id, NOW, lock=lock)).gate is AttemptGate.COUNTED  # type: ignore[union-attr]
 
 
 async def test_only_one_of_many_concurrent_transitions_wins(store: Store) -> None:

@@ -33,6 +33,15 @@ class AttemptGate(StrEnum):
     NOT_PENDING = "not_pending"  # already approved / canceled / max_attempts_reached / expired
     EXPIRED = "expired"  # past expires_at: the store moved it to `expired` just now
     NO_ATTEMPTS_LEFT = "no_attempts_left"  # every attempt is counted; the last ones decide
+    CALL_LOCKED = "call_locked"  # the call it was sent on has had too many wrong codes
+
+
+@dataclass(frozen=True)
+class CallLock:
+    """A call is locked once the counter ``prefix + call_id`` reaches ``limit``."""
+
+    prefix: str
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -105,9 +114,20 @@ class Store(ABC):
         """The verification, or None if unknown or forgotten."""
 
     @abstractmethod
-    async def begin_attempt(self, verification_id: str, now: float) -> Attempt | None:
+    async def begin_attempt(
+        self,
+        verification_id: str,
+        now: float,
+        *,
+        call_id: str | None = None,
+        lock: CallLock | None = None,
+    ) -> Attempt | None:
         """Atomically count one attempt at checking a code, if one may be made.
 
+        None when the id is unknown, or when ``call_id`` is given and the
+        verification was sent on another call. Then, in this order:
+        - ``lock`` given and the verification's call has reached it: gate
+          CALL_LOCKED, nothing changes;
         - not `pending`: gate NOT_PENDING, nothing changes;
         - `pending` but ``now >= expires_at``: status becomes `expired`, gate EXPIRED,
           ``changed`` True;
@@ -115,7 +135,6 @@ class Store(ABC):
           nothing changes: the counted attempts may still be in flight, and the
           last of them (perhaps the right code) decides how it ends;
         - otherwise ``attempts += 1``, gate COUNTED.
-        None when the id is unknown.
         """
 
     @abstractmethod

@@ -48,6 +48,7 @@ from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
     AttemptGate,
+    CallLock,
     Claim,
     ClaimState,
     OutboxItem,
@@ -98,10 +99,16 @@ return 1
 """
 
 _BEGIN_ATTEMPT = """
--- KEYS: verification, expiry schedule. ARGV: id, now, retain_ms.
+-- KEYS: verification, expiry schedule [, the call's failure counter].
+-- ARGV: id, now, retain_ms, call id ('' for any) [, lock limit].
 local key = KEYS[1]
 local status = redis.call('HGET', key, 'st')
 if not status then return false end
+local call = redis.call('HGET', key, 'ci') or ''
+if ARGV[4] ~= '' and call ~= ARGV[4] then return false end
+if KEYS[3] and call ~= '' and tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[5]) then
+  return {'call_locked', redis.call('HGETALL', key)}
+end
 local function finish(to)
   redis.call('HSET', key, 'st', to, 'ua', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -423,12 +430,32 @@ class RedisStore(Store):
             values = cast(dict[str, str], await self._client.hgetall(self._key("v", verification_id)))
         return _from_hash(verification_id, values) if values else None
 
-    async def begin_attempt(self, verification_id: str, now: float) -> Attempt | None:
+    async def begin_attempt(
+        self,
+        verification_id: str,
+        now: float,
+        *,
+        call_id: str | None = None,
+        lock: CallLock | None = None,
+    ) -> Attempt | None:
+        key = self._key("v", verification_id)
+        keys = [key, self._key("expiry")]
+        args: list[str | int | float] = [
+            verification_id,
+            _num(now),
+            _ms(RETAIN_FINISHED_SECONDS),
+            call_id or "",
+        ]
         with _unavailable():
-            answer = await self._script.begin_attempt(
-                keys=[self._key("v", verification_id), self._key("expiry")],
-                args=[verification_id, _num(now), _ms(RETAIN_FINISHED_SECONDS)],
-            )
+            if lock is not None:
+                # The script names every key it touches, so the counter's key is found first
+                # when the caller did not say which call it is; the script checks it is the same.
+                lock_call = call_id or cast(str | None, await self._client.hget(key, "ci"))
+                if lock_call:
+                    args[3] = lock_call
+                    keys.append(self._key("count", lock.prefix + lock_call))
+                    args.append(str(lock.limit))
+            answer = await self._script.begin_attempt(keys=keys, args=args)
         if answer is None:
             return None
         gate = AttemptGate(answer[0])

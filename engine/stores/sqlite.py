@@ -44,6 +44,7 @@ from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
     AttemptGate,
+    CallLock,
     Claim,
     ClaimState,
     OutboxItem,
@@ -410,12 +411,29 @@ class SqliteStore(Store):
         rows = await self._read(_SELECT_VERIFICATION, (verification_id, time.time()))
         return _verification(rows[0]) if rows else None
 
-    async def begin_attempt(self, verification_id: str, now: float) -> Attempt | None:
+    async def begin_attempt(
+        self,
+        verification_id: str,
+        now: float,
+        *,
+        call_id: str | None = None,
+        lock: CallLock | None = None,
+    ) -> Attempt | None:
         def attempt(db: sqlite3.Connection) -> Attempt | None:
-            row = db.execute(_SELECT_VERIFICATION, (verification_id, time.time())).fetchone()
+            wall = time.time()
+            row = db.execute(_SELECT_VERIFICATION, (verification_id, wall)).fetchone()
             if row is None:
                 return None
             verification = _verification(row)
+            if call_id is not None and verification.call_id != call_id:
+                return None
+            if lock is not None and verification.call_id is not None:
+                failures = db.execute(
+                    "SELECT value FROM counter WHERE key = ? AND forget_at > ?",
+                    (lock.prefix + verification.call_id, wall),
+                ).fetchone()
+                if failures is not None and failures[0] >= lock.limit:
+                    return Attempt(AttemptGate.CALL_LOCKED, verification)
             if verification.status is not Status.PENDING:
                 return Attempt(AttemptGate.NOT_PENDING, verification)
             if verification.is_expired(now):

@@ -87,6 +87,9 @@ class NumberPool:
         return number
 
 
+SLOW_SECONDS = 2.5  # the slow-provider phase's bound
+
+
 @dataclass
 class Recorder:
     """Latencies by step, and failures by step and kind, within a recording window."""
@@ -96,6 +99,10 @@ class Recorder:
     start: float | None = None  # monotonic; None: record everything
     end: float | None = None
     response_bytes: dict[str, int] = field(default_factory=dict)
+    # Requests slower than SLOW_SECONDS: (seconds since the recorder began, step, seconds taken),
+    # so a report can tell one stall (late requests bunched in time) from a spread.
+    slow: list[tuple[float, str, float]] = field(default_factory=list)
+    began: float = field(default_factory=time.monotonic)
 
     def counts(self, finished: float) -> bool:
         if self.start is None:
@@ -105,6 +112,8 @@ class Recorder:
     def add(self, step: str, seconds: float, finished: float) -> None:
         if self.counts(finished):
             self.samples[step].append(seconds)
+            if seconds > SLOW_SECONDS:
+                self.slow.append((round(finished - seconds - self.began, 3), step, round(seconds, 3)))
 
     def fail(self, step: str, kind: str) -> None:
         if self.start is None or time.monotonic() >= self.start:

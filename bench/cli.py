@@ -30,6 +30,7 @@ from bench import memory, profiling, report
 from bench.bare_agent import TOOL
 from bench.calls import (
     FUNCTION_STEPS,
+    SLOW_SECONDS,
     NumberPool,
     Target,
     closed_loop,
@@ -55,7 +56,7 @@ from bench.stats import summarize
 
 RESULTS = ROOT / "bench" / "results"
 PHASES = ("capacity", "realistic", "slow", "memory", "profile")
-WITHIN = 2.5  # seconds: the slow-provider target's bound, counted in every open-loop phase
+WITHIN = SLOW_SECONDS  # the slow-provider target's bound, counted in every open-loop phase
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -65,6 +65,7 @@ def summarize(result: LoopResult, *, within: float | None = None) -> dict[str, A
             by_step[step][f"within_{within:g}s"] for step in FUNCTION_STEPS
         )
         summary["function_requests_sent"] = answered + failed
+        summary[f"slower_than_{within:g}s"] = result.recorder.slow[:200]
     cpu = result.cpu_seconds
     if cpu and result.seconds:
         summary["cpu_cores_used"] = {name: round(value / result.seconds, 3) for name, value in cpu.items()}

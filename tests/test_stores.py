@@ -26,6 +26,7 @@ from engine.stores import (
     Store,
     open_store,
 )
+from engine.stores import sqlite as sqlite_module
 from engine.stores.sqlite import CHECKPOINT_EVERY_WRITES
 from engine.stores.windows import Refused, Window
 
@@ -592,6 +593,48 @@ async def test_sqlite_keeps_its_write_ahead_log_short(sqlite_store: SqliteStore,
             await asyncio.sleep(0)  # a server between requests
     # Each write adds a few pages (4 KiB each); unchecked, the log holds every one of them.
     assert wal.stat().st_size < 3 * CHECKPOINT_EVERY_WRITES * 4096
+
+
+async def test_sqlite_forgets_a_backlog_in_short_passes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A purge holds every write while it runs, so a day's worth of call records coming due
+    # at once must go in passes of a bounded size, not in one long DELETE.
+    monkeypatch.setattr(sqlite_module, "PURGE_BATCH", 100)
+    monkeypatch.setattr(sqlite_module, "PURGE_INTERVAL_SECONDS", 0.0)
+    passes: list[int] = []
+    purge_batch = sqlite_module._purge_batch
+
+    def counted(db: sqlite3.Connection, table: str, wall: float) -> bool:
+        before = db.total_changes
+        more = purge_batch(db, table, wall)
+        passes.append(db.total_changes - before)
+        return more
+
+    monkeypatch.setattr(sqlite_module, "_purge_batch", counted)
+    path = tmp_path / "mfa.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None)
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        other.executemany("INSERT INTO record VALUES ('call', ?, '{}', 1.0)", [(str(n),) for n in range(350)])
+        other.executemany("INSERT INTO claim VALUES (?, NULL, 1.0)", [(f"c{n}",) for n in range(250)])
+        await store.put_record("call", "live", {"verified": True}, ttl=3600)
+
+        async def forgotten() -> bool:
+            await store.incr("writes", ttl=60)  # purges start after writes
+            left = other.execute(
+                "SELECT (SELECT count(*) FROM record WHERE forget_at < 2) + (SELECT count(*) FROM claim)"
+            ).fetchone()[0]
+            return bool(left == 0)
+
+        await eventually(forgotten)
+        assert max(passes) == 100
+        assert sum(passes) == 600
+        assert await store.get_record("call", "live") == {"verified": True}
+    finally:
+        other.close()
+        await store.close()
 
 
 async def test_redis_on_a_closed_port_is_unavailable_at_once(unused_tcp_port: int) -> None:

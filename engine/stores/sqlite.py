@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 # Seconds a connection waits for another process's write lock before giving up.
 BUSY_TIMEOUT_SECONDS = 5.0
 # How often forgotten rows are deleted (they are already invisible before that).
-PURGE_INTERVAL_SECONDS = 60.0
+PURGE_INTERVAL_SECONDS = 10.0
+PURGE_BATCH = 2000  # rows per table and pass
 # Writes between two WAL checkpoints (SQLite's own default is 1000 pages).
 CHECKPOINT_EVERY_WRITES = 500
 
@@ -115,14 +116,18 @@ CREATE INDEX IF NOT EXISTS hit_forget ON hit (forget_at);
 CREATE TABLE IF NOT EXISTS counter (
     key TEXT PRIMARY KEY, value INTEGER NOT NULL, forget_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counter_forget ON counter (forget_at);
 
 -- result NULL: the owner is still running.
 CREATE TABLE IF NOT EXISTS claim (key TEXT PRIMARY KEY, result TEXT, forget_at REAL NOT NULL) WITHOUT ROWID;
+-- No forget_at index: claims live 30 s, so the table stays small enough to scan, and
+-- every request writes its claim twice.
 
 CREATE TABLE IF NOT EXISTS record (
     kind TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, forget_at REAL NOT NULL,
     PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS record_forget ON record (forget_at);
 
 CREATE TABLE IF NOT EXISTS outbox (
     queue TEXT NOT NULL, id TEXT NOT NULL, payload TEXT NOT NULL,
@@ -134,7 +139,14 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (queue, due_at);
 CREATE TABLE IF NOT EXISTS secret (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
 
-_FORGETTING_TABLES = ("verification", "hit", "counter", "claim", "record")
+# Each table whose rows are forgotten, with its key.
+_FORGETTING_TABLES = {
+    "verification": "id",
+    "hit": "rowid",
+    "counter": "key",
+    "claim": "key",
+    "record": "kind, id",
+}
 
 
 @contextmanager
@@ -155,21 +167,34 @@ def _verification(row: Sequence[Any]) -> Verification:
     return Verification.model_validate(dict(zip(_FIELDS, row, strict=True)))
 
 
-def _maintenance(db: sqlite3.Connection, *, purge: bool) -> None:
-    """On the thread: delete forgotten rows (if ``purge``), then copy the WAL into the file."""
-    if purge:
-        wall = time.time()
-        for table in _FORGETTING_TABLES:
-            db.execute(f"DELETE FROM {table} WHERE forget_at <= ?", (wall,))  # noqa: S608
+def _maintenance(db: sqlite3.Connection, *, purge: bool) -> bool:
+    """On the thread: delete forgotten rows (if ``purge``), then copy the WAL into the file.
+
+    True when more forgotten rows are left than one pass deletes.
+    """
+    more = purge and any([_purge_batch(db, table, time.time()) for table in _FORGETTING_TABLES])
     # RESTART: holds writes off while it copies, so that it catches up and the next
     # write starts the WAL from its beginning (the file stays the size of a few hundred
     # writes). The event loop's writes that meet it come to this thread meanwhile.
     db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    return more
 
 
-def _log_maintenance_failure(done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and (failure := done.exception()) is not None:
-        log.warning("SQLite maintenance (purge, checkpoint) failed; it is tried again later: %s", failure)
+def _purge_batch(db: sqlite3.Connection, table: str, wall: float) -> bool:
+    """Delete up to PURGE_BATCH forgotten rows of ``table``, oldest first; True if more may be left.
+
+    A DELETE holds every write of the event loop (they queue behind it on the
+    thread), so it is kept short: an index on forget_at finds the rows (claims,
+    which live 30 s, are few enough to scan), and a backlog (a day of call
+    records coming due) goes in several passes.
+    """
+    key = _FORGETTING_TABLES[table]
+    deleted = db.execute(
+        f"DELETE FROM {table} WHERE ({key}) IN"  # noqa: S608 - names from _FORGETTING_TABLES
+        f" (SELECT {key} FROM {table} WHERE forget_at <= ? ORDER BY forget_at LIMIT ?)",
+        (wall, PURGE_BATCH),
+    ).rowcount
+    return deleted >= PURGE_BATCH
 
 
 def _in_transaction(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -268,7 +293,7 @@ class SqliteStore(Store):
         self._thread = _Thread()
         self._writes_since_checkpoint = 0
         self._next_purge = 0.0
-        self._maintenance: asyncio.Future[None] | None = None
+        self._maintenance: asyncio.Future[bool] | None = None
         self._secrets: dict[str, bytes] = {}
         # Weak, so a listener dropped without being closed does not collect messages forever.
         self._listeners: weakref.WeakSet[asyncio.Queue[str | None]] = weakref.WeakSet()
@@ -381,7 +406,16 @@ class SqliteStore(Store):
             self._maintenance = self._thread.submit(lambda db: _maintenance(db, purge=purge))
         except StoreUnavailable:
             return  # closing: the write that brought us here has succeeded all the same
-        self._maintenance.add_done_callback(_log_maintenance_failure)
+        self._maintenance.add_done_callback(self._after_maintenance)
+
+    def _after_maintenance(self, done: asyncio.Future[bool]) -> None:
+        if done.cancelled():
+            return
+        failure = done.exception()
+        if failure is not None:
+            log.warning("SQLite maintenance (purge, checkpoint) failed; it is tried again later: %s", failure)
+        elif done.result():
+            self._next_purge = time.monotonic()  # a backlog: the next pass after the next write
 
     # -- server keys --------------------------------------------------------
     async def secret(self, name: str) -> bytes:

@@ -41,7 +41,7 @@ from engine.models import (
 )
 from engine.phone import checked_destination
 from engine.providers.base import Answer, Provider, SendRequest
-from engine.stores.base import AttemptGate, Store
+from engine.stores.base import AttemptGate, Record, Store
 
 log = logging.getLogger(__name__)
 
@@ -215,19 +215,16 @@ class VerificationEngine:
         return CheckResult(outcome=_FINAL_OUTCOME[verification.status], verification=verification)
 
     async def _approve(self, counted: Verification) -> CheckResult:
-        now = self.clock()
-        approved = await self.store.transition(counted.id, Status.APPROVED, now)
+        # The call's record of it goes in the same step: a verified call is never left unrecorded.
+        call_record = None
+        if counted.call_id is not None:
+            data = {"verified": True, "verification_id": counted.id}
+            call_record = Record(CALL_RECORD, counted.call_id, data, CALL_RECORD_TTL)
+        approved = await self.store.transition(counted.id, Status.APPROVED, self.clock(), record=call_record)
         if approved is None:
             # Another request ended it first (a parallel right code, or expiry).
             current = await self.store.get_verification(counted.id) or counted
             return CheckResult(outcome=_FINAL_OUTCOME[current.status], verification=current)
-        if approved.call_id is not None:
-            await self.store.put_record(
-                CALL_RECORD,
-                approved.call_id,
-                {"verified": True, "verification_id": approved.id},
-                CALL_RECORD_TTL,
-            )
         event = Event.about("mfa.verified", approved)
         await self.publisher.publish(event)
         return CheckResult(outcome=CheckOutcome.APPROVED, verification=approved, event=event)

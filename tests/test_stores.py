@@ -21,6 +21,7 @@ from engine.stores import (
     AttemptGate,
     CallLock,
     ClaimState,
+    Record,
     RedisStore,
     SqliteStore,
     Store,
@@ -162,6 +163,18 @@ async def test_only_one_of_many_concurrent_transitions_wins(store: Store) -> Non
     assert winners[0].status is Status.APPROVED
     assert winners[0].updated_at == NOW + 1
     assert await store.get_verification(verification.id) == winners[0]
+
+
+async def test_a_record_given_to_a_transition_is_kept_only_by_the_one_that_happens(store: Store) -> None:
+    verification = await created(store, call_id="call-1")
+    first = Record("call", "call-1", {"verified": True, "by": "first"}, ttl=3600)
+    late = Record("call", "call-1", {"verified": True, "by": "late"}, ttl=3600)
+
+    assert await store.transition(verification.id, Status.APPROVED, NOW + 1, record=first) is not None
+    assert await store.transition(verification.id, Status.EXPIRED, NOW + 2, record=late) is None
+    assert await store.get_record("call", "call-1") == {"verified": True, "by": "first"}
+    assert await store.transition("nope", Status.APPROVED, NOW, record=late) is None
+    assert await store.get_record("call", "call-1") == {"verified": True, "by": "first"}
 
 
 async def test_transition_keeps_the_provider_ref_unless_given(store: Store) -> None:

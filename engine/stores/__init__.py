@@ -12,6 +12,7 @@ from engine.stores.base import (
     Claim,
     ClaimState,
     OutboxItem,
+    Record,
     Store,
 )
 from engine.stores.redis import RedisStore
@@ -25,6 +26,7 @@ __all__ = [
     "Claim",
     "ClaimState",
     "OutboxItem",
+    "Record",
     "RedisStore",
     "SqliteStore",
     "Store",

@@ -37,6 +37,16 @@ class AttemptGate(StrEnum):
 
 
 @dataclass(frozen=True)
+class Record:
+    """A small JSON document kept ``ttl`` seconds under ``kind`` and ``id`` (see `put_record`)."""
+
+    kind: str
+    id: str
+    data: dict[str, Any]
+    ttl: float
+
+
+@dataclass(frozen=True)
 class CallLock:
     """A call is locked once the counter ``prefix + call_id`` reaches ``limit``."""
 
@@ -143,9 +153,18 @@ class Store(ABC):
 
     @abstractmethod
     async def transition(
-        self, verification_id: str, to: Status, now: float, *, provider_ref: str | None = None
+        self,
+        verification_id: str,
+        to: Status,
+        now: float,
+        *,
+        provider_ref: str | None = None,
+        record: Record | None = None,
     ) -> Verification | None:
         """Move a `pending` verification to ``to``; None if it was not `pending`.
+
+        With ``record``, the move also keeps that record, in the same atomic
+        step: both happen, or (when it was not `pending`) neither.
 
         Exactly one of several concurrent callers succeeds. Ending a
         verification removes it from the expiry schedule and keeps it

@@ -52,6 +52,7 @@ from engine.stores.base import (
     Claim,
     ClaimState,
     OutboxItem,
+    Record,
     Store,
 )
 from engine.stores.windows import (
@@ -139,14 +140,16 @@ return 0
 """
 
 _TRANSITION = """
--- KEYS: verification, expiry schedule. ARGV: id, to, now, retain_ms [, provider_ref].
+-- KEYS: verification, expiry schedule [, a record to keep with it].
+-- ARGV: id, to, now, retain_ms, provider_ref ('' to leave it) [, the record's JSON, its ttl_ms].
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
   -- Also drops the schedule entry of a verification that Redis already forgot.
   redis.call('ZREM', KEYS[2], ARGV[1])
   return false
 end
 redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ua', ARGV[3])
-if ARGV[5] then redis.call('HSET', KEYS[1], 'pr', ARGV[5]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'pr', ARGV[5]) end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('HGETALL', KEYS[1])
@@ -308,6 +311,10 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+def _record_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
 def _ms(seconds: float) -> int:
     """A TTL in whole milliseconds, at least 1 (Redis refuses 0)."""
     return max(1, math.ceil(seconds * 1000))
@@ -467,15 +474,27 @@ class RedisStore(Store):
             await self._script.refund_attempt(keys=[self._key("v", verification_id)])
 
     async def transition(
-        self, verification_id: str, to: Status, now: float, *, provider_ref: str | None = None
+        self,
+        verification_id: str,
+        to: Status,
+        now: float,
+        *,
+        provider_ref: str | None = None,
+        record: Record | None = None,
     ) -> Verification | None:
-        args = [verification_id, to.value, _num(now), _ms(RETAIN_FINISHED_SECONDS)]
-        if provider_ref is not None:
-            args.append(provider_ref)
+        keys = [self._key("v", verification_id), self._key("expiry")]
+        args: list[str | int | float] = [
+            verification_id,
+            to.value,
+            _num(now),
+            _ms(RETAIN_FINISHED_SECONDS),
+            provider_ref or "",
+        ]
+        if record is not None:
+            keys.append(self._key("record", record.kind, record.id))
+            args += [_record_json(record.data), _ms(record.ttl)]
         with _unavailable():
-            flat = await self._script.transition(
-                keys=[self._key("v", verification_id), self._key("expiry")], args=args
-            )
+            flat = await self._script.transition(keys=keys, args=args)
         return None if flat is None else _from_hash(verification_id, _pairs(flat))
 
     async def due_for_expiry(self, now: float, limit: int = 100) -> list[str]:
@@ -560,9 +579,7 @@ class RedisStore(Store):
     # -- generic records ----------------------------------------------------
     async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl: float) -> None:
         with _unavailable():
-            await self._client.set(
-                self._key("record", kind, record_id), json.dumps(data, separators=(",", ":")), px=_ms(ttl)
-            )
+            await self._client.set(self._key("record", kind, record_id), _record_json(data), px=_ms(ttl))
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
         with _unavailable():

@@ -48,6 +48,7 @@ from engine.stores.base import (
     Claim,
     ClaimState,
     OutboxItem,
+    Record,
     Store,
 )
 from engine.stores.windows import (
@@ -195,6 +196,13 @@ def _purge_batch(db: sqlite3.Connection, table: str, wall: float) -> bool:
         (wall, PURGE_BATCH),
     ).rowcount
     return deleted >= PURGE_BATCH
+
+
+def _put_record(db: sqlite3.Connection, record: Record) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO record (kind, id, data, forget_at) VALUES (?, ?, ?, ?)",
+        (record.kind, record.id, json.dumps(record.data, separators=(",", ":")), time.time() + record.ttl),
+    )
 
 
 def _in_transaction(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -496,12 +504,29 @@ class SqliteStore(Store):
         )
 
     async def transition(
-        self, verification_id: str, to: Status, now: float, *, provider_ref: str | None = None
+        self,
+        verification_id: str,
+        to: Status,
+        now: float,
+        *,
+        provider_ref: str | None = None,
+        record: Record | None = None,
     ) -> Verification | None:
-        # One UPDATE ... RETURNING: atomic without a transaction around it.
-        return await self._run(
-            lambda db: self._end(db, verification_id, to, now, provider_ref), write=True, transaction=False
-        )
+        if record is None:
+            # One UPDATE ... RETURNING: atomic without a transaction around it.
+            return await self._run(
+                lambda db: self._end(db, verification_id, to, now, provider_ref),
+                write=True,
+                transaction=False,
+            )
+
+        def end_and_record(db: sqlite3.Connection) -> Verification | None:
+            ended = self._end(db, verification_id, to, now, provider_ref)
+            if ended is not None:
+                _put_record(db, record)
+            return ended
+
+        return await self._write(end_and_record)
 
     @staticmethod
     def _end(
@@ -667,10 +692,8 @@ class SqliteStore(Store):
 
     # -- generic records ----------------------------------------------------
     async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl: float) -> None:
-        await self._execute(
-            "INSERT OR REPLACE INTO record (kind, id, data, forget_at) VALUES (?, ?, ?, ?)",
-            (kind, record_id, json.dumps(data, separators=(",", ":")), time.time() + ttl),
-        )
+        record = Record(kind, record_id, data, ttl)
+        await self._run(lambda db: _put_record(db, record), write=True, transaction=False)
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
         rows = await self._read(

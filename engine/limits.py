@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from engine.errors import CallLocked, RateLimited
 from engine.stores.base import CallLock, Store
-from engine.stores.windows import EXACT_UP_TO, Window
+from engine.stores.windows import EXACT_UP_TO, Ceiling, Window
 
 HOUR = 3600.0
 MINUTE = 60.0
@@ -56,9 +56,12 @@ class Limits:
     async def admit_send(self, to: str, agent_id: str, call_id: str | None, now: float) -> Admission:
         """Count one send against every limit, or raise without counting any."""
         limits = self._settings
+        # A call locked by its wrong codes is refused in the same step as the windows are counted.
+        ceiling = (
+            None if call_id is None else Ceiling(FAILURES_PREFIX + call_id, limits.max_failures_per_call)
+        )
         checks: list[tuple[Window, str, str]] = []
         if call_id is not None:
-            await self.ensure_not_locked(call_id)
             checks.append(
                 (
                     Window(f"sends:call:{call_id}", limits.sends_per_call, HOUR),  # longer than any call
@@ -87,9 +90,12 @@ class Limits:
             )
         )
         windows = tuple(window for window, _, _ in checks)
-        refused = await self._store.hit(windows, now)
+        first = () if ceiling is None else (ceiling,)
+        refused = await self._store.hit((*first, *windows), now)
         if refused is not None:
-            _, name, message = checks[refused.index]
+            if refused.index < len(first):
+                raise CallLocked("This call has had too many wrong codes.")
+            _, name, message = checks[refused.index - len(first)]
             raise RateLimited(message, name, math.ceil(refused.retry_after))
         return Admission(windows, now)
 
@@ -101,13 +107,6 @@ class Limits:
     def call_lock(self) -> CallLock:
         """When a call is locked, for the store to test in the same step as counting an attempt."""
         return CallLock(FAILURES_PREFIX, self._settings.max_failures_per_call)
-
-    async def ensure_not_locked(self, call_id: str) -> None:
-        if await self.failures(call_id) >= self._settings.max_failures_per_call:
-            raise CallLocked("This call has had too many wrong codes.")
-
-    async def failures(self, call_id: str) -> int:
-        return await self._store.get_count(FAILURES_PREFIX + call_id)
 
     async def add_failure(self, call_id: str) -> bool:
         """Count a wrong code for the call; True when that locks the call."""

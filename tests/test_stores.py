@@ -29,7 +29,7 @@ from engine.stores import (
 )
 from engine.stores import sqlite as sqlite_module
 from engine.stores.sqlite import CHECKPOINT_EVERY_WRITES
-from engine.stores.windows import Refused, Window
+from engine.stores.windows import Ceiling, Refused, Window
 
 NOW = 1_700_000_000.0
 SHORT_TTL = 0.2  # seconds: long enough to observe, short enough to wait out
@@ -301,6 +301,22 @@ async def test_a_hit_counts_in_every_window_or_in_none(store: Store) -> None:
     for offset in range(2, 6):
         assert await store.hit([call], NOW + offset) is None
     assert await store.hit([call], NOW + 6) == Refused(index=0, retry_after=pytest.approx(54))
+
+
+async def test_a_ceiling_refuses_a_hit_once_its_counter_reaches_it_and_is_never_counted(store: Store) -> None:
+    ceiling, call = Ceiling("failures:call:c1", 2), window("call", 5)
+    await store.incr("failures:call:c1", 3600)
+
+    assert await store.hit([ceiling, call], NOW) is None
+    assert await store.hit([ceiling, call], NOW + 1) is None
+    assert await store.get_count("failures:call:c1") == 1  # checked, not counted
+    await store.incr("failures:call:c1", 3600)
+
+    assert await store.hit([call, ceiling], NOW + 2) == Refused(index=1, retry_after=0.0)
+    # The refused hit left nothing in the call's window: three more fit.
+    for offset in range(3, 6):
+        assert await store.hit([call], NOW + offset) is None
+    assert (await store.hit([call], NOW + 6)) is not None
 
 
 async def test_unhit_takes_back_the_newest_event(store: Store) -> None:

@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from engine.models import Status, Verification
-from engine.stores.windows import Refused, Window
+from engine.stores.windows import Ceiling, Refused, Window
 
 # How long a finished verification stays readable after it ended (or expired),
 # so a late check or a status query still gets its final status, not a 404.
@@ -181,11 +181,12 @@ class Store(ABC):
 
     # -- counters and limits ------------------------------------------------
     @abstractmethod
-    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
-        """Record one event in every window if each has room, and return None;
-        else record nothing and return the first full window and the seconds
-        until it would have room. One atomic step: two concurrent hits can never
-        both take the last place of a window."""
+    async def hit(self, windows: Sequence[Window | Ceiling], now: float) -> Refused | None:
+        """Record one event in every window if each has room and no ceiling is
+        reached, and return None; else record nothing and return the first
+        window without room (with the seconds until it would have room) or the
+        first ceiling reached (with 0). One atomic step: two concurrent hits can
+        never both take the last place of a window."""
 
     @abstractmethod
     async def unhit(self, windows: Sequence[Window], now: float) -> None:

@@ -56,6 +56,7 @@ from engine.stores.base import (
     Store,
 )
 from engine.stores.windows import (
+    Ceiling,
     Refused,
     Window,
     bucket,
@@ -159,14 +160,18 @@ _HIT = """
 -- Count one event in every window if each has room, else in none.
 -- ARGV: now, a unique member, then four per window: kind, limit, ttl_ms, and for an exact
 -- window ('e', KEYS: its event log) the window's start (events at or before it are gone),
--- for a bucketed one ('b', KEYS: previous and current bucket) the previous bucket's weight.
+-- for a bucketed one ('b', KEYS: previous and current bucket) the previous bucket's weight,
+-- for a ceiling ('c', KEYS: its counter; never counted) nothing used.
 -- Nil when counted; else {index of the first full window (0-based), then for 'e' the oldest
 -- event's time, for 'b' the previous and current counts}.
 local windows = (#ARGV - 2) / 4
 local k = 1
 for i = 0, windows - 1 do
   local kind, limit, extra = ARGV[3 + 4 * i], tonumber(ARGV[4 + 4 * i]), ARGV[6 + 4 * i]
-  if kind == 'e' then
+  if kind == 'c' then
+    if tonumber(redis.call('GET', KEYS[k]) or '0') >= limit then return {i} end
+    k = k + 1
+  elseif kind == 'e' then
     redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', extra)
     if redis.call('ZCARD', KEYS[k]) >= limit then
       return {i, redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')[2]}
@@ -182,7 +187,9 @@ end
 k = 1
 for i = 0, windows - 1 do
   local ttl = tonumber(ARGV[5 + 4 * i])
-  if ARGV[3 + 4 * i] == 'e' then
+  if ARGV[3 + 4 * i] == 'c' then
+    k = k + 1
+  elseif ARGV[3 + 4 * i] == 'e' then
     redis.call('ZADD', KEYS[k], ARGV[1], ARGV[2])
     redis.call('PEXPIRE', KEYS[k], ttl)
     k = k + 1
@@ -510,12 +517,15 @@ class RedisStore(Store):
         return float(earliest[0][1]) if earliest else None
 
     # -- counters and limits ------------------------------------------------
-    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
+    async def hit(self, windows: Sequence[Window | Ceiling], now: float) -> Refused | None:
         keys: list[str] = []
         # The member only has to be unique: two events may share a timestamp.
         args: list[str | int | float] = [_num(now), secrets.token_hex(8)]
         for window in windows:
-            if window.exact:
+            if isinstance(window, Ceiling):
+                keys.append(self._key("count", window.key))
+                args += ["c", window.limit, 0, 0]
+            elif window.exact:
                 keys.append(self._key("hit", window.key))
                 args += ["e", window.limit, _ms(window.seconds), _num(now - window.seconds)]
             else:
@@ -531,6 +541,8 @@ class RedisStore(Store):
             return None
         index = int(refused[0])
         window = windows[index]
+        if isinstance(window, Ceiling):
+            return Refused(index, 0.0)
         if window.exact:
             oldest = float(refused[1]) if len(refused) > 1 else None
             return Refused(index, log_retry_after(window, oldest, now))

@@ -52,6 +52,7 @@ from engine.stores.base import (
     Store,
 )
 from engine.stores.windows import (
+    Ceiling,
     Refused,
     Window,
     bucket,
@@ -556,10 +557,17 @@ class SqliteStore(Store):
         return None if earliest is None else float(earliest)
 
     # -- counters and limits ------------------------------------------------
-    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
+    async def hit(self, windows: Sequence[Window | Ceiling], now: float) -> Refused | None:
         def count_all(db: sqlite3.Connection) -> Refused | None:
             wall = time.time()
             for index, window in enumerate(windows):
+                if isinstance(window, Ceiling):
+                    row = db.execute(
+                        "SELECT value FROM counter WHERE key = ? AND forget_at > ?", (window.key, wall)
+                    ).fetchone()
+                    if row is not None and row[0] >= window.limit:
+                        return Refused(index, 0.0)
+                    continue
                 retry_after = (
                     self._log_room(db, window, now)
                     if window.exact
@@ -568,6 +576,8 @@ class SqliteStore(Store):
                 if retry_after is not None:
                     return Refused(index, retry_after)
             for window in windows:
+                if isinstance(window, Ceiling):
+                    continue
                 if window.exact:
                     db.execute(
                         "INSERT INTO hit (key, at, forget_at) VALUES (?, ?, ?)",

@@ -2,6 +2,7 @@
 
 A send is counted against several windows at once (per call, per number, per
 agent), in one atomic step of the store: all of them record it, or none does.
+A `Ceiling` in the same step refuses it while a counter is too high.
 
 Two ways to count a window:
 
@@ -35,6 +36,18 @@ class Window:
     limit: int
     seconds: float
     exact: bool = True
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """No event while the counter ``key`` (kept by `Store.incr`) is at ``limit`` or above.
+
+    Tested with the windows of a `hit`, in the same step, and never counted itself:
+    a call locked by its wrong codes gets no more sends.
+    """
+
+    key: str
+    limit: int
 
 
 @dataclass(frozen=True)

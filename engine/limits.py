@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from engine.errors import CallLocked, RateLimited
 from engine.stores.base import CallLock, Store
-from engine.stores.windows import EXACT_UP_TO, Ceiling, Window
+from engine.stores.windows import EXACT_UP_TO, Window
 
 HOUR = 3600.0
 MINUTE = 60.0
@@ -57,9 +57,7 @@ class Limits:
         """Count one send against every limit, or raise without counting any."""
         limits = self._settings
         # A call locked by its wrong codes is refused in the same step as the windows are counted.
-        ceiling = (
-            None if call_id is None else Ceiling(FAILURES_PREFIX + call_id, limits.max_failures_per_call)
-        )
+        ceiling = None if call_id is None else self.call_lock.for_call(call_id)
         checks: list[tuple[Window, str, str]] = []
         if call_id is not None:
             checks.append(

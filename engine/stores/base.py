@@ -53,6 +53,10 @@ class CallLock:
     prefix: str
     limit: int
 
+    def for_call(self, call_id: str) -> Ceiling:
+        """The one call's lock, as `hit` tests it."""
+        return Ceiling(self.prefix + call_id, self.limit)
+
 
 @dataclass(frozen=True)
 class Attempt:

@@ -318,7 +318,7 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def _record_json(data: dict[str, Any]) -> str:
+def _json(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -466,9 +466,10 @@ class RedisStore(Store):
                 # when the caller did not say which call it is; the script checks it is the same.
                 lock_call = call_id or cast(str | None, await self._client.hget(key, "ci"))
                 if lock_call:
+                    ceiling = lock.for_call(lock_call)
                     args[3] = lock_call
-                    keys.append(self._key("count", lock.prefix + lock_call))
-                    args.append(str(lock.limit))
+                    keys.append(self._key("count", ceiling.key))
+                    args.append(str(ceiling.limit))
             answer = await self._script.begin_attempt(keys=keys, args=args)
         if answer is None:
             return None
@@ -499,7 +500,7 @@ class RedisStore(Store):
         ]
         if record is not None:
             keys.append(self._key("record", record.kind, record.id))
-            args += [_record_json(record.data), _ms(record.ttl)]
+            args += [_json(record.data), _ms(record.ttl)]
         with _unavailable():
             flat = await self._script.transition(keys=keys, args=args)
         return None if flat is None else _from_hash(verification_id, _pairs(flat))
@@ -580,9 +581,7 @@ class RedisStore(Store):
 
     async def complete(self, key: str, result: dict[str, Any], ttl: float) -> None:
         with _unavailable():
-            await self._client.set(
-                self._key("claim", key), json.dumps(result, separators=(",", ":")), px=_ms(ttl)
-            )
+            await self._client.set(self._key("claim", key), _json(result), px=_ms(ttl))
 
     async def release(self, key: str) -> None:
         with _unavailable():
@@ -591,7 +590,7 @@ class RedisStore(Store):
     # -- generic records ----------------------------------------------------
     async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl: float) -> None:
         with _unavailable():
-            await self._client.set(self._key("record", kind, record_id), _record_json(data), px=_ms(ttl))
+            await self._client.set(self._key("record", kind, record_id), _json(data), px=_ms(ttl))
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
         with _unavailable():

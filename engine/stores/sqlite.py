@@ -202,8 +202,20 @@ def _purge_batch(db: sqlite3.Connection, table: str, wall: float) -> bool:
 def _put_record(db: sqlite3.Connection, record: Record) -> None:
     db.execute(
         "INSERT OR REPLACE INTO record (kind, id, data, forget_at) VALUES (?, ?, ?, ?)",
-        (record.kind, record.id, json.dumps(record.data, separators=(",", ":")), time.time() + record.ttl),
+        (record.kind, record.id, _json(record.data), time.time() + record.ttl),
     )
+
+
+def _reached(db: sqlite3.Connection, ceiling: Ceiling, wall: float) -> bool:
+    """Whether the counter under ``ceiling`` (kept by `incr`) is at its limit or above."""
+    row = db.execute(
+        "SELECT value FROM counter WHERE key = ? AND forget_at > ?", (ceiling.key, wall)
+    ).fetchone()
+    return row is not None and row[0] >= ceiling.limit
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _in_transaction(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -470,13 +482,12 @@ class SqliteStore(Store):
             verification = _verification(row)
             if call_id is not None and verification.call_id != call_id:
                 return None
-            if lock is not None and verification.call_id is not None:
-                failures = db.execute(
-                    "SELECT value FROM counter WHERE key = ? AND forget_at > ?",
-                    (lock.prefix + verification.call_id, wall),
-                ).fetchone()
-                if failures is not None and failures[0] >= lock.limit:
-                    return Attempt(AttemptGate.CALL_LOCKED, verification)
+            if (
+                lock is not None
+                and verification.call_id is not None
+                and _reached(db, lock.for_call(verification.call_id), wall)
+            ):
+                return Attempt(AttemptGate.CALL_LOCKED, verification)
             if verification.status is not Status.PENDING:
                 return Attempt(AttemptGate.NOT_PENDING, verification)
             if verification.is_expired(now):
@@ -562,10 +573,7 @@ class SqliteStore(Store):
             wall = time.time()
             for index, window in enumerate(windows):
                 if isinstance(window, Ceiling):
-                    row = db.execute(
-                        "SELECT value FROM counter WHERE key = ? AND forget_at > ?", (window.key, wall)
-                    ).fetchone()
-                    if row is not None and row[0] >= window.limit:
+                    if _reached(db, window, wall):
                         return Refused(index, 0.0)
                     continue
                 retry_after = (
@@ -694,7 +702,7 @@ class SqliteStore(Store):
     async def complete(self, key: str, result: dict[str, Any], ttl: float) -> None:
         await self._execute(
             "INSERT OR REPLACE INTO claim (key, result, forget_at) VALUES (?, ?, ?)",
-            (key, json.dumps(result, separators=(",", ":")), time.time() + ttl),
+            (key, _json(result), time.time() + ttl),
         )
 
     async def release(self, key: str) -> None:

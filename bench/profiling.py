@@ -5,7 +5,8 @@ line per distinct stack, ``frame;frame;...;leaf count``, root first (the file
 opens in speedscope, or in flamegraph.pl for an SVG). Only samples of a
 thread that was running are kept (no ``--idle``), so the shares below are
 shares of the CPU the agent spent. The event loop's thread is where requests
-are served; the SQLite store's two threads (writer, reader) run SQLite calls.
+are served, SQLite statements included; the SQLite store's one thread runs
+checkpoints, purges and the jobs that must wait for another process's lock.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def _layer(leaf: str) -> str:
 def summarize(path: Path, top: int = 20) -> dict[str, Any]:
     """Shares of the event loop thread's samples: by layer (exclusive), category and function.
 
-    Other threads are only counted: py-spy takes the SQLite threads blocked in
-    ``SimpleQueue.get`` for a running thread, so their CPU comes from /proc instead.
+    Other threads are only counted: py-spy takes the SQLite store's thread (and
+    uvloop's) blocked in ``SimpleQueue.get`` for a running thread, so their CPU comes from /proc instead.
     """
     stacks = read_stacks(path)
     by_thread: Counter[str] = Counter()

@@ -65,18 +65,26 @@ class Settings(BaseSettings):
     mfa_sends_per_call: int = Field(3, ge=1)
     mfa_max_failures_per_call: int = Field(5, ge=1)
     mfa_sends_per_agent_per_minute: int = Field(600, ge=1)
+    mfa_sends_per_minute: int = Field(600, ge=1)
+    mfa_max_failures_per_number_per_day: int = Field(10, ge=1, le=100)
 
     mfa_workflow_window: int = Field(90, ge=1, le=VALID_FOR_MAX)
     mfa_workflow_token_length: int = Field(4, ge=TOKEN_LENGTH[0], le=TOKEN_LENGTH[1])
     mfa_workflow_tries: int = Field(4, ge=MAX_ATTEMPTS[0], le=MAX_ATTEMPTS[1])
 
     signalwire_swaig_secret: SecretStr | None = Field(None, min_length=16)
+    mfa_code_key: SecretStr | None = Field(None, min_length=16)
     agent_id: str = Field("mfa", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     mfa_webhook_urls: Annotated[list[str], NoDecode] = []
     mfa_webhook_secret: SecretStr | None = None
 
     # Not in SPEC.md's table: operational knobs with safe defaults.
     mfa_upstream_timeout: float = Field(8.0, gt=0, le=9.0)
+    mfa_max_body_bytes: int = Field(1_048_576, ge=16_384, le=64 * 1_048_576)
+    # Seconds a connection may take to send a request's head; then it is closed.
+    mfa_header_timeout: float = Field(10.0, gt=0, le=120.0)
+    # Connections one client address may hold open at once (0: no limit, e.g. behind a proxy).
+    mfa_max_connections_per_client: int = Field(256, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("mfa_allowed_countries", "mfa_webhook_urls", mode="before")

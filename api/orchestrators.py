@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 
 from api.errors import ApiRoute, error_responses
-from api.verifications import NUMBER_PATTERN
+from api.verifications import NUMBER_MAX_LENGTH
 from api.workflow import CHALLENGE_EVENT, WORKFLOW_NAME, Instance, PhoneVerificationWorkflow, RuntimeStatus
 from engine.errors import InvalidRequest
 from engine.runtime import Runtime
@@ -37,9 +37,7 @@ EventName = Annotated[
 ]
 
 # The start body: a JSON string, the number to verify.
-PhoneNumberBody = TypeAdapter(
-    Annotated[str, StringConstraints(strict=True, max_length=32, pattern=NUMBER_PATTERN)]
-)
+PhoneNumberBody = TypeAdapter(Annotated[str, StringConstraints(strict=True, max_length=NUMBER_MAX_LENGTH)])
 # The challenge response: the code, as a JSON number (leading zeros lost) or a string.
 ChallengeBody = TypeAdapter(
     Annotated[int, Field(strict=True, ge=0, lt=10**20)]

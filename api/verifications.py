@@ -15,13 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.errors import ApiRoute, error_responses
 from engine.codes import UnreadableCode, normalise_spoken
 from engine.errors import InvalidRequest
-from engine.models import Channel, CheckOutcome, Status, Verification
+from engine.models import Channel, CheckOutcome, Origin, Status, Verification
 from engine.runtime import Runtime
 from functions.platform import request_agent_id
 
-# Generous enough for "+1 (202) 555-0143"; the engine parses and checks the number itself.
-NUMBER_PATTERN = r"^\+[0-9][0-9 ().-]{5,30}$"
+# Longer than any number however it is punctuated; the engine parses and checks it
+# (`engine.phone`, the one parser of destinations for every interface).
+NUMBER_MAX_LENGTH = 64
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+# This API sees only the verifications it started: not a call's, not the walkthrough's.
+ORIGIN: Origin = "api"
 
 VerificationId = Annotated[str, Path(pattern=ID_PATTERN, description="The verification's id.")]
 
@@ -32,8 +36,7 @@ class StartVerification(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     to: str = Field(
-        max_length=32,
-        pattern=NUMBER_PATTERN,
+        max_length=NUMBER_MAX_LENGTH,
         description="The number, with its country code (E.164; spaces, dashes and brackets are allowed).",
         examples=["+12025550143"],
     )
@@ -128,7 +131,7 @@ def build_verifications_router(runtime: Runtime) -> APIRouter:
         body: StartVerification, request: Request, response: Response
     ) -> VerificationOut:
         agent_id = request_agent_id.get() or runtime.settings.agent_id
-        started = await runtime.engine.start(body.to, body.channel, agent_id=agent_id)
+        started = await runtime.engine.start(body.to, body.channel, agent_id=agent_id, origin=ORIGIN)
         verification = started.verification
         location = request.url_for("get_verification", verification_id=verification.id)
         response.headers["Location"] = str(location)
@@ -141,7 +144,7 @@ def build_verifications_router(runtime: Runtime) -> APIRouter:
         responses=error_responses(404, 422),
     )
     async def get_verification(verification_id: VerificationId) -> VerificationOut:
-        return VerificationOut.of(await runtime.engine.get(verification_id))
+        return VerificationOut.of(await runtime.engine.get(verification_id, origin=ORIGIN))
 
     @router.post(
         "/{verification_id}/check",
@@ -150,13 +153,19 @@ def build_verifications_router(runtime: Runtime) -> APIRouter:
         description=(
             "Answers `approved`, or `pending` with the attempts left. Once the verification has ended, "
             "a check answers its final status (`approved`, `expired`, `max_attempts_reached`, `canceled`) "
-            "without checking the code; only `valid: true` means this request's code was right."
+            "without checking the code; only `valid: true` means this request's code was right. "
+            "`outcome: number_locked` means the number has used up its wrong codes for the day: no code "
+            "to it is checked until `Retry-After` seconds have passed (when given)."
         ),
         responses=error_responses(404, 422, 502),
     )
-    async def check_verification(verification_id: VerificationId, body: CheckCode) -> CheckOut:
+    async def check_verification(
+        verification_id: VerificationId, body: CheckCode, response: Response
+    ) -> CheckOut:
         code = readable_code(body.code, runtime.engine.shape.allow_alphas)
-        result = await runtime.engine.check(verification_id, code)
+        result = await runtime.engine.check(verification_id, code, origin=ORIGIN)
+        if result.retry_after:
+            response.headers["Retry-After"] = str(result.retry_after)
         return CheckOut(
             **_fields(result.verification),
             outcome=result.outcome,
@@ -171,6 +180,6 @@ def build_verifications_router(runtime: Runtime) -> APIRouter:
         responses=error_responses(404, 422),
     )
     async def cancel_verification(verification_id: VerificationId) -> VerificationOut:
-        return VerificationOut.of(await runtime.engine.cancel(verification_id))
+        return VerificationOut.of(await runtime.engine.cancel(verification_id, origin=ORIGIN))
 
     return router

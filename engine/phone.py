@@ -1,12 +1,22 @@
-"""Destination policy: which numbers may receive a code.
+"""Destination policy: which numbers may receive a code, and how.
 
-SMS pumping pays fraudsters per message sent to premium-rate and shared-cost
-ranges, so those are refused outright, as are numbers outside the regions the
-deployer allows. The same check serves the SWAIG functions and the HTTP API.
+This is the one parser of destinations: the SWAIG functions, the HTTP API and
+the walkthrough all hand the number they were given to `checked_destination`.
+
+A code goes only to a number that can take it: a mobile, a number that may be
+either (`FIXED_LINE_OR_MOBILE`, as the US and Canada number), or a fixed line
+by voice call (a landline cannot read a text). Everything else is refused:
+premium-rate and shared-cost ranges (SMS pumping pays fraudsters per message
+sent there), toll-free and universal numbers, personal and pager numbers,
+VoIP ranges the numbering plan marks as such, and the non-geographic networks
+(+800, +808, +870, +881, +882, +883, +888, +979: satellite phones and
+international services, the favourite targets of pumping). A number written
+with letters ("+1 800 FLOWERS") is refused rather than guessed at.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 import phonenumbers
@@ -18,27 +28,57 @@ _REFUSED_TYPES = {
     PhoneNumberType.PREMIUM_RATE: "premium_rate",
     PhoneNumberType.SHARED_COST: "shared_cost",
 }
+_RECEIVING_TYPES = {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE, PhoneNumberType.FIXED_LINE}
+# The region phonenumbers gives the non-geographic country codes (+800, +881, +882, ...).
+_NON_GEOGRAPHIC = "001"
+# Digits and the punctuation people write numbers with; anything else (letters) is refused.
+_DIALABLE = re.compile(r"^\+?[0-9 ().\-]+$")
 _MAX_INPUT = 64  # longer than any dialable number, however it is punctuated
 
 
-def checked_destination(raw: str, allowed_regions: Collection[str]) -> str:
-    """The number in E.164 if a code may go to it; DestinationRefused otherwise.
+def checked_destination(raw: str, allowed_regions: Collection[str], channel: str = "sms") -> str:
+    """The number in E.164 if a code may go to it by ``channel``; DestinationRefused otherwise.
 
     ``raw`` may be punctuated ("+1 (555) 010-9999") but must carry its country
     code: a caller's country cannot be guessed safely.
     """
     if not isinstance(raw, str) or not raw.strip() or len(raw) > _MAX_INPUT:
         raise DestinationRefused("That is not a phone number.", "invalid")
+    text = raw.strip()
+    if not text.isascii() or not _DIALABLE.match(text):
+        raise DestinationRefused("That is not a phone number: only digits are allowed.", "invalid")
     try:
-        number = phonenumbers.parse(raw.strip(), None)
+        number = phonenumbers.parse(text, None)
     except NumberParseException:
         raise DestinationRefused("That is not a phone number with a country code.", "invalid") from None
     if not phonenumbers.is_valid_number(number):
         raise DestinationRefused("That phone number is not valid.", "invalid")
     region = phonenumbers.region_code_for_number(number)
+    if region == _NON_GEOGRAPHIC:
+        raise DestinationRefused(
+            "Codes cannot be sent to satellite or international service numbers.", "non_geographic"
+        )
     if allowed_regions and region not in allowed_regions:
         raise DestinationRefused("Codes cannot be sent to numbers in that country.", "region_not_allowed")
-    refused = _REFUSED_TYPES.get(phonenumbers.number_type(number))
-    if refused:
-        raise DestinationRefused("Codes cannot be sent to premium-rate or shared-cost numbers.", refused)
+    kind = phonenumbers.number_type(number)
+    if kind in _REFUSED_TYPES:
+        raise DestinationRefused(
+            "Codes cannot be sent to premium-rate or shared-cost numbers.", _REFUSED_TYPES[kind]
+        )
+    if kind not in _RECEIVING_TYPES:
+        raise DestinationRefused("Codes can only be sent to mobile numbers and landlines.", "not_a_phone")
+    if kind == PhoneNumberType.FIXED_LINE and channel != "call":
+        raise DestinationRefused(
+            "That number is a landline, which cannot receive a text; the code can be sent by a phone call.",
+            "landline_sms",
+        )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def same_number(first: str, second: str) -> bool:
+    """Whether two written numbers are the same ("+1 (202) 555-0143" is "+12025550143")."""
+    try:
+        one, other = phonenumbers.parse(first.strip(), None), phonenumbers.parse(second.strip(), None)
+    except NumberParseException:
+        return False
+    return bool(phonenumbers.is_number_match(one, other) == phonenumbers.MatchType.EXACT_MATCH)

@@ -20,8 +20,9 @@ from engine.errors import (
     RateLimited,
     StoreUnavailable,
 )
+from engine.phone import same_number
 from engine.verifications import VerificationEngine
-from functions.platform import BadRequest, Reply, SwaigRequest
+from functions.platform import BadRequest, Reply, SwaigRequest, spoken_wait
 from functions.steps import AWAIT_CODE, LOCKED
 
 _CHANNEL_WORDS = {"sms": "sms", "text": "sms", "call": "call", "voice": "call"}
@@ -66,7 +67,7 @@ async def send_mfa(
     destination = request.caller_id_num
     if args.phone_number is not None:
         # Punctuation aside, "+1 (202) 555-0143" is the caller's own "+12025550143".
-        other = destination is None or _normalised(args.phone_number) != _normalised(destination)
+        other = destination is None or not same_number(args.phone_number, destination)
         if other and not any_destination:
             raise BadRequest(
                 Reply(
@@ -83,7 +84,9 @@ async def send_mfa(
             )
         )
     try:
-        started = await engine.start(destination, args.channel, agent_id=agent_id, call_id=request.call_id)
+        started = await engine.start(
+            destination, args.channel, agent_id=agent_id, origin="call", call_id=request.call_id
+        )
     except DestinationRefused as refusal:
         return Reply(f"Nothing was sent: {refusal.message}", "Tell the caller, briefly."), False
     except CallLocked:
@@ -98,7 +101,7 @@ async def send_mfa(
         return (
             Reply(
                 f"Nothing was sent: {limited.message} Another code can be sent in "
-                f"{_spoken_wait(limited.retry_after)}.",
+                f"{spoken_wait(limited.retry_after)}.",
                 "Tell the caller when they can try again, or offer to hand them over.",
             ),
             False,
@@ -140,14 +143,3 @@ async def send_mfa(
     )
     reply.with_action("change_step", AWAIT_CODE).with_event(started.event)
     return reply, True
-
-
-def _normalised(number: str) -> str:
-    return "+" + "".join(char for char in number if char.isdigit())
-
-
-def _spoken_wait(seconds: int) -> str:
-    if seconds < 90:
-        return f"{seconds} seconds"
-    minutes = (seconds + 59) // 60
-    return f"{minutes} minutes" if minutes < 90 else f"{(minutes + 59) // 60} hours"

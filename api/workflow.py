@@ -21,7 +21,7 @@ from typing import Any
 from api.errors import ApiError
 from api.verifications import readable_code
 from engine.errors import VerificationNotFound
-from engine.models import Status, Verification
+from engine.models import Origin, Status, Verification
 from engine.runtime import Runtime
 from engine.stores.base import RETAIN_FINISHED_SECONDS
 from engine.verifications import CodeShape
@@ -29,6 +29,8 @@ from engine.verifications import CodeShape
 WORKFLOW_NAME = "E4_SmsPhoneVerification"
 CHALLENGE_EVENT = "SmsChallengeResponse"
 RECORD_KIND = "orchestration"
+# The workflow acts only on the verifications it started.
+ORIGIN: Origin = "workflow"
 # A purged instance is overwritten with this for a moment (the store has no delete).
 _PURGED = {"purged": True}
 _PURGED_TTL = 1.0
@@ -104,7 +106,9 @@ class PhoneVerificationWorkflow:
 
     async def start(self, phone_number: str, *, agent_id: str) -> Instance:
         """Send a code to the number and record the instance waiting for it."""
-        started = await self.runtime.engine.start(phone_number, "sms", agent_id=agent_id, shape=self.shape)
+        started = await self.runtime.engine.start(
+            phone_number, "sms", agent_id=agent_id, origin=ORIGIN, shape=self.shape
+        )
         verification = started.verification
         instance_id = uuid.uuid4().hex
         record = {"verification_id": verification.id, "created_at": verification.created_at, "reason": None}
@@ -123,7 +127,7 @@ class PhoneVerificationWorkflow:
             raise InstanceFinished("The instance has finished; it takes no more events.")
         if event_name.casefold() != CHALLENGE_EVENT.casefold():
             raise UnknownEvent(f"This workflow waits only for the {CHALLENGE_EVENT} event.")
-        result = await self.runtime.engine.check(verification.id, self._code(data))
+        result = await self.runtime.engine.check(verification.id, self._code(data), origin=ORIGIN)
         return _instance(instance_id, record, result.verification)
 
     async def terminate(self, instance_id: str, reason: str | None) -> Instance:
@@ -132,7 +136,7 @@ class PhoneVerificationWorkflow:
         verification = await self._verification(record)
         if verification.status is not Status.PENDING:
             raise InstanceFinished("The instance has already finished.")
-        verification = await self.runtime.engine.cancel(verification.id)
+        verification = await self.runtime.engine.cancel(verification.id, origin=ORIGIN)
         if verification.status is not Status.CANCELED:
             raise InstanceFinished("The instance finished before it could be terminated.")
         record = {**record, "reason": reason}
@@ -165,7 +169,7 @@ class PhoneVerificationWorkflow:
 
     async def _verification(self, record: dict[str, Any]) -> Verification:
         try:
-            return await self.runtime.engine.get(str(record["verification_id"]))
+            return await self.runtime.engine.get(str(record["verification_id"]), origin=ORIGIN)
         except VerificationNotFound:
             raise InstanceNotFound("No such instance.") from None
 

@@ -52,7 +52,7 @@ class StubProvider(Provider):
 
 async def _engine(store: Store) -> VerificationEngine:
     big = 10**9
-    limits = Limits(store, LimitSettings(big, big, big, big), await store.secret(LIMITS_KEY))
+    limits = Limits(store, LimitSettings(big, big, big, big, big, big), await store.secret(LIMITS_KEY))
     return VerificationEngine(
         store=store, provider=StubProvider(), publisher=EventPublisher(), limits=limits, shape=SHAPE
     )
@@ -64,7 +64,7 @@ async def _fill(store: Store, numbers: list[str], through_engine: bool) -> None:
     for number in numbers:
         call_id = str(uuid.uuid4())
         if through_engine:
-            await engine.start(number, "sms", agent_id="mfa", call_id=call_id)
+            await engine.start(number, "sms", agent_id="mfa", origin="call", call_id=call_id)
         else:
             await store.create_verification(
                 Verification(
@@ -79,6 +79,7 @@ async def _fill(store: Store, numbers: list[str], through_engine: bool) -> None:
                     call_id=call_id,
                     provider="signalwire",
                     provider_ref=str(uuid.uuid4()),
+                    origin="call",
                 )
             )
 

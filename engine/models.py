@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Channel = Literal["sms", "call"]
+# Which interface started a verification: a call's send_mfa, the HTTP API, the walkthrough.
+Origin = Literal["call", "api", "workflow"]
 
 
 class Status(StrEnum):
@@ -45,6 +47,7 @@ class Verification(BaseModel):
     provider: str
     provider_ref: str | None = None  # the provider's own id, e.g. SignalWire's MFA id
     code_digest: str | None = None  # local provider only: HMAC of the code, never the code
+    origin: Origin  # each interface acts only on its own verifications
 
     @property
     def attempts_left(self) -> int:
@@ -78,6 +81,8 @@ class CheckOutcome(StrEnum):
     ALREADY_APPROVED = "already_approved"
     CANCELED = "canceled"
     LOCKED = "locked"  # this call has used up its failed attempts across codes
+    NUMBER_LOCKED = "number_locked"  # the number has used up its wrong codes for the day
+    CALL_VERIFIED = "call_verified"  # the call is verified already: the code was not checked
 
 
 class CheckResult(BaseModel):
@@ -88,6 +93,7 @@ class CheckResult(BaseModel):
     outcome: CheckOutcome
     verification: Verification
     event: Event | None = None
+    retry_after: int | None = None  # NUMBER_LOCKED: seconds until the number may try again
 
     @property
     def attempts_left(self) -> int:
@@ -119,6 +125,7 @@ class Event(BaseModel):
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     type: EventType
+    origin: Origin
     agent_id: str
     call_id: str | None = None
     verification_id: str | None = None
@@ -133,6 +140,7 @@ class Event(BaseModel):
     def about(cls, type_: EventType, verification: Verification, reason: str | None = None) -> Event:
         return cls(
             type=type_,
+            origin=verification.origin,
             agent_id=verification.agent_id,
             call_id=verification.call_id,
             verification_id=verification.id,

@@ -113,6 +113,8 @@ class Runtime:
                 sends_per_call=settings.mfa_sends_per_call,
                 max_failures_per_call=settings.mfa_max_failures_per_call,
                 sends_per_agent_per_minute=settings.mfa_sends_per_agent_per_minute,
+                sends_per_minute=settings.mfa_sends_per_minute,
+                max_failures_per_number_per_day=settings.mfa_max_failures_per_number_per_day,
             ),
             await store.secret(LIMITS_KEY),
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from engine.models import (
     CheckResult,
     Event,
     EventType,
+    Origin,
     Started,
     Status,
     Verification,
@@ -41,12 +43,22 @@ from engine.models import (
 )
 from engine.phone import checked_destination
 from engine.providers.base import Answer, Provider, SendRequest
-from engine.stores.base import AttemptGate, Record, Store
+from engine.stores.base import Attempt, AttemptGate, Record, Store
 
 log = logging.getLogger(__name__)
 
 CALL_RECORD = "call"
 CALL_RECORD_TTL = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Who asked for a send that was refused or failed, for its event."""
+
+    origin: Origin
+    agent_id: str
+    call_id: str | None
+    channel: Channel
 
 
 @dataclass(frozen=True)
@@ -101,24 +113,26 @@ class VerificationEngine:
         channel: Channel,
         *,
         agent_id: str,
+        origin: Origin,
         call_id: str | None = None,
         shape: CodeShape | None = None,
     ) -> Started:
         """Send a new code to ``to``; the pending verification, or a VerificationError."""
         shape = shape or self.shape
+        failed = _Failure(origin, agent_id, call_id, channel)
         try:
-            number = checked_destination(to, self.allowed_regions)
+            number = checked_destination(to, self.allowed_regions, channel)
         except DestinationRefused as refusal:
-            await self._publish_failure(agent_id, call_id, channel, None, refusal.reason)
+            await self._publish_failure(failed, None, refusal.reason)
             raise
         now = self.clock()
         try:
             admission = await self.limits.admit_send(number, agent_id, call_id, now)
         except CallLocked:
-            await self._publish_failure(agent_id, call_id, channel, number, "call_locked", "mfa.locked")
+            await self._publish_failure(failed, number, "call_locked", "mfa.locked")
             raise
         except RateLimited as refusal:
-            await self._publish_failure(agent_id, call_id, channel, number, refusal.limit)
+            await self._publish_failure(failed, number, refusal.limit)
             raise
         verification_id = new_verification_id()
         request = SendRequest(
@@ -136,7 +150,7 @@ class VerificationEngine:
             sent = await self.breaker.call(lambda: self.provider.send(request))
         except (ProviderUnavailable, ProviderRejected) as failure:
             await self.limits.take_back(admission)
-            await self._publish_failure(agent_id, call_id, channel, number, failure.kind)
+            await self._publish_failure(failed, number, failure.kind)
             raise
         verification = Verification(
             id=verification_id,
@@ -151,6 +165,7 @@ class VerificationEngine:
             provider=self.provider.name,
             provider_ref=sent.provider_ref,
             code_digest=sent.code_digest,
+            origin=origin,
         )
         await self.store.create_verification(verification)
         event = Event.about("mfa.sent", verification)
@@ -158,50 +173,75 @@ class VerificationEngine:
         return Started(verification=verification, event=event)
 
     async def _publish_failure(
-        self,
-        agent_id: str,
-        call_id: str | None,
-        channel: Channel,
-        number: str | None,
-        reason: str,
-        type_: EventType = "mfa.send_failed",
+        self, failed: _Failure, number: str | None, reason: str, type_: EventType = "mfa.send_failed"
     ) -> None:
         await self.publisher.publish(
             Event(
                 type=type_,
-                agent_id=agent_id,
-                call_id=call_id,
-                channel=channel,
+                origin=failed.origin,
+                agent_id=failed.agent_id,
+                call_id=failed.call_id,
+                channel=failed.channel,
                 to=mask_number(number) if number else None,
                 reason=reason,
             )
         )
 
     # -- check ---------------------------------------------------------------
-    async def check(self, verification_id: str, code: str, *, call_id: str | None = None) -> CheckResult:
-        """Check one code. Wrong codes, spent attempts and expiry are outcomes, not errors."""
-        # One step in the store: the call owns it, the call is not locked, an attempt is counted.
+    async def check(
+        self, verification_id: str, code: str, *, origin: Origin, call_id: str | None = None
+    ) -> CheckResult:
+        """Check one code. Wrong codes, spent attempts and expiry are outcomes, not errors.
+
+        Only a verification of ``origin`` (and, with ``call_id``, of that call) is found.
+        """
+        # One step in the store: the verification is ours, its call is not verified already,
+        # no failure budget is used up, and an attempt and a failure are counted.
+        now = self.clock()
         attempt = await self.store.begin_attempt(
-            verification_id, self.clock(), call_id=call_id, lock=self.limits.call_lock
+            verification_id,
+            now,
+            call_id=call_id,
+            origin=origin,
+            budgets=self.limits.failure_budgets,
+            verified_kind=CALL_RECORD,
         )
         if attempt is None:
             raise VerificationNotFound("No such verification.")
-        if attempt.gate is AttemptGate.CALL_LOCKED:
-            return CheckResult(outcome=CheckOutcome.LOCKED, verification=attempt.verification)
+        if attempt.gate is AttemptGate.CALL_VERIFIED:
+            return CheckResult(outcome=CheckOutcome.CALL_VERIFIED, verification=attempt.verification)
+        if attempt.gate is AttemptGate.OVER_BUDGET:
+            return self._over_budget(attempt)
         if attempt.gate is not AttemptGate.COUNTED:
             return await self._not_checked(attempt.verification, attempt.gate, attempt.changed)
         counted = attempt.verification
         try:
             answer = await self.breaker.call(lambda: self.provider.verify(counted, code))
         except ProviderUnavailable:
-            # The code was never judged, so the try is not the caller's to lose.
-            await self.store.refund_attempt(verification_id)
+            # The code was never judged, so the try (and the failure) is not the caller's to lose.
+            await self.store.refund_attempt(verification_id, attempt.budgets, now)
             raise
+        if answer is Answer.WRONG:
+            return await self._wrong(attempt)
+        # Not a wrong code: the failure counted before judging it is given back.
+        await self.store.unhit(attempt.budgets, now)
         if answer is Answer.CORRECT:
             return await self._approve(counted)
-        if answer is Answer.GONE:
-            return await self._gone(counted)
-        return await self._wrong(counted)
+        return await self._gone(counted)
+
+    def _over_budget(self, attempt: Attempt) -> CheckResult:
+        refused = attempt.refused
+        assert refused is not None
+        window = self.limits.failure_budgets(attempt.verification.to, attempt.verification.call_id)[
+            refused.index
+        ]
+        if self.limits.is_call_budget(window):
+            return CheckResult(outcome=CheckOutcome.LOCKED, verification=attempt.verification)
+        return CheckResult(
+            outcome=CheckOutcome.NUMBER_LOCKED,
+            verification=attempt.verification,
+            retry_after=max(1, math.ceil(refused.retry_after)),
+        )
 
     async def _not_checked(self, verification: Verification, gate: AttemptGate, changed: bool) -> CheckResult:
         if gate is AttemptGate.EXPIRED:
@@ -229,13 +269,20 @@ class VerificationEngine:
         await self.publisher.publish(event)
         return CheckResult(outcome=CheckOutcome.APPROVED, verification=approved, event=event)
 
-    async def _wrong(self, counted: Verification) -> CheckResult:
-        locked_call = counted.call_id is not None and await self.limits.add_failure(counted.call_id)
+    async def _wrong(self, attempt: Attempt) -> CheckResult:
+        counted = attempt.verification
+        spent = [window for window, room in zip(attempt.budgets, attempt.room, strict=True) if room <= 0]
+        locked_call = any(self.limits.is_call_budget(window) for window in spent)
         event = Event.about("mfa.rejected", counted)
         await self.publisher.publish(event)
-        if counted.attempts_left > 0 and not locked_call:
+        if counted.attempts_left > 0 and not spent:
             return CheckResult(outcome=CheckOutcome.WRONG_CODE, verification=counted, event=event)
-        outcome = CheckOutcome.LOCKED if locked_call else CheckOutcome.MAX_ATTEMPTS_REACHED
+        if locked_call:
+            outcome, reason = CheckOutcome.LOCKED, "call_failures"
+        elif spent:
+            outcome, reason = CheckOutcome.NUMBER_LOCKED, "number_failures"
+        else:
+            outcome, reason = CheckOutcome.MAX_ATTEMPTS_REACHED, "max_attempts"
         ended = await self.store.transition(counted.id, Status.MAX_ATTEMPTS_REACHED, self.clock())
         if ended is None:
             # Ended meanwhile (a parallel right code, expiry): that one told everyone.
@@ -243,7 +290,6 @@ class VerificationEngine:
             if current.status is Status.APPROVED:
                 return CheckResult(outcome=CheckOutcome.WRONG_CODE, verification=current, event=event)
             return CheckResult(outcome=outcome, verification=current, event=event)
-        reason = "call_failures" if locked_call else "max_attempts"
         locked = Event.about("mfa.locked", ended, reason)
         await self.publisher.publish(locked)
         return CheckResult(outcome=outcome, verification=ended, event=locked)
@@ -261,10 +307,10 @@ class VerificationEngine:
         return CheckResult(outcome=CheckOutcome.EXPIRED, verification=expired, event=event)
 
     # -- read, cancel, expire -----------------------------------------------
-    async def get(self, verification_id: str, *, call_id: str | None = None) -> Verification:
-        """The verification; with ``call_id``, only if it belongs to that call."""
+    async def get(self, verification_id: str, *, origin: Origin) -> Verification:
+        """The verification, only if it came from ``origin`` (an interface sees only its own)."""
         verification = await self.store.get_verification(verification_id)
-        if verification is None or (call_id is not None and verification.call_id != call_id):
+        if verification is None or verification.origin != origin:
             raise VerificationNotFound("No such verification.")
         if verification.status is Status.PENDING and verification.is_expired(self.clock()):
             # Report what is true now, even if the timer has not run yet.
@@ -272,8 +318,8 @@ class VerificationEngine:
             return expired or verification
         return verification
 
-    async def cancel(self, verification_id: str) -> Verification:
-        verification = await self.get(verification_id)
+    async def cancel(self, verification_id: str, *, origin: Origin) -> Verification:
+        verification = await self.get(verification_id, origin=origin)
         canceled = await self.store.transition(verification_id, Status.CANCELED, self.clock())
         if canceled is None:
             return await self.store.get_verification(verification_id) or verification

@@ -86,6 +86,14 @@ class Reply:
         return result
 
 
+def spoken_wait(seconds: int) -> str:
+    """A wait as the caller should hear it: seconds, minutes or hours."""
+    if seconds < 90:
+        return f"{seconds} seconds"
+    minutes = (seconds + 59) // 60
+    return f"{minutes} minutes" if minutes < 90 else f"{(minutes + 59) // 60} hours"
+
+
 MAX_DOCUMENT = 16_384  # arguments or meta_data larger than this are not a real call's
 
 

@@ -14,7 +14,7 @@ from engine.codes import UnreadableCode, normalise_spoken
 from engine.errors import ProviderUnavailable, StoreUnavailable, VerificationNotFound
 from engine.models import CheckOutcome, CheckResult
 from engine.verifications import VerificationEngine
-from functions.platform import BadRequest, Reply, SwaigRequest
+from functions.platform import BadRequest, Reply, SwaigRequest, spoken_wait
 from functions.steps import LOCKED, VERIFIED
 
 _NEW_CODE_OR_HANDOVER = "Offer to send a new code with send_mfa, or to hand the caller over to a person."
@@ -66,7 +66,7 @@ async def verify_mfa(
             )
         ) from None
     try:
-        result = await engine.check(verification_id, code, call_id=request.call_id)
+        result = await engine.check(verification_id, code, origin="call", call_id=request.call_id)
     except VerificationNotFound:
         return _no_code_yet(), False
     except (ProviderUnavailable, StoreUnavailable):
@@ -82,18 +82,39 @@ async def verify_mfa(
     return _reply_for(result).with_event(result.event), True
 
 
+def _verified(reply: Reply) -> Reply:
+    return (
+        reply.with_action("set_meta_data", {"verified": True})
+        .with_action("set_global_data", {"mfa_verified": True})
+        .with_action("change_step", VERIFIED)
+    )
+
+
 def _reply_for(result: CheckResult) -> Reply:
     outcome = result.outcome
-    if outcome in (CheckOutcome.APPROVED, CheckOutcome.ALREADY_APPROVED):
-        return (
+    if outcome is CheckOutcome.APPROVED:
+        return _verified(
             Reply(
                 "The code is correct: the caller's phone is verified.",
                 "Tell the caller they are verified, then carry on with what they called about.",
             )
-            .with_action("set_meta_data", {"verified": True})
-            .with_action("set_global_data", {"mfa_verified": True})
-            .with_action("change_step", VERIFIED)
         )
+    if outcome in (CheckOutcome.CALL_VERIFIED, CheckOutcome.ALREADY_APPROVED):
+        # Verified by an earlier code: this one is not judged, so it is not called correct.
+        return _verified(
+            Reply(
+                "The caller's phone is already verified on this call; that code was not checked.",
+                "Carry on with what they called about; no code is needed.",
+            )
+        )
+    if outcome is CheckOutcome.NUMBER_LOCKED:
+        when = f" It can be tried again in {spoken_wait(result.retry_after)}." if result.retry_after else ""
+        return Reply(
+            "Verification is paused for this phone number: too many wrong codes were entered for it "
+            f"today.{when}",
+            "Tell the caller you cannot verify this number right now, and offer to hand them over to a "
+            "person.",
+        ).with_action("change_step", LOCKED)
     if outcome is CheckOutcome.WRONG_CODE:
         left = result.attempts_left
         tries = "1 try" if left == 1 else f"{left} tries"

@@ -156,23 +156,50 @@ async def test_only_a_correct_code_verifies_nothing_the_model_passes(world: Worl
     assert not await world.agent.runtime.engine.is_call_verified(victim.call_id)
 
 
-async def test_guessing_across_many_codes_for_one_number_hits_the_limits(world: World) -> None:
+async def test_guessing_at_one_number_is_bounded_by_its_daily_failure_budget(world: World) -> None:
     settings = world.agent.settings
-    bound = settings.mfa_sends_per_number_per_hour * settings.mfa_max_attempts
-    checked = 0
+    budget = settings.mfa_max_failures_per_number_per_day
+    # The budget is what bounds guessing: sends x tries would allow more.
+    assert budget < settings.mfa_sends_per_number_per_hour * settings.mfa_max_attempts
+    refusals = []
     for _ in range(settings.mfa_sends_per_number_per_hour + 3):
         platform = await world.call()
         sent = await platform.call("send_mfa")
         if "Nothing was sent" in sent["response"]:
+            refusals.append(sent["response"])
             continue
         right = world.code()
         for n in range(settings.mfa_max_attempts + 2):
             guess = f"{(int(right) + 1 + n) % 1_000_000:06d}"  # a guesser never knows the code
             await platform.call("verify_mfa", token=guess)
     checked = sum(e.type == "mfa.rejected" for e in world.events)
-    assert checked == bound  # every guess beyond the limits was refused unchecked
+    assert checked == budget  # every guess beyond the budget was refused unchecked
     assert not any(e.type == "mfa.verified" for e in world.events)
-    assert len(world.fake.sent) == settings.mfa_sends_per_number_per_hour
+    # Past the budget no new code goes to the number, and the caller hears when one may.
+    assert len(world.fake.sent) == -(-budget // settings.mfa_max_attempts)
+    assert "Too many wrong codes were entered for that number today" in refusals[0]
+    assert "24 hours" in refusals[0]
+    locked = [e.reason for e in world.events if e.type == "mfa.locked"]
+    assert locked[-1] == "number_failures" and set(locked[:-1]) == {"max_attempts"}
+    world.clock.now += 24 * 3600
+    allowed = await (await world.call()).call("send_mfa")
+    assert "ending in 0143" in allowed["response"]
+
+
+async def test_a_number_locked_by_wrong_codes_on_the_api_is_locked_on_calls_too(world: World) -> None:
+    budget = world.agent.settings.mfa_max_failures_per_number_per_day
+    url = f"{world.agent.base_url}/verifications"
+    for _ in range(-(-budget // world.agent.settings.mfa_max_attempts)):
+        async with world.http.post(url, json={"to": CALLER}, auth=world.agent.auth) as resp:
+            verification = await resp.json()
+        for guess in range(world.agent.settings.mfa_max_attempts):
+            check = f"{url}/{verification['id']}/check"
+            async with world.http.post(check, json={"code": f"{guess:06d}"}, auth=world.agent.auth) as resp:
+                assert resp.status == 200
+    platform = await world.call()
+    refused = await platform.call("send_mfa")
+    assert "Too many wrong codes were entered for that number today" in refused["response"]
+    assert sum(e.type == "mfa.rejected" for e in world.events) == budget
 
 
 async def test_a_failing_provider_trips_the_breaker_and_recovers(world: World) -> None:

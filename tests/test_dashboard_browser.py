@@ -93,7 +93,7 @@ async def test_the_dashboard_shows_a_verification_go_from_sent_to_verified_acros
             # Whatever an event carries is shown as text, never run as markup.
             hostile = "<img src=x onerror=\"document.body.dataset.pwned='1'\">"
             await agent.runtime.publisher.publish(
-                Event(type="mfa.send_failed", agent_id="mfa", reason=hostile)
+                Event(type="mfa.send_failed", origin="call", agent_id="mfa", reason=hostile)
             )
             await expect(page.locator("td.reason", has_text="onerror")).to_have_text(hostile, timeout=WAIT_MS)
             assert await page.locator("#rows img").count() == 0

@@ -239,7 +239,9 @@ async def test_a_client_that_never_reads_is_dropped_without_slowing_anyone(tmp_p
             async with asyncio.timeout(DEADLINE):
                 while metric(agent, "mfa_websocket_dropped_clients_total") < 1:
                     started = time.monotonic()
-                    await publisher.publish(Event(type="mfa.send_failed", agent_id="slow", reason=padding))
+                    await publisher.publish(
+                        Event(type="mfa.send_failed", origin="call", agent_id="slow", reason=padding)
+                    )
                     slowest = max(slowest, time.monotonic() - started)
                     await asyncio.sleep(0)  # let the listener deliver
             assert slowest < 0.5
@@ -277,7 +279,7 @@ async def until_fanned_out(ws: aiohttp.ClientWebSocketResponse, sender: RunningA
     """
     async with asyncio.timeout(DEADLINE):
         while True:
-            probe = Event(type="mfa.canceled", agent_id="mfa", verification_id=PROBE)
+            probe = Event(type="mfa.canceled", origin="api", agent_id="mfa", verification_id=PROBE)
             await sender.runtime.store.broadcast(probe.model_dump_json())
             with contextlib.suppress(TimeoutError):
                 if (await next_frame(ws, within=0.2))["verification_id"] == PROBE:
@@ -346,7 +348,7 @@ async def test_the_live_listener_listens_again_after_the_store_drops(monkeypatch
     hub.subscribe(subscriber, "mfa")
     assert json.loads(subscriber.queue.get_nowait()) == {"type": "subscribed", "agent_id": "mfa"}
     task = asyncio.create_task(hub.run(store, stop, store.listen()))  # type: ignore[arg-type]
-    event = Event(type="mfa.sent", agent_id="mfa")
+    event = Event(type="mfa.sent", origin="call", agent_id="mfa")
     await store.queue.put(event.model_dump_json())
     async with asyncio.timeout(DEADLINE):
         assert json.loads(await subscriber.queue.get())["id"] == event.id

@@ -72,7 +72,7 @@ async def test_the_local_engine_serves_a_call_like_signalwire_does(tmp_path: Any
 
 
 async def test_only_an_hmac_of_the_code_is_kept(runtime: Runtime) -> None:
-    started = await runtime.engine.start(CALLER, "sms", agent_id="mfa", call_id="call-1")
+    started = await runtime.engine.start(CALLER, "sms", agent_id="mfa", origin="call", call_id="call-1")
     code = last_code(runtime.settings)
     record = await runtime.store.get_verification(started.verification.id)
     assert record is not None and record.code_digest is not None
@@ -84,11 +84,11 @@ async def test_alphanumeric_codes_are_read_back_from_speech(tmp_path: Any) -> No
     settings = settings_for(tmp_path, mfa_allow_alphas=True, mfa_token_length=5)
     runtime = await started_runtime(settings, FakeClock())
     try:
-        started = await runtime.engine.start(CALLER, "sms", agent_id="mfa")
+        started = await runtime.engine.start(CALLER, "sms", agent_id="mfa", origin="api")
         code = last_code(settings)
         assert len(code) == 5 and set(code) <= set(ALPHAS)
         heard = normalise_spoken(" ".join(code.lower()), allow_alphas=True)
-        result = await runtime.engine.check(started.verification.id, heard)
+        result = await runtime.engine.check(started.verification.id, heard, origin="api")
         assert result.outcome is CheckOutcome.APPROVED
     finally:
         await runtime.close()
@@ -99,13 +99,13 @@ async def test_a_new_code_does_not_reset_the_calls_failures(tmp_path: Any) -> No
     runtime = await started_runtime(settings, FakeClock())
     engine = runtime.engine
     try:
-        first = await engine.start(CALLER, "sms", agent_id="mfa", call_id="call-9")
+        first = await engine.start(CALLER, "sms", agent_id="mfa", origin="call", call_id="call-9")
         for guess in ("000001", "000002", "000003"):
-            await engine.check(first.verification.id, guess)
-        second = await engine.start(CALLER, "sms", agent_id="mfa", call_id="call-9")
-        result = await engine.check(second.verification.id, "000004")
+            await engine.check(first.verification.id, guess, origin="call")
+        second = await engine.start(CALLER, "sms", agent_id="mfa", origin="call", call_id="call-9")
+        result = await engine.check(second.verification.id, "000004", origin="call")
         assert result.outcome is CheckOutcome.LOCKED
-        right = await engine.check(second.verification.id, last_code(settings))
+        right = await engine.check(second.verification.id, last_code(settings), origin="call")
         assert right.outcome is CheckOutcome.LOCKED
     finally:
         await runtime.close()
@@ -114,11 +114,11 @@ async def test_a_new_code_does_not_reset_the_calls_failures(tmp_path: Any) -> No
 async def test_fifty_parallel_checks_count_at_most_max_attempts(runtime: Runtime) -> None:
     engine = runtime.engine
     seen = record_events(runtime)
-    started = await engine.start(CALLER, "sms", agent_id="mfa")
+    started = await engine.start(CALLER, "sms", agent_id="mfa", origin="api")
     code = last_code(runtime.settings)
     guesses = [*[f"{n:06d}" for n in range(50) if f"{n:06d}" != code][:49], code]
-    results = await asyncio.gather(*(engine.check(started.verification.id, g) for g in guesses))
-    final = await engine.get(started.verification.id)
+    results = await asyncio.gather(*(engine.check(started.verification.id, g, origin="api") for g in guesses))
+    final = await engine.get(started.verification.id, origin="api")
     assert final.attempts == 3
     judged = [e for e in seen if e.type in ("mfa.rejected", "mfa.verified")]
     assert len(judged) == 3  # exactly the counted attempts were checked
@@ -131,9 +131,11 @@ async def test_fifty_parallel_checks_count_at_most_max_attempts(runtime: Runtime
 async def test_fifty_parallel_right_codes_verify_exactly_once(runtime: Runtime) -> None:
     engine = runtime.engine
     seen = record_events(runtime)
-    started = await engine.start(CALLER, "sms", agent_id="mfa")
+    started = await engine.start(CALLER, "sms", agent_id="mfa", origin="api")
     code = last_code(runtime.settings)
-    results = await asyncio.gather(*(engine.check(started.verification.id, code) for _ in range(50)))
+    results = await asyncio.gather(
+        *(engine.check(started.verification.id, code, origin="api") for _ in range(50))
+    )
     assert sum(r.outcome is CheckOutcome.APPROVED for r in results) == 1
     # The rest found the tries taken (while the winners were in flight) or the code used.
     later = {CheckOutcome.APPROVED, CheckOutcome.ALREADY_APPROVED, CheckOutcome.MAX_ATTEMPTS_REACHED}
@@ -145,7 +147,7 @@ async def test_expiry_is_raised_by_the_timer_even_across_a_restart(tmp_path: Any
     clock = FakeClock()
     settings = settings_for(tmp_path, mfa_store=store_url, mfa_valid_for=60)
     first = await started_runtime(settings, clock)
-    started = await first.engine.start(CALLER, "sms", agent_id="mfa", call_id="call-e")
+    started = await first.engine.start(CALLER, "sms", agent_id="mfa", origin="call", call_id="call-e")
     await first.close()  # no instance runs while the code runs out
 
     clock.now += 61
@@ -164,7 +166,7 @@ async def test_expiry_is_raised_by_the_timer_even_across_a_restart(tmp_path: Any
         async with asyncio.timeout(5):
             await expired.wait()
         assert [e.verification_id for e in seen if e.type == "mfa.expired"] == [started.verification.id]
-        assert (await second.engine.get(started.verification.id)).status is Status.EXPIRED
+        assert (await second.engine.get(started.verification.id, origin="call")).status is Status.EXPIRED
         assert await second.engine.expire_due() == 0  # raised once, not again
     finally:
         await second.close()
@@ -180,12 +182,12 @@ async def test_local_codes_can_go_out_through_signalwire_messaging(
     )
     runtime = await started_runtime(settings, FakeClock())
     try:
-        started = await runtime.engine.start(CALLER, "sms", agent_id="mfa")
+        started = await runtime.engine.start(CALLER, "sms", agent_id="mfa", origin="api")
         message = fake.messages[-1]
         assert message["to"] == CALLER and message["from"] == "+12025550100"
         code = message["body"].rsplit(" ", 1)[-1]
         assert fake.sent == []  # the MFA API was not used
-        result = await runtime.engine.check(started.verification.id, code)
+        result = await runtime.engine.check(started.verification.id, code, origin="api")
         assert result.outcome is CheckOutcome.APPROVED
     finally:
         await runtime.close()

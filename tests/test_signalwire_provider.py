@@ -87,6 +87,7 @@ def verification(provider_ref: str | None) -> Verification:
         agent_id="mfa",
         provider="signalwire",
         provider_ref=provider_ref,
+        origin="api",
     )
 
 

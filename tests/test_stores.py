@@ -19,7 +19,6 @@ from engine.errors import StoreUnavailable
 from engine.models import Status, Verification
 from engine.stores import (
     AttemptGate,
-    CallLock,
     ClaimState,
     Record,
     RedisStore,
@@ -29,7 +28,7 @@ from engine.stores import (
 )
 from engine.stores import sqlite as sqlite_module
 from engine.stores.sqlite import CHECKPOINT_EVERY_WRITES
-from engine.stores.windows import Ceiling, Refused, Window
+from engine.stores.windows import Refused, Window
 
 NOW = 1_700_000_000.0
 SHORT_TTL = 0.2  # seconds: long enough to observe, short enough to wait out
@@ -46,6 +45,7 @@ def make_verification(**changes: Any) -> Verification:
         "updated_at": NOW,
         "agent_id": "mfa",
         "provider": "local",
+        "origin": "api",
     }
     return Verification(**(fields | changes))
 
@@ -132,23 +132,87 @@ async def test_an_attempt_from_another_call_finds_nothing_and_counts_nothing(sto
     assert attempt is not None and attempt.gate is AttemptGate.COUNTED
 
 
-async def test_a_locked_call_counts_no_attempt(store: Store) -> None:
-    lock = CallLock("failures:call:", 2)
-    verification = await created(store, call_id="call-1")
-    other = await created(store, call_id="call-2")
-    await store.incr("failures:call:call-1", 3600)
+def budgets_of(limit: int) -> Callable[[str, str | None], tuple[Window, ...]]:
+    """Failure budgets as the engine's limits give them: the call's (if any), then the number's."""
 
-    one_failure = await store.begin_attempt(verification.id, NOW, lock=lock)
-    assert one_failure is not None and one_failure.gate is AttemptGate.COUNTED
-    await store.incr("failures:call:call-1", 3600)
+    def budgets(to: str, call_id: str | None) -> tuple[Window, ...]:
+        number = Window(f"failures:number:{to}", limit, 3600)
+        return (Window(f"failures:call:{call_id}", limit, 3600), number) if call_id else (number,)
+
+    return budgets
+
+
+async def test_an_attempt_from_another_interface_finds_nothing_and_counts_nothing(store: Store) -> None:
+    verification = await created(store, call_id="call-1", origin="call")
+
+    assert await store.begin_attempt(verification.id, NOW, origin="api") is None
+    assert await store.begin_attempt(verification.id, NOW, origin="workflow") is None
+    assert (await store.get_verification(verification.id)).attempts == 0  # type: ignore[union-attr]
+    attempt = await store.begin_attempt(verification.id, NOW, origin="call")
+    assert attempt is not None and attempt.gate is AttemptGate.COUNTED
+
+
+async def test_an_attempt_counts_a_failure_in_every_budget_before_the_code_is_judged(store: Store) -> None:
+    budgets = budgets_of(2)
+    verification = await created(store, call_id="call-1", max_attempts=5)
+
+    first = await store.begin_attempt(verification.id, NOW, budgets=budgets)
+    assert first is not None and first.gate is AttemptGate.COUNTED
+    assert first.budgets == budgets(verification.to, "call-1") and first.room == (1, 1)
+    second = await store.begin_attempt(verification.id, NOW + 1, call_id="call-1", budgets=budgets)
+    assert second is not None and second.room == (0, 0)
     for call_id in ("call-1", None):  # the SWAIG path names the call; the HTTP API does not
-        locked = await store.begin_attempt(verification.id, NOW, call_id=call_id, lock=lock)
-        assert locked is not None
-        assert (locked.gate, locked.verification.attempts) == (AttemptGate.CALL_LOCKED, 1)
-    # Another call's verification, and one without a call, are not locked by it.
-    assert (await store.begin_attempt(other.id, NOW, lock=lock)).gate is AttemptGate.COUNTED  # type: ignore[union-attr]
-    no_call = await created(store)
-    assert (await store.begin_attempt(no_call.id, NOW, lock=lock)).gate is AttemptGate.COUNTED  # type: ignore[union-attr]
+        refused = await store.begin_attempt(verification.id, NOW + 2, call_id=call_id, budgets=budgets)
+        assert refused is not None and refused.gate is AttemptGate.OVER_BUDGET
+        # The call's budget is the first full one; it frees when the oldest failure leaves it.
+        assert refused.refused == Refused(index=0, retry_after=pytest.approx(3598))
+        assert refused.verification.attempts == 2  # nothing counted
+    # Another call's code to the same number meets the number's budget.
+    other = await created(store, call_id="call-2")
+    elsewhere = await store.begin_attempt(other.id, NOW + 3, budgets=budgets)
+    assert elsewhere is not None and elsewhere.refused == Refused(index=1, retry_after=pytest.approx(3597))
+    # A code to another number, on no call, is not touched by either.
+    free = await created(store, to="+15557654321")
+    assert (await store.begin_attempt(free.id, NOW, budgets=budgets)).gate is AttemptGate.COUNTED  # type: ignore[union-attr]
+
+
+async def test_a_send_meets_the_failures_that_attempts_counted(store: Store) -> None:
+    budgets = budgets_of(1)
+    verification = await created(store, call_id="call-1")
+    await store.begin_attempt(verification.id, NOW, budgets=budgets)
+    call_budget = budgets(verification.to, "call-1")[0]
+    tested = Window(call_budget.key, call_budget.limit, call_budget.seconds, counted=False)
+    sends = window("sends", 5)
+
+    assert await store.hit([sends, tested], NOW + 10) == Refused(index=1, retry_after=pytest.approx(3590))
+    # Tested, never counted: the refused hit left nothing, and giving back frees it.
+    await store.unhit(budgets(verification.to, "call-1"), NOW)
+    assert await store.hit([tested, sends], NOW + 11) is None
+    assert await store.hit([tested, sends], NOW + 12) is None
+
+
+async def test_parallel_attempts_never_pass_a_budget(store: Store) -> None:
+    budgets = budgets_of(5)
+    codes = [await created(store, call_id="call-1", max_attempts=3) for _ in range(4)]
+
+    attempts = await asyncio.gather(
+        *(store.begin_attempt(code.id, NOW, budgets=budgets) for code in codes for _ in range(10))
+    )
+
+    gates = [attempt.gate for attempt in attempts if attempt is not None]
+    assert gates.count(AttemptGate.COUNTED) == 5
+    assert sum(code.attempts for code in [await store.get_verification(c.id) for c in codes] if code) == 5
+
+
+async def test_an_attempt_on_a_verified_call_is_not_counted(store: Store) -> None:
+    verification = await created(store, call_id="call-1")
+    assert (await store.begin_attempt(verification.id, NOW, verified_kind="call")).gate is AttemptGate.COUNTED  # type: ignore[union-attr]
+    await store.put_record("call", "call-1", {"verified": True}, 3600)
+
+    attempt = await store.begin_attempt(verification.id, NOW, verified_kind="call", budgets=budgets_of(5))
+
+    assert attempt is not None and attempt.gate is AttemptGate.CALL_VERIFIED
+    assert attempt.verification.attempts == 1
 
 
 async def test_only_one_of_many_concurrent_transitions_wins(store: Store) -> None:
@@ -205,15 +269,16 @@ async def test_concurrent_attempts_count_exactly_max_attempts(store: Store) -> N
 
 async def test_a_refunded_attempt_can_be_made_again(store: Store) -> None:
     verification = await created(store, max_attempts=1)
-    await store.begin_attempt(verification.id, NOW)
+    budgets = budgets_of(1)
+    await store.begin_attempt(verification.id, NOW, budgets=budgets)
 
-    await store.refund_attempt(verification.id)
-    await store.refund_attempt(verification.id)  # never below zero
+    await store.refund_attempt(verification.id, budgets(verification.to, None), NOW)
+    await store.refund_attempt(verification.id, (), NOW)  # never below zero
 
     stored = await store.get_verification(verification.id)
     assert stored is not None
     assert stored.attempts == 0
-    attempt = await store.begin_attempt(verification.id, NOW)
+    attempt = await store.begin_attempt(verification.id, NOW, budgets=budgets)  # the failure is back too
     assert attempt is not None
     assert attempt.gate is AttemptGate.COUNTED
 
@@ -223,7 +288,7 @@ async def test_a_refund_does_not_touch_an_ended_verification(store: Store) -> No
     await store.begin_attempt(verification.id, NOW)
     await store.transition(verification.id, Status.APPROVED, NOW)
 
-    await store.refund_attempt(verification.id)
+    await store.refund_attempt(verification.id, (), NOW)
 
     stored = await store.get_verification(verification.id)
     assert stored is not None
@@ -303,22 +368,6 @@ async def test_a_hit_counts_in_every_window_or_in_none(store: Store) -> None:
     assert await store.hit([call], NOW + 6) == Refused(index=0, retry_after=pytest.approx(54))
 
 
-async def test_a_ceiling_refuses_a_hit_once_its_counter_reaches_it_and_is_never_counted(store: Store) -> None:
-    ceiling, call = Ceiling("failures:call:c1", 2), window("call", 5)
-    await store.incr("failures:call:c1", 3600)
-
-    assert await store.hit([ceiling, call], NOW) is None
-    assert await store.hit([ceiling, call], NOW + 1) is None
-    assert await store.get_count("failures:call:c1") == 1  # checked, not counted
-    await store.incr("failures:call:c1", 3600)
-
-    assert await store.hit([call, ceiling], NOW + 2) == Refused(index=1, retry_after=0.0)
-    # The refused hit left nothing in the call's window: three more fit.
-    for offset in range(3, 6):
-        assert await store.hit([call], NOW + offset) is None
-    assert (await store.hit([call], NOW + 6)) is not None
-
-
 async def test_unhit_takes_back_the_newest_event(store: Store) -> None:
     call, agent = window("call", 1), window("agent", 1, exact=False)
     assert await store.hit([call, agent], NOW) is None
@@ -359,21 +408,6 @@ async def test_a_bucketed_window_counts_every_event_of_its_bucket(store: Store) 
     assert await store.hit([window("agent", 300, exact=False)], BUCKET + 30) == Refused(
         index=0, retry_after=pytest.approx(60 + 60 * (1 - 299 / 300) - 30)
     )
-
-
-async def test_counters_count_until_their_ttl_passes(store: Store) -> None:
-    assert await store.get_count("failures") == 0
-    assert [await store.incr("failures", ttl=60) for _ in range(3)] == [1, 2, 3]
-    assert await store.get_count("failures") == 3
-    assert await store.get_count("other") == 0
-
-    assert await store.incr("short", ttl=SHORT_TTL) == 1
-
-    async def forgotten() -> bool:
-        return await store.get_count("short") == 0
-
-    await eventually(forgotten)
-    assert await store.incr("short", ttl=60) == 1
 
 
 # -- repeated requests ------------------------------------------------------
@@ -605,7 +639,7 @@ async def test_sqlite_waits_for_another_process_s_lock_without_holding_up_the_ev
         claiming = asyncio.ensure_future(sqlite_store.claim("key", ttl=30))
         # The event loop goes on: timers fire and reads are answered while the claim waits.
         await asyncio.sleep(0.05)
-        assert await sqlite_store.get_count("anything") == 0
+        assert await sqlite_store.get_record("call", "anything") is None
         assert not claiming.done()
     finally:
         other.execute("COMMIT")
@@ -651,7 +685,7 @@ async def test_sqlite_forgets_a_backlog_in_short_passes(
         await store.put_record("call", "live", {"verified": True}, ttl=3600)
 
         async def forgotten() -> bool:
-            await store.incr("writes", ttl=60)  # purges start after writes
+            await store.put_record("call", "writes", {}, ttl=60)  # purges start after writes
             left = other.execute(
                 "SELECT (SELECT count(*) FROM record WHERE forget_at < 2) + (SELECT count(*) FROM claim)"
             ).fetchone()[0]

@@ -13,13 +13,13 @@ key expiry to forget data (a TTL is always given explicitly).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from engine.models import Status, Verification
-from engine.stores.windows import Ceiling, Refused, Window
+from engine.stores.windows import Refused, Window
 
 # How long a finished verification stays readable after it ended (or expired),
 # so a late check or a status query still gets its final status, not a 404.
@@ -33,7 +33,8 @@ class AttemptGate(StrEnum):
     NOT_PENDING = "not_pending"  # already approved / canceled / max_attempts_reached / expired
     EXPIRED = "expired"  # past expires_at: the store moved it to `expired` just now
     NO_ATTEMPTS_LEFT = "no_attempts_left"  # every attempt is counted; the last ones decide
-    CALL_LOCKED = "call_locked"  # the call it was sent on has had too many wrong codes
+    OVER_BUDGET = "over_budget"  # a failure budget (the call's, the number's) is used up
+    CALL_VERIFIED = "call_verified"  # the call it was sent on is verified already
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,8 @@ class Record:
     ttl: float
 
 
-@dataclass(frozen=True)
-class CallLock:
-    """A call is locked once the counter ``prefix + call_id`` reaches ``limit``."""
-
-    prefix: str
-    limit: int
-
-    def for_call(self, call_id: str) -> Ceiling:
-        """The one call's lock, as `hit` tests it."""
-        return Ceiling(self.prefix + call_id, self.limit)
+# The failure budgets an attempt at a verification is counted in, from its number and its call.
+Budgets = Callable[[str, str | None], Sequence[Window]]
 
 
 @dataclass(frozen=True)
@@ -64,11 +57,17 @@ class Attempt:
 
     ``changed`` is True when this very call moved the verification out of
     `pending` (to `expired`), so the caller knows it must publish that event.
+    ``budgets`` are the windows a COUNTED attempt was counted in, and ``room``
+    how many more events each of them has room for after it (0: this attempt
+    used up the budget). ``refused`` is the first full budget of OVER_BUDGET.
     """
 
     gate: AttemptGate
     verification: Verification
     changed: bool = False
+    budgets: tuple[Window, ...] = ()
+    room: tuple[int, ...] = ()
+    refused: Refused | None = None
 
 
 class ClaimState(StrEnum):
@@ -134,26 +133,34 @@ class Store(ABC):
         now: float,
         *,
         call_id: str | None = None,
-        lock: CallLock | None = None,
+        origin: str | None = None,
+        budgets: Budgets | None = None,
+        verified_kind: str | None = None,
     ) -> Attempt | None:
         """Atomically count one attempt at checking a code, if one may be made.
 
-        None when the id is unknown, or when ``call_id`` is given and the
-        verification was sent on another call. Then, in this order:
-        - ``lock`` given and the verification's call has reached it: gate
-          CALL_LOCKED, nothing changes;
+        None when the id is unknown, when ``call_id`` is given and the
+        verification was sent on another call, or when ``origin`` is given and
+        the verification came from another interface. Then, in this order:
+        - ``verified_kind`` given and the verification's call has a record of
+          that kind (it is verified already): gate CALL_VERIFIED, nothing changes;
+        - one of ``budgets(to, call_id)`` (the verification's number and call)
+          is full: gate OVER_BUDGET with ``refused``, nothing changes;
         - not `pending`: gate NOT_PENDING, nothing changes;
         - `pending` but ``now >= expires_at``: status becomes `expired`, gate EXPIRED,
           ``changed`` True;
         - `pending` with ``attempts >= max_attempts``: gate NO_ATTEMPTS_LEFT and
           nothing changes: the counted attempts may still be in flight, and the
           last of them (perhaps the right code) decides how it ends;
-        - otherwise ``attempts += 1``, gate COUNTED.
+        - otherwise ``attempts += 1`` and one event in every budget (a failure
+          counted before the code is judged, so parallel wrong codes can never
+          pass a budget), gate COUNTED.
         """
 
     @abstractmethod
-    async def refund_attempt(self, verification_id: str) -> None:
-        """Undo one counted attempt whose code could not be checked (provider down)."""
+    async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
+        """Undo one counted attempt whose code could not be checked (provider down),
+        and take back its event in ``budgets``, in one step."""
 
     @abstractmethod
     async def transition(
@@ -185,24 +192,19 @@ class Store(ABC):
 
     # -- counters and limits ------------------------------------------------
     @abstractmethod
-    async def hit(self, windows: Sequence[Window | Ceiling], now: float) -> Refused | None:
-        """Record one event in every window if each has room and no ceiling is
-        reached, and return None; else record nothing and return the first
-        window without room (with the seconds until it would have room) or the
-        first ceiling reached (with 0). One atomic step: two concurrent hits can
-        never both take the last place of a window."""
+    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
+        """Record one event in every counted window if each window has room, and
+        return None; else record nothing and return the first window without
+        room, with the seconds until it would have room. One atomic step: two
+        concurrent hits can never both take the last place of a window.
+
+        An exact window's events are shared with `begin_attempt`'s budgets: a
+        window of the same key counts the same events."""
 
     @abstractmethod
     async def unhit(self, windows: Sequence[Window], now: float) -> None:
-        """Take back the event that ``hit(windows, now)`` recorded (a send that then failed)."""
-
-    @abstractmethod
-    async def incr(self, key: str, ttl: float) -> int:
-        """Add one to a counter that lives ``ttl`` seconds from its first increment."""
-
-    @abstractmethod
-    async def get_count(self, key: str) -> int:
-        """The counter's value (0 if absent or gone)."""
+        """Take back the event that ``hit(windows, now)`` recorded in each counted window
+        (a send that then failed, a failure budget given back for a right code)."""
 
     # -- repeated requests --------------------------------------------------
     @abstractmethod

@@ -11,9 +11,10 @@ Keys, all under ``prefix`` (default ``mfa:``):
   it expires RETAIN_FINISHED_SECONDS after it would have expired, and again
   RETAIN_FINISHED_SECONDS after it ends;
 - ``expiry``: sorted set of pending verification ids by ``expires_at``;
-- ``hit:{key}``: sorted set of an exact window's events by time (see ``windows``);
+- ``hit:{key}``: sorted set of an exact window's events by time (see ``windows``): a
+  send limit's, or a failure budget's wrong codes;
 - ``count:{key}@{bucket}``: a bucketed window's count in one fixed bucket;
-- ``count:{key}``, ``claim:{key}``, ``record:{kind}:{id}``, ``secret:{name}``: strings;
+- ``claim:{key}``, ``record:{kind}:{id}``, ``secret:{name}``: strings;
 - ``outbox:{queue}:due`` (sorted set by due time), ``outbox:{queue}:payload`` and
   ``outbox:{queue}:attempts`` (hashes by item id);
 - channel ``events``: the pub/sub channel of ``broadcast``/``listen``.
@@ -48,7 +49,7 @@ from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
     AttemptGate,
-    CallLock,
+    Budgets,
     Claim,
     ClaimState,
     OutboxItem,
@@ -56,7 +57,6 @@ from engine.stores.base import (
     Store,
 )
 from engine.stores.windows import (
-    Ceiling,
     Refused,
     Window,
     bucket,
@@ -87,6 +87,7 @@ _SHORT = {
     "provider": "pv",
     "provider_ref": "pr",
     "code_digest": "cd",
+    "origin": "og",
 }
 _LONG = {short: field for field, short in _SHORT.items()}
 _RUNNING = "running"  # a claim's value while its owner works; a finished one holds JSON
@@ -101,15 +102,32 @@ return 1
 """
 
 _BEGIN_ATTEMPT = """
--- KEYS: verification, expiry schedule [, the call's failure counter].
--- ARGV: id, now, retain_ms, call id ('' for any) [, lock limit].
+-- KEYS: verification, expiry schedule, the call's verified record (or the verification again when
+-- not asked), then the event log of each failure budget.
+-- ARGV: id, now, retain_ms, call id ('' for any), origin ('' for any), '1' to test the record,
+-- a unique member, then three per budget: limit, ttl_ms, the window's start (older events are gone).
+-- Returns nil (not found / not ours), or {gate, the verification's fields, ...}: for over_budget
+-- the budget's index (0-based) and its oldest event's time, for counted each budget's count before.
 local key = KEYS[1]
 local status = redis.call('HGET', key, 'st')
 if not status then return false end
 local call = redis.call('HGET', key, 'ci') or ''
 if ARGV[4] ~= '' and call ~= ARGV[4] then return false end
-if KEYS[3] and call ~= '' and tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[5]) then
-  return {'call_locked', redis.call('HGETALL', key)}
+local origin = redis.call('HGET', key, 'og') or (call ~= '' and 'call' or 'api')
+if ARGV[5] ~= '' and origin ~= ARGV[5] then return false end
+if ARGV[6] == '1' and call ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
+  return {'call_verified', redis.call('HGETALL', key)}
+end
+local budgets = (#ARGV - 7) / 3
+local counts = {}
+for i = 1, budgets do
+  local log = KEYS[3 + i]
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', ARGV[7 + 3 * i])
+  counts[i] = redis.call('ZCARD', log)
+  if counts[i] >= tonumber(ARGV[5 + 3 * i]) then
+    local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')[2]
+    return {'over_budget', redis.call('HGETALL', key), i - 1, oldest}
+  end
 end
 local function finish(to)
   redis.call('HSET', key, 'st', to, 'ua', ARGV[2])
@@ -128,15 +146,20 @@ elseif tonumber(redis.call('HGET', key, 'at')) >= tonumber(redis.call('HGET', ke
 else
   redis.call('HINCRBY', key, 'at', 1)
   redis.call('HSET', key, 'ua', ARGV[2])
+  for i = 1, budgets do
+    redis.call('ZADD', KEYS[3 + i], ARGV[2], ARGV[7])
+    redis.call('PEXPIRE', KEYS[3 + i], ARGV[6 + 3 * i])
+  end
 end
-return {gate, redis.call('HGETALL', key)}
+return {gate, redis.call('HGETALL', key), counts}
 """
 
 _REFUND_ATTEMPT = """
--- KEYS: verification.
+-- KEYS: verification, then the event log of each failure budget the attempt was counted in.
 if redis.call('HGET', KEYS[1], 'st') == 'pending' and tonumber(redis.call('HGET', KEYS[1], 'at')) > 0 then
   redis.call('HINCRBY', KEYS[1], 'at', -1)
 end
+for i = 2, #KEYS do redis.call('ZPOPMAX', KEYS[i]) end
 return 0
 """
 
@@ -157,41 +180,38 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 _HIT = """
--- Count one event in every window if each has room, else in none.
+-- Count one event in every counted window if each window has room, else in none.
 -- ARGV: now, a unique member, then four per window: kind, limit, ttl_ms, and for an exact
--- window ('e', KEYS: its event log) the window's start (events at or before it are gone),
--- for a bucketed one ('b', KEYS: previous and current bucket) the previous bucket's weight,
--- for a ceiling ('c', KEYS: its counter; never counted) nothing used.
--- Nil when counted; else {index of the first full window (0-based), then for 'e' the oldest
--- event's time, for 'b' the previous and current counts}.
+-- window ('e', KEYS: its event log; 'p' for one that is tested, never counted) the window's
+-- start (events at or before it are gone), for a bucketed one ('b', KEYS: previous and
+-- current bucket) the previous bucket's weight.
+-- Nil when counted; else {index of the first full window (0-based), then for 'e'/'p' the
+-- oldest event's time, for 'b' the previous and current counts}.
 local windows = (#ARGV - 2) / 4
 local k = 1
 for i = 0, windows - 1 do
   local kind, limit, extra = ARGV[3 + 4 * i], tonumber(ARGV[4 + 4 * i]), ARGV[6 + 4 * i]
-  if kind == 'c' then
-    if tonumber(redis.call('GET', KEYS[k]) or '0') >= limit then return {i} end
-    k = k + 1
-  elseif kind == 'e' then
+  if kind == 'b' then
+    local previous = tonumber(redis.call('GET', KEYS[k]) or '0')
+    local current = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+    if previous * tonumber(extra) + current + 1 > limit then return {i, previous, current} end
+    k = k + 2
+  else
     redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', extra)
     if redis.call('ZCARD', KEYS[k]) >= limit then
       return {i, redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')[2]}
     end
     k = k + 1
-  else
-    local previous = tonumber(redis.call('GET', KEYS[k]) or '0')
-    local current = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
-    if previous * tonumber(extra) + current + 1 > limit then return {i, previous, current} end
-    k = k + 2
   end
 end
 k = 1
 for i = 0, windows - 1 do
-  local ttl = tonumber(ARGV[5 + 4 * i])
-  if ARGV[3 + 4 * i] == 'c' then
-    k = k + 1
-  elseif ARGV[3 + 4 * i] == 'e' then
+  local kind, ttl = ARGV[3 + 4 * i], tonumber(ARGV[5 + 4 * i])
+  if kind == 'e' then
     redis.call('ZADD', KEYS[k], ARGV[1], ARGV[2])
     redis.call('PEXPIRE', KEYS[k], ttl)
+    k = k + 1
+  elseif kind == 'p' then
     k = k + 1
   else
     redis.call('INCR', KEYS[k + 1])
@@ -211,13 +231,6 @@ for i, key in ipairs(KEYS) do
     redis.call('DECR', key)
   end
 end
-"""
-
-_INCR = """
--- KEYS: counter. ARGV: ttl_ms. The lifetime starts at the first increment.
-local value = redis.call('INCR', KEYS[1])
-if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return value
 """
 
 _CLAIM = """
@@ -279,7 +292,6 @@ class _Scripts:
     transition: AsyncScript
     hit: AsyncScript
     unhit: AsyncScript
-    incr: AsyncScript
     claim: AsyncScript
     secret: AsyncScript
     enqueue: AsyncScript
@@ -295,7 +307,6 @@ class _Scripts:
             transition=client.register_script(_TRANSITION),
             hit=client.register_script(_HIT),
             unhit=client.register_script(_UNHIT),
-            incr=client.register_script(_INCR),
             claim=client.register_script(_CLAIM),
             secret=client.register_script(_SERVER_KEY),
             enqueue=client.register_script(_ENQUEUE),
@@ -338,6 +349,8 @@ def _to_hash(verification: Verification) -> list[str]:
 def _from_hash(verification_id: str, values: Mapping[str, str]) -> Verification:
     # The strings become numbers and enums through pydantic's validation.
     fields = {_LONG[short]: value for short, value in values.items()}
+    if "origin" not in fields:  # kept before verifications recorded it
+        fields["origin"] = "call" if fields.get("call_id") else "api"
     return Verification.model_validate({"id": verification_id, **fields})
 
 
@@ -450,36 +463,52 @@ class RedisStore(Store):
         now: float,
         *,
         call_id: str | None = None,
-        lock: CallLock | None = None,
+        origin: str | None = None,
+        budgets: Budgets | None = None,
+        verified_kind: str | None = None,
     ) -> Attempt | None:
         key = self._key("v", verification_id)
-        keys = [key, self._key("expiry")]
-        args: list[str | int | float] = [
-            verification_id,
-            _num(now),
-            _ms(RETAIN_FINISHED_SECONDS),
-            call_id or "",
-        ]
         with _unavailable():
-            if lock is not None:
-                # The script names every key it touches, so the counter's key is found first
-                # when the caller did not say which call it is; the script checks it is the same.
-                lock_call = call_id or cast(str | None, await self._client.hget(key, "ci"))
-                if lock_call:
-                    ceiling = lock.for_call(lock_call)
-                    args[3] = lock_call
-                    keys.append(self._key("count", ceiling.key))
-                    args.append(str(ceiling.limit))
+            # The script names every key it touches, so the keys that follow from the
+            # verification's number and call are found first; both never change.
+            to, call = cast(list[str | None], await self._client.hmget(key, ["to", "ci"]))
+            if to is None or (call_id is not None and call != call_id):
+                return None
+            windows = tuple(budgets(to, call)) if budgets else ()
+            verified = self._key("record", verified_kind, call) if verified_kind and call else key
+            args: list[str | int | float] = [
+                verification_id,
+                _num(now),
+                _ms(RETAIN_FINISHED_SECONDS),
+                call_id or "",
+                origin or "",
+                "1" if verified != key else "0",
+                secrets.token_hex(8),
+            ]
+            for window in windows:
+                args += [window.limit, _ms(window.seconds), _num(now - window.seconds)]
+            keys = [key, self._key("expiry"), verified, *(self._key("hit", window.key) for window in windows)]
             answer = await self._script.begin_attempt(keys=keys, args=args)
         if answer is None:
             return None
         gate = AttemptGate(answer[0])
-        changed = gate is AttemptGate.EXPIRED
-        return Attempt(gate, _from_hash(verification_id, _pairs(answer[1])), changed=changed)
+        verification = _from_hash(verification_id, _pairs(answer[1]))
+        if gate is AttemptGate.OVER_BUDGET:
+            index = int(answer[2])
+            oldest = float(answer[3]) if len(answer) > 3 else None
+            refused = Refused(index, log_retry_after(windows[index], oldest, now))
+            return Attempt(gate, verification, refused=refused)
+        if gate is AttemptGate.COUNTED:
+            room = tuple(
+                window.limit - int(count) - 1 for window, count in zip(windows, answer[2], strict=True)
+            )
+            return Attempt(gate, verification, budgets=windows, room=room)
+        return Attempt(gate, verification, changed=gate is AttemptGate.EXPIRED)
 
-    async def refund_attempt(self, verification_id: str) -> None:
+    async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
+        keys = [self._key("v", verification_id), *(self._key("hit", window.key) for window in budgets)]
         with _unavailable():
-            await self._script.refund_attempt(keys=[self._key("v", verification_id)])
+            await self._script.refund_attempt(keys=keys)
 
     async def transition(
         self,
@@ -518,18 +547,17 @@ class RedisStore(Store):
         return float(earliest[0][1]) if earliest else None
 
     # -- counters and limits ------------------------------------------------
-    async def hit(self, windows: Sequence[Window | Ceiling], now: float) -> Refused | None:
+    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
         keys: list[str] = []
         # The member only has to be unique: two events may share a timestamp.
         args: list[str | int | float] = [_num(now), secrets.token_hex(8)]
         for window in windows:
-            if isinstance(window, Ceiling):
-                keys.append(self._key("count", window.key))
-                args += ["c", window.limit, 0, 0]
-            elif window.exact:
+            if window.exact:
                 keys.append(self._key("hit", window.key))
-                args += ["e", window.limit, _ms(window.seconds), _num(now - window.seconds)]
+                kind = "e" if window.counted else "p"
+                args += [kind, window.limit, _ms(window.seconds), _num(now - window.seconds)]
             else:
+                assert window.counted, "a bucketed window is always counted"
                 number = bucket(now, window.seconds)
                 keys += [
                     self._key("count", bucket_key(window, number - 1)),
@@ -542,32 +570,23 @@ class RedisStore(Store):
             return None
         index = int(refused[0])
         window = windows[index]
-        if isinstance(window, Ceiling):
-            return Refused(index, 0.0)
         if window.exact:
             oldest = float(refused[1]) if len(refused) > 1 else None
             return Refused(index, log_retry_after(window, oldest, now))
         return Refused(index, buckets_retry_after(window, int(refused[1]), int(refused[2]), now))
 
     async def unhit(self, windows: Sequence[Window], now: float) -> None:
+        counted = [window for window in windows if window.counted]
         keys = [
             self._key("hit", window.key)
             if window.exact
             else self._key("count", bucket_key(window, bucket(now, window.seconds)))
-            for window in windows
+            for window in counted
         ]
+        if not keys:
+            return
         with _unavailable():
-            await self._script.unhit(keys=keys, args=["e" if window.exact else "b" for window in windows])
-
-    async def incr(self, key: str, ttl: float) -> int:
-        with _unavailable():
-            value = await self._script.incr(keys=[self._key("count", key)], args=[_ms(ttl)])
-        return int(value)
-
-    async def get_count(self, key: str) -> int:
-        with _unavailable():
-            value = await self._client.get(self._key("count", key))
-        return 0 if value is None else int(value)
+            await self._script.unhit(keys=keys, args=["e" if window.exact else "b" for window in counted])
 
     # -- repeated requests --------------------------------------------------
     async def claim(self, key: str, ttl: float) -> Claim:

@@ -44,7 +44,7 @@ from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
     AttemptGate,
-    CallLock,
+    Budgets,
     Claim,
     ClaimState,
     OutboxItem,
@@ -52,7 +52,6 @@ from engine.stores.base import (
     Store,
 )
 from engine.stores.windows import (
-    Ceiling,
     Refused,
     Window,
     bucket,
@@ -88,7 +87,7 @@ _END_VERIFICATION = (
     f" RETURNING {_COLUMNS}"
 )
 
-# Column order must follow Verification's fields (checked in open()).
+# Every Verification field is a column (checked in open(); see _MIGRATIONS).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS verification (
     "id" TEXT PRIMARY KEY,
@@ -105,6 +104,7 @@ CREATE TABLE IF NOT EXISTS verification (
     "provider" TEXT NOT NULL,
     "provider_ref" TEXT,
     "code_digest" TEXT,
+    "origin" TEXT NOT NULL,
     forget_at REAL NOT NULL
 ) WITHOUT ROWID;
 -- Partial: a verification leaves the expiry schedule when it stops being pending.
@@ -140,6 +140,14 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (queue, due_at);
 
 CREATE TABLE IF NOT EXISTS secret (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
+
+# Columns added since the first release, and how an older file gets them.
+_MIGRATIONS = {
+    "origin": (
+        "ALTER TABLE verification ADD COLUMN \"origin\" TEXT NOT NULL DEFAULT 'api'",
+        "UPDATE verification SET \"origin\" = 'call' WHERE call_id IS NOT NULL",
+    ),
+}
 
 # Each table whose rows are forgotten, with its key.
 _FORGETTING_TABLES = {
@@ -206,12 +214,29 @@ def _put_record(db: sqlite3.Connection, record: Record) -> None:
     )
 
 
-def _reached(db: sqlite3.Connection, ceiling: Ceiling, wall: float) -> bool:
-    """Whether the counter under ``ceiling`` (kept by `incr`) is at its limit or above."""
-    row = db.execute(
-        "SELECT value FROM counter WHERE key = ? AND forget_at > ?", (ceiling.key, wall)
-    ).fetchone()
-    return row is not None and row[0] >= ceiling.limit
+def _log_count(db: sqlite3.Connection, window: Window, now: float) -> tuple[int, float | None]:
+    """An exact window's events inside it at ``now``, and the oldest one's time.
+
+    Events that left the window are deleted first: the window's key is the log.
+    """
+    db.execute("DELETE FROM hit WHERE key = ? AND at <= ?", (window.key, now - window.seconds))
+    count, oldest = db.execute("SELECT count(*), min(at) FROM hit WHERE key = ?", (window.key,)).fetchone()
+    return int(count), oldest
+
+
+def _log_event(db: sqlite3.Connection, window: Window, now: float, wall: float) -> None:
+    db.execute(
+        "INSERT INTO hit (key, at, forget_at) VALUES (?, ?, ?)", (window.key, now, wall + window.seconds)
+    )
+
+
+def _take_back_event(db: sqlite3.Connection, window: Window) -> None:
+    """Remove an exact window's newest event."""
+    db.execute(
+        "DELETE FROM hit WHERE rowid ="
+        " (SELECT rowid FROM hit WHERE key = ? ORDER BY at DESC, rowid DESC LIMIT 1)",
+        (window.key,),
+    )
 
 
 def _json(data: dict[str, Any]) -> str:
@@ -330,7 +355,15 @@ class SqliteStore(Store):
             # WAL first: it is a property of the file that the other connection then shares.
             db.execute("PRAGMA journal_mode = WAL")
             db.executescript(_SCHEMA)
-            return tuple(column[1] for column in db.execute("PRAGMA table_info(verification)"))
+            columns = {column[1] for column in db.execute("PRAGMA table_info(verification)")}
+            for column, statements in _MIGRATIONS.items():
+                if column not in columns:
+                    db.execute("BEGIN IMMEDIATE")
+                    for sql in statements:
+                        db.execute(sql)
+                    db.execute("COMMIT")
+                    columns.add(column)
+            return tuple(columns)
 
         try:
             await self._thread.open(self._path)
@@ -341,7 +374,7 @@ class SqliteStore(Store):
         except (sqlite3.Error, StoreUnavailable) as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
-        if columns[: len(_FIELDS)] != _FIELDS:
+        if not set(_FIELDS) <= set(columns):
             await self.close()
             raise StoreUnavailable("the SQLite store's verification table does not match this version")
 
@@ -472,7 +505,9 @@ class SqliteStore(Store):
         now: float,
         *,
         call_id: str | None = None,
-        lock: CallLock | None = None,
+        origin: str | None = None,
+        budgets: Budgets | None = None,
+        verified_kind: str | None = None,
     ) -> Attempt | None:
         def attempt(db: sqlite3.Connection) -> Attempt | None:
             wall = time.time()
@@ -480,14 +515,25 @@ class SqliteStore(Store):
             if row is None:
                 return None
             verification = _verification(row)
-            if call_id is not None and verification.call_id != call_id:
-                return None
-            if (
-                lock is not None
-                and verification.call_id is not None
-                and _reached(db, lock.for_call(verification.call_id), wall)
+            if (call_id is not None and verification.call_id != call_id) or (
+                origin is not None and verification.origin != origin
             ):
-                return Attempt(AttemptGate.CALL_LOCKED, verification)
+                return None
+            if verified_kind is not None and verification.call_id is not None:
+                verified = db.execute(
+                    "SELECT 1 FROM record WHERE kind = ? AND id = ? AND forget_at > ?",
+                    (verified_kind, verification.call_id, wall),
+                ).fetchone()
+                if verified:
+                    return Attempt(AttemptGate.CALL_VERIFIED, verification)
+            windows = tuple(budgets(verification.to, verification.call_id)) if budgets else ()
+            counts = []
+            for index, window in enumerate(windows):
+                count, oldest = _log_count(db, window, now)
+                if count >= window.limit:
+                    refused = Refused(index, log_retry_after(window, oldest, now))
+                    return Attempt(AttemptGate.OVER_BUDGET, verification, refused=refused)
+                counts.append(count)
             if verification.status is not Status.PENDING:
                 return Attempt(AttemptGate.NOT_PENDING, verification)
             if verification.is_expired(now):
@@ -501,19 +547,27 @@ class SqliteStore(Store):
                 "UPDATE verification SET attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (now, verification_id),
             )
+            for window in windows:
+                _log_event(db, window, now, wall)
             counted = verification.model_copy(
                 update={"attempts": verification.attempts + 1, "updated_at": now}
             )
-            return Attempt(AttemptGate.COUNTED, counted)
+            room = tuple(window.limit - count - 1 for window, count in zip(windows, counts, strict=True))
+            return Attempt(AttemptGate.COUNTED, counted, budgets=windows, room=room)
 
         return await self._write(attempt)
 
-    async def refund_attempt(self, verification_id: str) -> None:
-        await self._execute(
-            "UPDATE verification SET attempts = attempts - 1"
-            " WHERE id = ? AND status = 'pending' AND attempts > 0",
-            (verification_id,),
-        )
+    async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
+        def refund(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE verification SET attempts = attempts - 1"
+                " WHERE id = ? AND status = 'pending' AND attempts > 0",
+                (verification_id,),
+            )
+            for window in budgets:
+                _take_back_event(db, window)
+
+        await self._write(refund)
 
     async def transition(
         self,
@@ -568,14 +622,10 @@ class SqliteStore(Store):
         return None if earliest is None else float(earliest)
 
     # -- counters and limits ------------------------------------------------
-    async def hit(self, windows: Sequence[Window | Ceiling], now: float) -> Refused | None:
+    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
         def count_all(db: sqlite3.Connection) -> Refused | None:
             wall = time.time()
             for index, window in enumerate(windows):
-                if isinstance(window, Ceiling):
-                    if _reached(db, window, wall):
-                        return Refused(index, 0.0)
-                    continue
                 retry_after = (
                     self._log_room(db, window, now)
                     if window.exact
@@ -584,13 +634,10 @@ class SqliteStore(Store):
                 if retry_after is not None:
                     return Refused(index, retry_after)
             for window in windows:
-                if isinstance(window, Ceiling):
+                if not window.counted:
                     continue
                 if window.exact:
-                    db.execute(
-                        "INSERT INTO hit (key, at, forget_at) VALUES (?, ?, ?)",
-                        (window.key, now, wall + window.seconds),
-                    )
+                    _log_event(db, window, now, wall)
                 else:
                     self._add_to_bucket(db, window, now, 1, wall)
             return None
@@ -600,10 +647,7 @@ class SqliteStore(Store):
     @staticmethod
     def _log_room(db: sqlite3.Connection, window: Window, now: float) -> float | None:
         """None if the exact window has room; else the seconds until it has."""
-        db.execute("DELETE FROM hit WHERE key = ? AND at <= ?", (window.key, now - window.seconds))
-        count, oldest = db.execute(
-            "SELECT count(*), min(at) FROM hit WHERE key = ?", (window.key,)
-        ).fetchone()
+        count, oldest = _log_count(db, window, now)
         return None if count < window.limit else log_retry_after(window, oldest, now)
 
     @staticmethod
@@ -644,35 +688,14 @@ class SqliteStore(Store):
         def take_back(db: sqlite3.Connection) -> None:
             wall = time.time()
             for window in windows:
+                if not window.counted:
+                    continue
                 if window.exact:
-                    db.execute(
-                        "DELETE FROM hit WHERE rowid ="
-                        " (SELECT rowid FROM hit WHERE key = ? ORDER BY at DESC, rowid DESC LIMIT 1)",
-                        (window.key,),
-                    )
+                    _take_back_event(db, window)
                 else:
                     self._add_to_bucket(db, window, now, -1, wall)
 
         await self._write(take_back)
-
-    async def incr(self, key: str, ttl: float) -> int:
-        wall = time.time()
-        # A counter past its forget_at starts again at 1 with a new lifetime.
-        rows = await self._execute(
-            "INSERT INTO counter (key, value, forget_at) VALUES (?, 1, ?)"
-            " ON CONFLICT (key) DO UPDATE SET"
-            " value = CASE WHEN forget_at > ? THEN value + 1 ELSE 1 END,"
-            " forget_at = CASE WHEN forget_at > ? THEN forget_at ELSE excluded.forget_at END"
-            " RETURNING value",
-            (key, wall + ttl, wall, wall),
-        )
-        return int(rows[0][0])
-
-    async def get_count(self, key: str) -> int:
-        rows = await self._read(
-            "SELECT value FROM counter WHERE key = ? AND forget_at > ?", (key, time.time())
-        )
-        return int(rows[0][0]) if rows else 0
 
     # -- repeated requests --------------------------------------------------
     async def claim(self, key: str, ttl: float) -> Claim:

@@ -1,8 +1,10 @@
 """Rate-limit windows: what `Store.hit` counts, and the arithmetic both stores share.
 
 A send is counted against several windows at once (per call, per number, per
-agent), in one atomic step of the store: all of them record it, or none does.
-A `Ceiling` in the same step refuses it while a counter is too high.
+agent, for the whole deployment), in one atomic step of the store: all of them
+record it, or none does. A window that is only tested (``counted=False``)
+refuses it in the same step while that window is full: a call or a number
+that has used up its wrong codes gets no more sends.
 
 Two ways to count a window:
 
@@ -30,24 +32,17 @@ EXACT_UP_TO = 100
 
 @dataclass(frozen=True)
 class Window:
-    """At most ``limit`` events under ``key`` in any ``seconds``."""
+    """At most ``limit`` events under ``key`` in any ``seconds``.
+
+    ``counted=False``: tested but never counted by that `hit` (an exact window
+    whose events are counted elsewhere, such as a number's wrong codes).
+    """
 
     key: str
     limit: int
     seconds: float
     exact: bool = True
-
-
-@dataclass(frozen=True)
-class Ceiling:
-    """No event while the counter ``key`` (kept by `Store.incr`) is at ``limit`` or above.
-
-    Tested with the windows of a `hit`, in the same step, and never counted itself:
-    a call locked by its wrong codes gets no more sends.
-    """
-
-    key: str
-    limit: int
+    counted: bool = True
 
 
 @dataclass(frozen=True)

@@ -592,6 +592,29 @@ async def test_redis_broadcast_reaches_other_instances(make_store: Callable[[], 
 # -- failures and construction ----------------------------------------------
 
 
+async def test_sqlite_gives_a_file_from_before_origins_its_origins(tmp_path: Any) -> None:
+    path = tmp_path / "mfa.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    on_call, by_api = make_verification(call_id="call-1", origin="call"), make_verification()
+    for verification in (on_call, by_api):
+        await store.create_verification(verification)
+    await store.close()
+    old = sqlite3.connect(path)
+    old.execute('ALTER TABLE verification DROP COLUMN "origin"')  # as the file was before
+    old.commit()
+    old.close()
+
+    reopened = SqliteStore(str(path))
+    await reopened.open()
+    try:
+        assert (await reopened.get_verification(on_call.id)).origin == "call"  # type: ignore[union-attr]
+        assert (await reopened.get_verification(by_api.id)).origin == "api"  # type: ignore[union-attr]
+        assert await reopened.begin_attempt(on_call.id, NOW, origin="api") is None
+    finally:
+        await reopened.close()
+
+
 async def test_sqlite_creates_missing_folders(tmp_path: Any) -> None:
     store = SqliteStore(str(tmp_path / "a" / "b" / "mfa.sqlite3"))
     await store.open()

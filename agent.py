@@ -152,6 +152,22 @@ class MfaAgent(AgentBase):
             return {"response": UNREADABLE_REQUEST}
         return answer
 
+    # -- SDK internals: the function-token check (checked against signalwire-sdk 3.7.5) --
+    # `AgentBase._tool_token_rejection` is where every SWAIG dispatch checks a secure
+    # function's token. This is the only place this project overrides it.
+    def _tool_token_rejection(
+        self,
+        function_name: str,
+        token: str | None,
+        call_id: str | None,
+        conversation_id: str | None = None,
+    ) -> dict[str, Any] | None:
+        # A token is honoured only for the call it was issued for. The SDK also takes one
+        # issued for the body's `conversation_id` (its chat sessions, which this agent does
+        # not serve): a token for call A would then run under any made-up call_id that names
+        # A as its conversation, and each made-up call would get fresh per-call limits.
+        return super()._tool_token_rejection(function_name, token, call_id)
+
     def _build_webhook_url(self, endpoint: str, query_params: dict[str, str] | None = None) -> str:
         # A call whose SWML was fetched with ?agent_id=X keeps reporting under X.
         agent_id = request_agent_id.get()

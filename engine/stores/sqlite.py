@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from engine.errors import StoreUnavailable
 from engine.models import Status, Verification
+from engine.private_files import create_private, make_private, private_folder
 from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
@@ -282,6 +283,18 @@ class _Thread:
             _close(db)
 
 
+def _private_files(path: Path) -> None:
+    """The database, its folder and its WAL files readable by this user alone.
+
+    SQLite creates the -wal and -shm files with the database file's mode, so
+    the database is created 0600 before SQLite would create it 0644.
+    """
+    private_folder(path.parent)
+    for companion in ("-wal", "-shm"):
+        make_private(path.with_name(path.name + companion))
+    create_private(path)
+
+
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; each decision opens its own.
     db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
@@ -305,7 +318,11 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 
 class SqliteStore(Store):
-    """The store in one SQLite file (``path``; its folder is created if missing)."""
+    """The store in one SQLite file (``path``; its folder is created if missing).
+
+    The file, its WAL files and a folder made here are private to this user
+    (engine/private_files.py): the file holds server keys and full numbers.
+    """
 
     def __init__(self, path: str) -> None:
         self._path = Path(path)
@@ -322,9 +339,9 @@ class SqliteStore(Store):
     # -- lifecycle ----------------------------------------------------------
     async def open(self) -> None:
         try:
-            await asyncio.to_thread(self._path.parent.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(_private_files, self._path)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot create the folder of the SQLite store: {exc}") from exc
+            raise StoreUnavailable(f"cannot create the SQLite store's file: {exc}") from exc
 
         def create(db: sqlite3.Connection) -> tuple[str, ...]:
             # WAL first: it is a property of the file that the other connection then shares.

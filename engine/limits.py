@@ -5,7 +5,8 @@
 - failed code checks per call, across codes: a new code does not reset them,
   so a caller cannot guess their way through by asking for fresh codes.
 
-Store keys never hold a full number: destinations are keyed by a keyed hash.
+Store keys never hold a full number: destinations are keyed by a keyed hash
+(the key ring's limits key, read on every use: engine/keys.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from engine.errors import CallLocked, RateLimited
+from engine.keys import NumberKey
 from engine.stores.base import CallLock, Store
 from engine.stores.windows import EXACT_UP_TO, Window
 
@@ -44,13 +46,13 @@ class Admission:
 class Limits:
     """Checks and records the limits around sends and failed checks."""
 
-    def __init__(self, store: Store, settings: LimitSettings, key: bytes) -> None:
+    def __init__(self, store: Store, settings: LimitSettings, keys: NumberKey) -> None:
         self._store = store
         self._settings = settings
-        self._key = key
+        self._keys = keys
 
     def _number_key(self, number: str) -> str:
-        digest = hmac.new(self._key, number.encode(), hashlib.sha256).hexdigest()[:32]
+        digest = hmac.new(self._keys.limits_key, number.encode(), hashlib.sha256).hexdigest()[:32]
         return f"sends:number:{digest}"
 
     async def admit_send(self, to: str, agent_id: str, call_id: str | None, now: float) -> Admission:

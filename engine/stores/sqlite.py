@@ -28,11 +28,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -332,7 +331,6 @@ class SqliteStore(Store):
         self._writes_since_checkpoint = 0
         self._next_purge = 0.0
         self._maintenance: asyncio.Future[bool] | None = None
-        self._secrets: dict[str, bytes] = {}
         # Weak, so a listener dropped without being closed does not collect messages forever.
         self._listeners: weakref.WeakSet[asyncio.Queue[str | None]] = weakref.WeakSet()
 
@@ -456,19 +454,18 @@ class SqliteStore(Store):
             self._next_purge = time.monotonic()  # a backlog: the next pass after the next write
 
     # -- server keys --------------------------------------------------------
-    async def secret(self, name: str) -> bytes:
-        if name not in self._secrets:
+    async def server_keys(self, proposed: Mapping[str, bytes]) -> dict[str, bytes]:
+        def keep_and_read(db: sqlite3.Connection) -> dict[str, bytes]:
+            # INSERT OR IGNORE: whoever inserts first wins; everyone then reads the winner.
+            db.executemany("INSERT OR IGNORE INTO secret (name, value) VALUES (?, ?)", proposed.items())
+            names = list(proposed)
+            rows = db.execute(
+                f"SELECT name, value FROM secret WHERE name IN ({', '.join('?' * len(names))})",  # noqa: S608
+                names,
+            )
+            return {name: bytes(value) for name, value in rows}
 
-            def create_or_read(db: sqlite3.Connection) -> bytes:
-                # INSERT OR IGNORE: whoever inserts first wins; everyone then reads the winner.
-                db.execute(
-                    "INSERT OR IGNORE INTO secret (name, value) VALUES (?, ?)",
-                    (name, secrets.token_bytes(32)),
-                )
-                return bytes(db.execute("SELECT value FROM secret WHERE name = ?", (name,)).fetchone()[0])
-
-            self._secrets[name] = await self._write(create_or_read)
-        return self._secrets[name]
+        return await self._write(keep_and_read)
 
     # -- verifications ------------------------------------------------------
     async def create_verification(self, verification: Verification) -> None:

@@ -171,7 +171,7 @@ class KeyRing:
             return ()
         key, until = previous
         if self._clock() >= until:
-            del self._previous[name]
+            self._previous.pop(name, None)
             return ()
         return (key,)
 

@@ -185,10 +185,11 @@ async def until_tokens_agree(http: aiohttp.ClientSession, fleet: list[AgentProce
 async def until_keys_stored(url: str) -> None:
     """Wait until the store holds every server key again, or fail at the deadline."""
     client = redis.asyncio.Redis.from_url(url)
+    names = [f"mfa:secret:{name}" for name in KEY_NAMES]
     try:
         async with asyncio.timeout(AGREEMENT_DEADLINE):
-            # Polling is all a store offers here; bounded by the deadline.
-            while await client.exists(*(f"mfa:secret:{name}" for name in KEY_NAMES)) < len(KEY_NAMES):  # noqa: ASYNC110
+            # Polling is all Redis offers here; bounded by the deadline.
+            while await client.exists(*names) < len(names):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
     except TimeoutError:
         pytest.fail(f"no instance put its keys back into the emptied store within {AGREEMENT_DEADLINE}s")

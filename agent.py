@@ -10,7 +10,6 @@ This file wires things together and decides nothing itself:
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import re
@@ -25,6 +24,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from signalwire import AgentBase
+from signalwire.core.security.session_manager import SessionManager
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -34,7 +34,8 @@ from api.auth import BasicAuth
 from config import Settings, config_errors
 from conversation import FILLERS_SEND, FILLERS_VERIFY, configure_conversation
 from engine.errors import StoreUnavailable
-from engine.runtime import NotStarted, Runtime, swaig_secret
+from engine.keys import KeyRing
+from engine.runtime import NotStarted, Runtime
 from functions import MfaFunctions
 from functions.platform import request_agent_id
 from web import build_live_router
@@ -65,13 +66,7 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 class MfaAgent(AgentBase):
     """A voice agent that verifies the caller's phone with a one-time code."""
 
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        *,
-        runtime: Runtime | None = None,
-        swaig_secret: str | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings | None = None, *, runtime: Runtime | None = None) -> None:
         # No arguments is how `swaig-test agent.py` builds it: settings from the environment.
         self.settings = settings or Settings()
         self.runtime = runtime or Runtime(self.settings)
@@ -88,9 +83,10 @@ class MfaAgent(AgentBase):
             host=self.settings.host,
             port=self.settings.port,
             basic_auth=basic_auth,
-            swaig_secret=swaig_secret,
             suppress_logs=True,
         )
+        # Function tokens are signed with the key ring's secret, the same on every instance.
+        self.runtime.keys.on_change(self._sign_tokens_with)
         self._register_functions(MfaFunctions(self.runtime))
         configure_conversation(self)  # after the functions, so the steps can name them
         for name in ("send_mfa", "verify_mfa"):
@@ -151,6 +147,34 @@ class MfaAgent(AgentBase):
             log.warning("unreadable SWAIG request answered with a spoken refusal (%s)", answer.status_code)
             return {"response": UNREADABLE_REQUEST}
         return answer
+
+    # -- SDK internals: function tokens (checked against signalwire-sdk 3.7.5) ------------
+    # The SDK signs each call's function tokens with `_session_manager.secret_key` (a
+    # `SessionManager`) when it renders the SWML, and checks them in `_tool_token_rejection`
+    # on every SWAIG request. These two methods are the only places this project touches them.
+
+    def _sign_tokens_with(self, keys: KeyRing) -> None:
+        """Sign with the secret the key ring holds now; it calls this again after every change."""
+        self._session_manager.secret_key = keys.swaig_secret
+
+    def _tool_token_rejection(
+        self,
+        function_name: str,
+        token: str | None,
+        call_id: str | None,
+        conversation_id: str | None = None,
+    ) -> dict[str, Any] | None:
+        # A token signed with the secret this instance used before it adopted the store's
+        # (engine/keys.py) is still good for a while: a call in progress keeps its SWML's URLs.
+        if token and call_id:
+            for secret in self.runtime.keys.previous_swaig_secrets():
+                if SessionManager(secret_key=secret).validate_tool_token(function_name, token, call_id):
+                    return None
+        # A token is honoured only for the call it was issued for. The SDK also takes one
+        # issued for the body's `conversation_id` (its chat sessions, which this agent does
+        # not serve): a token for call A would then run under any made-up call_id that names
+        # A as its conversation, and each made-up call would get fresh per-call limits.
+        return super()._tool_token_rejection(function_name, token, call_id)
 
     def _build_webhook_url(self, endpoint: str, query_params: dict[str, str] | None = None) -> str:
         # A call whose SWML was fetched with ?agent_id=X keeps reporting under X.
@@ -291,8 +315,7 @@ def serve() -> None:
     if settings.log_level != "DEBUG":
         # The SDK logs two INFO lines per function request: 4% of the CPU under load (bench/).
         logging.getLogger("signalwire").setLevel(logging.WARNING)
-    secret = asyncio.run(swaig_secret(settings))
-    agent = MfaAgent(settings, swaig_secret=secret)
+    agent = MfaAgent(settings)
     app = build_app(agent)
     user, password = agent.get_basic_auth_credentials()[:2]
     print(f"Phone verification agent listening on http://{settings.host}:{settings.port}/", flush=True)

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.events.publisher import EventPublisher
+from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
 from engine.models import Verification
 from engine.providers.base import Answer, Provider, SendRequest, Sent
-from engine.runtime import LIMITS_KEY
 from engine.stores import Store, open_store
 from engine.verifications import CodeShape, VerificationEngine
 
@@ -52,7 +52,9 @@ class StubProvider(Provider):
 
 async def _engine(store: Store) -> VerificationEngine:
     big = 10**9
-    limits = Limits(store, LimitSettings(big, big, big, big, big, big), await store.secret(LIMITS_KEY))
+    keys = KeyRing()
+    await keys.sync(store)
+    limits = Limits(store, LimitSettings(big, big, big, big, big, big), keys)
     return VerificationEngine(
         store=store, provider=StubProvider(), publisher=EventPublisher(), limits=limits, shape=SHAPE
     )

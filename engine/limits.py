@@ -17,7 +17,8 @@ A failure is counted before the code is judged, in the same store step as
 the attempt, and given back when the code was right (or could not be
 judged), so no number of parallel wrong codes can pass a budget.
 
-Store keys never hold a full number: destinations are keyed by a keyed hash.
+Store keys never hold a full number: destinations are keyed by a keyed hash
+(the key ring's limits key, read on every use: engine/keys.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 from engine.errors import CallLocked, RateLimited
+from engine.keys import NumberKey
 from engine.stores.base import Store
 from engine.stores.windows import EXACT_UP_TO, Window
 
@@ -65,13 +67,13 @@ class _Check:
 class Limits:
     """Checks and records the limits around sends and checks of codes."""
 
-    def __init__(self, store: Store, settings: LimitSettings, key: bytes) -> None:
+    def __init__(self, store: Store, settings: LimitSettings, keys: NumberKey) -> None:
         self._store = store
         self._settings = settings
-        self._key = key
+        self._keys = keys
 
     def _number_digest(self, number: str) -> str:
-        return hmac.new(self._key, number.encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.new(self._keys.limits_key, number.encode(), hashlib.sha256).hexdigest()[:32]
 
     def _call_failures(self, call_id: str, *, counted: bool = True) -> Window:
         # A day: longer than any call.

@@ -1,7 +1,8 @@
 """Builds the engine and its parts from `Settings`, and starts and stops them.
 
 One shared aiohttp session (pooled, with timeouts), one store, one provider,
-one publisher, and the expiry timer: created on start-up, closed on shutdown.
+one publisher, the server keys, and the expiry timer: created on start-up,
+closed on shutdown.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from engine.events import attach_event_sinks
 from engine.events.live import LiveHub
 from engine.events.metrics import Metrics
 from engine.events.publisher import EventPublisher
+from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
 from engine.providers.base import Provider
 from engine.providers.local import LocalProvider
@@ -35,9 +37,6 @@ from engine.verifications import CodeShape, VerificationEngine
 
 log = logging.getLogger(__name__)
 
-CODE_KEY = "code-hmac"
-LIMITS_KEY = "limit-keys"
-SWAIG_KEY = "swaig-secret"
 CLOSE_TIMEOUT = 3.0
 
 
@@ -54,6 +53,8 @@ class Runtime:
         self.publisher = EventPublisher()
         self.metrics = Metrics()
         self.live = LiveHub(self.metrics)
+        # Built here, not on start, so the agent can follow it before the first request.
+        self.keys = KeyRing.from_settings(settings)
         self._engine: VerificationEngine | None = None
         self._repeats: Repeats | None = None
         self._store: Store | None = None
@@ -105,7 +106,9 @@ class Runtime:
         store = open_store(settings.mfa_store)
         await store.open()
         self._store = store
-        provider = self._provider(await store.secret(CODE_KEY))
+        # The start-up read: a store that cannot be reached stops the start, as before.
+        await self.keys.sync(store)
+        provider = self._provider()
         limits = Limits(
             store,
             LimitSettings(
@@ -116,7 +119,7 @@ class Runtime:
                 sends_per_minute=settings.mfa_sends_per_minute,
                 max_failures_per_number_per_day=settings.mfa_max_failures_per_number_per_day,
             ),
-            await store.secret(LIMITS_KEY),
+            self.keys,
         )
         self._repeats = Repeats(store)
         self._engine = VerificationEngine(
@@ -138,6 +141,8 @@ class Runtime:
         )
         self._stop.clear()
         self.spawn(self._engine.run_expiry_timer(self._stop))
+        if self.keys.stored_names:
+            self.spawn(self.keys.keep_in_sync(store, self._stop))
         attach_event_sinks(self)
 
     def spawn(self, loop: Coroutine[Any, Any, None]) -> None:
@@ -148,7 +153,7 @@ class Runtime:
     def stopping(self) -> asyncio.Event:
         return self._stop
 
-    def _provider(self, code_key: bytes) -> Provider:
+    def _provider(self) -> Provider:
         settings = self.settings
         rest = None
         if settings.has_signalwire_credentials:
@@ -176,7 +181,7 @@ class Runtime:
                 "codes are made here and written to %s (development delivery, no SMS is sent)",
                 settings.mfa_outbox.resolve(),
             )
-        return LocalProvider(code_key, delivery)
+        return LocalProvider(self.keys, delivery)
 
     async def close(self) -> None:
         self._stop.set()
@@ -199,19 +204,3 @@ class Runtime:
         self._repeats = None
         self._store = None
         self._http = None
-
-
-async def swaig_secret(settings: Settings) -> str:
-    """The key that signs per-call function tokens: configured, or made once and kept in the store.
-
-    The same on every instance sharing the store and across restarts, so calls
-    in progress keep working (SPEC.md section 1).
-    """
-    if settings.signalwire_swaig_secret is not None:
-        return settings.signalwire_swaig_secret.get_secret_value()
-    store = open_store(settings.mfa_store)
-    await store.open()
-    try:
-        return (await store.secret(SWAIG_KEY)).hex()
-    finally:
-        await store.close()

@@ -24,7 +24,7 @@ import uvicorn
 from agent import MfaAgent, build_app
 from config import Settings
 from engine.models import Event
-from engine.runtime import Runtime, swaig_secret
+from engine.runtime import Runtime
 
 USER = "tester"
 PASSWORD = "correct-horse-battery-staple"
@@ -99,7 +99,7 @@ class RunningAgent:
 async def serve_agent(settings: Settings, *, clock: Any = None) -> AsyncIterator[RunningAgent]:
     """The real app (SDK routes, our lifespan) served by uvicorn on a free loopback port."""
     runtime = Runtime(settings, clock=clock) if clock else Runtime(settings)
-    agent = MfaAgent(settings, runtime=runtime, swaig_secret=await swaig_secret(settings))
+    agent = MfaAgent(settings, runtime=runtime)
     app = build_app(agent)
     config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -77,6 +78,8 @@ class AgentProcess:
     async def _end(self, how: signal.Signals) -> None:
         if self.process and self.process.returncode is None:
             self.process.send_signal(how)
+            with contextlib.suppress(ProcessLookupError):  # a paused one acts on SIGTERM once resumed
+                self.process.send_signal(signal.SIGCONT)
             try:
                 await asyncio.wait_for(self.process.wait(), 10)
             except TimeoutError:
@@ -85,6 +88,15 @@ class AgentProcess:
         if self._log:
             self._log.close()
             self._log = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stands still (no request, no timer) until `resume`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.send_signal(signal.SIGCONT)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -12,7 +12,7 @@ import pytest
 from config import Settings
 from engine.codes import ALPHAS, code_digest, normalise_spoken
 from engine.models import CheckOutcome, Event, Status
-from engine.runtime import CODE_KEY, Runtime
+from engine.runtime import Runtime
 from tests.fakes.signalwire_api import make_fake_signalwire
 from tests.platform import (
     FakeClock,
@@ -76,7 +76,7 @@ async def test_only_an_hmac_of_the_code_is_kept(runtime: Runtime) -> None:
     code = last_code(runtime.settings)
     record = await runtime.store.get_verification(started.verification.id)
     assert record is not None and record.code_digest is not None
-    assert record.code_digest == code_digest(await runtime.store.secret(CODE_KEY), record.id, code)
+    assert record.code_digest == code_digest(runtime.keys.code_key, record.id, code)
     assert code not in {str(value) for value in record.model_dump().values()}
 
 

@@ -6,6 +6,7 @@ Times are a fixed fake clock; only the TTL tests wait, briefly, on the real one.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -514,33 +515,36 @@ async def test_outbox_retry_counts_attempts_and_ack_removes(store: Store) -> Non
 # -- server keys ------------------------------------------------------------
 
 
-async def test_secret_is_32_stable_bytes(store: Store, make_store: Callable[[], Store]) -> None:
-    key = await store.secret("swaig")
-    assert isinstance(key, bytes)
-    assert len(key) == 32
-    assert await store.secret("swaig") == key
-    assert await store.secret("webhook") != key
+async def test_server_keys_keep_the_first_proposal(store: Store, make_store: Callable[[], Store]) -> None:
+    first = {"swaig": secrets.token_bytes(32), "webhook": secrets.token_bytes(32)}
+    assert await store.server_keys(first) == first
+    later = {"swaig": secrets.token_bytes(32), "webhook": secrets.token_bytes(32)}
+    assert await store.server_keys(later) == first
     await store.close()
 
     reopened = make_store()
     await reopened.open()
     try:
-        assert await reopened.secret("swaig") == key
+        assert await reopened.server_keys(later) == first
+        fresh = {"swaig": later["swaig"], "other": later["webhook"]}
+        assert await reopened.server_keys(fresh) == {"swaig": first["swaig"], "other": later["webhook"]}
     finally:
         await reopened.close()
 
 
-async def test_instances_racing_to_create_a_secret_agree(make_store: Callable[[], Store]) -> None:
+async def test_instances_racing_to_keep_a_server_key_agree(make_store: Callable[[], Store]) -> None:
     first, second = make_store(), make_store()
     await first.open()
     await second.open()
     try:
-        keys = await asyncio.gather(*(instance.secret("race") for instance in (first, second) * 5))
+        answers = await asyncio.gather(
+            *(instance.server_keys({"race": secrets.token_bytes(32)}) for instance in (first, second) * 5)
+        )
     finally:
         await first.close()
         await second.close()
 
-    assert len(set(keys)) == 1
+    assert len({answer["race"] for answer in answers}) == 1
 
 
 # -- event fan-out ----------------------------------------------------------

@@ -13,14 +13,21 @@ import os
 from pathlib import Path
 
 from engine.models import utc_now_iso
+from engine.private_files import PRIVATE_FILE, make_private, private_folder
 
 
 class OutboxDelivery:
-    """Appends ``{"to", "channel", "body", "at"}`` lines to a JSON-lines file."""
+    """Appends ``{"to", "channel", "body", "at"}`` lines to a JSON-lines file.
+
+    The lines hold codes, so the file is private to this user: created 0600 in
+    a folder made 0700, and made private when built (at start) if others could
+    read it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = asyncio.Lock()
+        make_private(path)
 
     async def deliver(self, to: str, channel: str, body: str) -> None:
         line = json.dumps({"to": to, "channel": channel, "body": body, "at": utc_now_iso()}) + "\n"
@@ -28,9 +35,9 @@ class OutboxDelivery:
             await asyncio.to_thread(self._append, line)
 
     def _append(self, line: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
         # O_APPEND keeps each line whole even if another process writes the same file.
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         try:
             os.write(fd, line.encode())
         finally:

@@ -13,7 +13,7 @@ key expiry to forget data (a TTL is always given explicitly).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -110,11 +110,13 @@ class Store(ABC):
 
     # -- server keys --------------------------------------------------------
     @abstractmethod
-    async def secret(self, name: str) -> bytes:
-        """The named 32-byte server key, created at random on first use.
+    async def server_keys(self, proposed: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Keep each proposed key whose name the store holds none for, and return
+        what the store holds for every name: one atomic step, one round trip.
 
-        Every instance sharing the store, before and after a restart, gets the
-        same bytes: two instances racing to create it agree on one value.
+        The first writer wins: instances proposing different values at the same
+        time all get the same answer. Nothing is cached, so after the store lost
+        its data the next call puts the caller's keys back (engine/keys.py).
         """
 
     # -- verifications ------------------------------------------------------

@@ -239,10 +239,15 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false en
 return redis.call('GET', KEYS[1])
 """
 
-_SERVER_KEY = """
--- KEYS: secret. ARGV: a fresh random value, kept only if none exists yet.
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
+_SERVER_KEYS = """
+-- KEYS: one secret per name. ARGV: a value (hex) for each, kept only where none exists yet.
+-- Returns what each key holds now, in the same order.
+local held = {}
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i], 'NX')
+  held[i] = redis.call('GET', key)
+end
+return held
 """
 
 _ENQUEUE = """
@@ -293,7 +298,7 @@ class _Scripts:
     hit: AsyncScript
     unhit: AsyncScript
     claim: AsyncScript
-    secret: AsyncScript
+    server_keys: AsyncScript
     enqueue: AsyncScript
     claim_due: AsyncScript
     retry_later: AsyncScript
@@ -308,7 +313,7 @@ class _Scripts:
             hit=client.register_script(_HIT),
             unhit=client.register_script(_UNHIT),
             claim=client.register_script(_CLAIM),
-            secret=client.register_script(_SERVER_KEY),
+            server_keys=client.register_script(_SERVER_KEYS),
             enqueue=client.register_script(_ENQUEUE),
             claim_due=client.register_script(_CLAIM_DUE),
             retry_later=client.register_script(_RETRY_LATER),
@@ -372,7 +377,6 @@ class RedisStore(Store):
         self._channel = f"{prefix}events"
         self._redis: Redis | None = None
         self._scripts: _Scripts | None = None
-        self._secrets: dict[str, bytes] = {}
         # Listeners of this instance whose SUBSCRIBE is not confirmed yet (see broadcast).
         self._subscribing: set[asyncio.Task[None]] = set()
         self._pubsubs: weakref.WeakSet[PubSub] = weakref.WeakSet()
@@ -425,14 +429,14 @@ class RedisStore(Store):
         return self._prefix + ":".join(parts)
 
     # -- server keys --------------------------------------------------------
-    async def secret(self, name: str) -> bytes:
-        if name not in self._secrets:
-            with _unavailable():
-                value = await self._script.secret(
-                    keys=[self._key("secret", name)], args=[secrets.token_hex(32)]
-                )
-            self._secrets[name] = bytes.fromhex(value)
-        return self._secrets[name]
+    async def server_keys(self, proposed: Mapping[str, bytes]) -> dict[str, bytes]:
+        names = list(proposed)
+        with _unavailable():
+            held: list[str] = await self._script.server_keys(
+                keys=[self._key("secret", name) for name in names],
+                args=[proposed[name].hex() for name in names],
+            )
+        return {name: bytes.fromhex(value) for name, value in zip(names, held, strict=True)}
 
     # -- verifications ------------------------------------------------------
     async def create_verification(self, verification: Verification) -> None:

@@ -28,11 +28,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, TypeVar
 
 from engine.errors import StoreUnavailable
 from engine.models import Status, Verification
+from engine.private_files import create_private, make_private, private_folder
 from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
@@ -307,6 +307,18 @@ class _Thread:
             _close(db)
 
 
+def _private_files(path: Path) -> None:
+    """The database, its folder and its WAL files readable by this user alone.
+
+    SQLite creates the -wal and -shm files with the database file's mode, so
+    the database is created 0600 before SQLite would create it 0644.
+    """
+    private_folder(path.parent)
+    for companion in ("-wal", "-shm"):
+        make_private(path.with_name(path.name + companion))
+    create_private(path)
+
+
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; each decision opens its own.
     db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
@@ -330,7 +342,11 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 
 class SqliteStore(Store):
-    """The store in one SQLite file (``path``; its folder is created if missing)."""
+    """The store in one SQLite file (``path``; its folder is created if missing).
+
+    The file, its WAL files and a folder made here are private to this user
+    (engine/private_files.py): the file holds server keys and full numbers.
+    """
 
     def __init__(self, path: str) -> None:
         self._path = Path(path)
@@ -340,16 +356,15 @@ class SqliteStore(Store):
         self._writes_since_checkpoint = 0
         self._next_purge = 0.0
         self._maintenance: asyncio.Future[bool] | None = None
-        self._secrets: dict[str, bytes] = {}
         # Weak, so a listener dropped without being closed does not collect messages forever.
         self._listeners: weakref.WeakSet[asyncio.Queue[str | None]] = weakref.WeakSet()
 
     # -- lifecycle ----------------------------------------------------------
     async def open(self) -> None:
         try:
-            await asyncio.to_thread(self._path.parent.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(_private_files, self._path)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot create the folder of the SQLite store: {exc}") from exc
+            raise StoreUnavailable(f"cannot create the SQLite store's file: {exc}") from exc
 
         def create(db: sqlite3.Connection) -> tuple[str, ...]:
             # WAL first: it is a property of the file that the other connection then shares.
@@ -472,19 +487,18 @@ class SqliteStore(Store):
             self._next_purge = time.monotonic()  # a backlog: the next pass after the next write
 
     # -- server keys --------------------------------------------------------
-    async def secret(self, name: str) -> bytes:
-        if name not in self._secrets:
+    async def server_keys(self, proposed: Mapping[str, bytes]) -> dict[str, bytes]:
+        def keep_and_read(db: sqlite3.Connection) -> dict[str, bytes]:
+            # INSERT OR IGNORE: whoever inserts first wins; everyone then reads the winner.
+            db.executemany("INSERT OR IGNORE INTO secret (name, value) VALUES (?, ?)", proposed.items())
+            names = list(proposed)
+            rows = db.execute(
+                f"SELECT name, value FROM secret WHERE name IN ({', '.join('?' * len(names))})",  # noqa: S608
+                names,
+            )
+            return {name: bytes(value) for name, value in rows}
 
-            def create_or_read(db: sqlite3.Connection) -> bytes:
-                # INSERT OR IGNORE: whoever inserts first wins; everyone then reads the winner.
-                db.execute(
-                    "INSERT OR IGNORE INTO secret (name, value) VALUES (?, ?)",
-                    (name, secrets.token_bytes(32)),
-                )
-                return bytes(db.execute("SELECT value FROM secret WHERE name = ?", (name,)).fetchone()[0])
-
-            self._secrets[name] = await self._write(create_or_read)
-        return self._secrets[name]
+        return await self._write(keep_and_read)
 
     # -- verifications ------------------------------------------------------
     async def create_verification(self, verification: Verification) -> None:

@@ -11,6 +11,7 @@ This file wires things together and decides nothing itself:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import re
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
+import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -37,6 +39,7 @@ from engine.errors import StoreUnavailable
 from engine.runtime import NotStarted, Runtime, swaig_secret
 from functions import MfaFunctions
 from functions.platform import request_agent_id
+from server import uvicorn_config
 from web import build_live_router
 
 log = logging.getLogger("mfa")
@@ -304,8 +307,7 @@ def serve() -> None:
     else:
         print(f"Basic auth user: {user} (password from SWML_BASIC_AUTH_PASSWORD)", flush=True)
 
-    import uvicorn
-
+    config = uvicorn_config(app, settings)  # fails here, with the reason, on a uvicorn it does not know
     # Everything built so far (the SDK, the app and their modules) lives as long as
     # the process: keep it out of the garbage collector's full passes, which otherwise
     # stop the event loop for 120-150 ms each under load. And collect the youngest
@@ -315,15 +317,11 @@ def serve() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 10)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=settings.log_level.lower(),
-    )
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn has said why (the port in use, the store at start-up)
 
 
 if __name__ == "__main__":

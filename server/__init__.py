@@ -1,0 +1,43 @@
+"""The HTTP server's edge: what every connection and request passes before any route.
+
+- `server.connections`: per connection, a deadline and a size cap for each request's
+  head, and a cap on the connections one client address holds (in uvicorn's protocols);
+- `uvicorn_config`: the one way this project configures uvicorn, used by
+  `agent.serve()` and by the tests, so the tests exercise the same server.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp
+
+from config import Settings
+from server.connections import (
+    ClientSlots,
+    ConnectionLimits,
+    LimitedConfig,
+    LimitedHttpProtocol,
+    LimitedWebSocketProtocol,
+    check_uvicorn,
+)
+
+__all__ = ["uvicorn_config"]
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings) -> LimitedConfig:
+    """uvicorn serving ``app`` with uvloop, httptools and websockets, within the connection limits."""
+    check_uvicorn()
+    limits = ConnectionLimits(
+        header_timeout=settings.mfa_header_timeout,
+        slots=ClientSlots(settings.mfa_max_connections_per_client),
+    )
+    return LimitedConfig(
+        app,
+        limits=limits,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=LimitedHttpProtocol,
+        ws=LimitedWebSocketProtocol,
+        access_log=False,
+        log_level=settings.log_level.lower(),
+    )

@@ -1,0 +1,341 @@
+"""The HTTP edge (`server/`): what every connection and request passes before any route.
+
+Credentials before any body; bodies and WebSocket messages capped; a request head
+that takes too long, or one client address holding too many connections, closed;
+text that UTF-8 cannot carry refused as bad input. Requests here are written on raw
+sockets where the test needs to control what is sent and when, and bodies are
+streamed from generators, so no test holds a large body itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from server.connections import check_uvicorn
+from tests.platform import (
+    PASSWORD,
+    USER,
+    FakePlatform,
+    RunningAgent,
+    serve_agent,
+    settings_for,
+)
+
+CALLER = "+12025550143"
+CAP = 16_384  # the smallest MFA_MAX_BODY_BYTES allowed, so the bodies here stay small
+DEADLINE = 10.0
+MIB = 1024 * 1024
+GOOD = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+WRONG = "Basic " + base64.b64encode(f"{USER}:not-the-password".encode()).decode()
+
+# == a raw HTTP/1.1 client: the test decides what is sent, and sees what comes back when ==
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    seconds: float  # from the end of the request head to the whole answer
+    sent: int  # body bytes written before the answer came (or the server stopped taking them)
+    closed: bool  # the server closed the connection after answering
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def junk(size: int, piece: int = 64 * 1024) -> Iterator[bytes]:
+    """``size`` bytes in pieces, made as they are sent: a 200 MB body never exists in the test."""
+    chunk = b"x" * piece
+    while size > 0:
+        yield chunk if size >= piece else chunk[:size]
+        size -= piece
+
+
+def chunked(pieces: Iterable[bytes], *, finish: bool = True) -> Iterator[bytes]:
+    """The pieces in HTTP/1.1 chunked framing, with the last chunk only if ``finish``."""
+    for piece in pieces:
+        yield b"%x\r\n" % len(piece) + piece + b"\r\n"
+    if finish:
+        yield b"0\r\n\r\n"
+
+
+async def connect(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+async def receive(sock: socket.socket) -> bytes:
+    """The next bytes, or b"" once the server has closed (a reset counts as closed)."""
+    try:
+        return await asyncio.get_running_loop().sock_recv(sock, 65536)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+
+
+async def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes the connection within ``seconds`` (anything it sends is skipped)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while await receive(sock):
+                pass
+    except TimeoutError:
+        return False
+    return True
+
+
+async def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = await receive(sock)
+        if not more:
+            raise ConnectionError(f"closed before an answer: {data!r}")
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        more = await receive(sock)
+        if not more:
+            raise ConnectionError(f"closed in the middle of an answer: {data!r}")
+        body += more
+    return int(status_line.split()[1]), headers, body
+
+
+async def exchange(
+    port: int,
+    method: str,
+    path: str,
+    body: Iterable[bytes] = (),
+    *,
+    length: int | None = None,
+    authorization: str | None = GOOD,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """One request on a new connection: its head, then ``body`` streamed until the server answers.
+
+    ``length`` is the Content-Length sent; without it the body goes chunked (pass pieces
+    already framed with `chunked`). The body stops as soon as the answer is in, or when the
+    server stops reading it.
+    """
+    loop = asyncio.get_running_loop()
+    sock = await connect(port)
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Type: application/json"]
+    if authorization:
+        lines.append(f"Authorization: {authorization}")
+    lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
+    sent = 0
+
+    async def send_body() -> None:
+        nonlocal sent
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            for piece in body:
+                await loop.sock_sendall(sock, piece)
+                sent += len(piece)
+
+    try:
+        await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        started = time.monotonic()
+        sender = asyncio.create_task(send_body())
+        try:
+            async with asyncio.timeout(DEADLINE):
+                status, answer_headers, answer_body = await read_answer(sock)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        seconds = time.monotonic() - started
+        closed = answer_headers.get("connection") == "close" and await closed_within(sock, DEADLINE)
+        return Answer(status, answer_headers, answer_body, seconds, sent, closed)
+    finally:
+        sock.close()
+
+
+# == an agent with a small body cap ==
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[RunningAgent]:
+    async with serve_agent(settings_for(tmp_path, mfa_max_body_bytes=CAP)) as running:
+        yield running
+
+
+def port_of(agent: RunningAgent) -> int:
+    return agent.settings.port
+
+
+async def call_urls(agent: RunningAgent, http: aiohttp.ClientSession) -> FakePlatform:
+    platform = FakePlatform(http, agent.base_url, agent.auth, caller_id_num=CALLER)
+    await platform.start_call()
+    return platform
+
+
+def path_of(url: str) -> str:
+    """A function URL's path and query (its credentials go in a header here)."""
+    return "/" + url.split("/", 3)[3]
+
+
+def api_error(answer: Answer, status: int, code: str) -> None:
+    assert answer.status == status, answer
+    assert answer.headers["content-type"] == "application/json", answer
+    body = answer.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"], body
+
+
+def spoken(answer: Answer) -> str:
+    """A SWAIG answer: HTTP 200 and a response the model can say."""
+    assert answer.status == 200, answer
+    text = answer.json()["response"]
+    assert isinstance(text, str) and text
+    return str(text)
+
+
+# == slow and greedy clients ==
+
+
+async def test_a_request_head_not_finished_in_time_is_closed(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, mfa_header_timeout=0.5)
+    async with serve_agent(settings) as agent:
+        loop = asyncio.get_running_loop()
+        port = port_of(agent)
+
+        silent = await connect(port)  # sends nothing at all
+        partial = await connect(port)
+        await loop.sock_sendall(partial, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        trickle = await connect(port)  # keeps sending, a byte at a time, never finishing
+        started = time.monotonic()
+
+        async def dribble() -> None:
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                for byte in b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 1000:
+                    await loop.sock_sendall(trickle, bytes([byte]))
+                    await asyncio.sleep(0.05)
+
+        dribbler = asyncio.create_task(dribble())
+        try:
+            for sock in (silent, partial, trickle):
+                assert await closed_within(sock, 5.0)
+            assert 0.4 < time.monotonic() - started < 5.0
+        finally:
+            dribbler.cancel()
+            for sock in (silent, partial, trickle):
+                sock.close()
+
+        # On a kept-alive connection, the next request's head has the same deadline.
+        kept = await connect(port)
+        try:
+            await loop.sock_sendall(kept, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            async with asyncio.timeout(DEADLINE):
+                status, headers, _ = await read_answer(kept)
+            assert status == 200 and headers.get("connection") != "close"
+            await loop.sock_sendall(kept, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            started = time.monotonic()
+            assert await closed_within(kept, 5.0)
+            assert 0.4 < time.monotonic() - started < 5.0
+        finally:
+            kept.close()
+
+        # A head sent in time is served as always.
+        async with aiohttp.ClientSession() as http, http.get(agent.base_url + "/health") as health:
+            assert health.status == 200
+
+
+async def test_a_request_head_over_64_kib_is_closed(agent: RunningAgent) -> None:
+    loop = asyncio.get_running_loop()
+    port = port_of(agent)
+    within = await connect(port)
+    try:
+        header = b"X-Padding: " + b"a" * 32_000 + b"\r\n"
+        await loop.sock_sendall(within, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + b"\r\n")
+        async with asyncio.timeout(DEADLINE):
+            assert (await read_answer(within))[0] == 200
+    finally:
+        within.close()
+    # A header that never ends, as fast as the client can send it: closed once the head passes
+    # the cap, long before the deadline, and long before it could fill the server's memory.
+    endless = await connect(port)
+    try:
+        await loop.sock_sendall(endless, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: ")
+        sent = 0
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            async with asyncio.timeout(DEADLINE):
+                for piece in junk(100 * MIB):
+                    await loop.sock_sendall(endless, piece)
+                    sent += len(piece)
+        assert sent < 50 * MIB
+        assert await closed_within(endless, DEADLINE)
+    finally:
+        endless.close()
+
+
+async def health_on(sock: socket.socket) -> int:
+    await asyncio.get_running_loop().sock_sendall(sock, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    async with asyncio.timeout(DEADLINE):
+        status, _, _ = await read_answer(sock)
+    return status
+
+
+async def test_one_client_address_holds_at_most_its_share_of_connections(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, mfa_max_connections_per_client=3)
+    async with serve_agent(settings) as agent:
+        port = port_of(agent)
+        held = [await connect(port) for _ in range(3)]
+        extra: socket.socket | None = None
+        try:
+            for sock in held:
+                assert await health_on(sock) == 200  # answered: the server holds all three
+            extra = await connect(port)
+            assert await closed_within(extra, 2.0)  # closed at once, before it could send anything
+            extra.close()
+
+            for sock in held[:2]:
+                sock.close()
+            held = held[2:]
+            # The server learns of the two closes when it reads them: poll, with a deadline.
+            async with asyncio.timeout(DEADLINE):
+                while True:
+                    extra = await connect(port)
+                    with contextlib.suppress(ConnectionError):
+                        if await health_on(extra) == 200:
+                            break
+                    extra.close()
+            second = await connect(port)
+            held += [extra, second]
+            assert await health_on(second) == 200
+        finally:
+            for sock in held:
+                sock.close()
+
+
+async def test_the_server_refuses_to_start_on_a_uvicorn_without_the_hooks_it_needs() -> None:
+    # uvicorn's httptools protocol as it would be with one parser callback renamed.
+    hooks = (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "on_headers_complete",
+        "handle_websocket_upgrade",
+    )
+    renamed = type("HttpToolsProtocol", (), dict.fromkeys(hooks, lambda self: None))
+    with pytest.raises(RuntimeError, match=r"uvicorn .*on_message_begin.*checked against uvicorn 0\.54"):
+        check_uvicorn(http_protocol=renamed)
+    check_uvicorn()  # the uvicorn installed has them all

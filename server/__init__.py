@@ -2,6 +2,8 @@
 
 - `server.connections`: per connection, a deadline and a size cap for each request's
   head, and a cap on the connections one client address holds (in uvicorn's protocols);
+- `server.edge`: per request, credentials before any body is read, and a cap on
+  the body (an ASGI middleware, wired in by `agent.build_app`);
 - `uvicorn_config`: the one way this project configures uvicorn, used by
   `agent.serve()` and by the tests, so the tests exercise the same server.
 """
@@ -19,8 +21,9 @@ from server.connections import (
     LimitedWebSocketProtocol,
     check_uvicorn,
 )
+from server.edge import Refusals, RequestEdge
 
-__all__ = ["uvicorn_config"]
+__all__ = ["Refusals", "RequestEdge", "uvicorn_config"]
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> LimitedConfig:

@@ -29,9 +29,11 @@ from tests.platform import (
     USER,
     FakePlatform,
     RunningAgent,
+    read_outbox,
     serve_agent,
     settings_for,
 )
+from tests.processes import AgentProcess
 
 CALLER = "+12025550143"
 CAP = 16_384  # the smallest MFA_MAX_BODY_BYTES allowed, so the bodies here stay small
@@ -209,6 +211,116 @@ def spoken(answer: Answer) -> str:
     return str(text)
 
 
+# == credentials before any body ==
+
+
+async def test_a_body_is_not_read_before_the_credentials_are_checked(agent: RunningAgent) -> None:
+    port = port_of(agent)
+    # The head announces a body that never comes: only an edge that refuses first can answer.
+    for path in ("/verifications", "/verifications/x/check", "/orchestrators/E4_SmsPhoneVerification"):
+        for authorization in (None, WRONG):
+            answer = await exchange(port, "POST", path, length=5000, authorization=authorization)
+            api_error(answer, 401, "unauthorized")
+            assert answer.headers["www-authenticate"] == 'Basic realm="mfa"'
+            assert answer.closed  # the body is not read: the connection cannot be used again
+    for path in ("/swaig", "/swaig/", "/"):
+        answer = await exchange(port, "POST", path, length=5000, authorization=None)
+        # The SDK's own refusal, as before: the platform never posts without credentials.
+        assert (answer.status, answer.json()) == (401, {"error": "Unauthorized"}), answer
+        assert answer.headers["www-authenticate"] == "Basic"
+        assert answer.closed
+
+
+async def test_wrong_credentials_with_a_bad_body_get_401_not_422(agent: RunningAgent) -> None:
+    for path in ("/verifications", "/verifications/x/check"):
+        for bad in (b"{not json", b'{"to": 7}', b"\xff\xfe"):
+            answer = await exchange(port_of(agent), "POST", path, [bad], length=len(bad), authorization=WRONG)
+            api_error(answer, 401, "unauthorized")
+
+
+async def test_every_route_but_get_health_needs_credentials(agent: RunningAgent) -> None:
+    async with aiohttp.ClientSession() as http:
+        base = agent.base_url
+        for method, path in [
+            ("GET", "/ready"),
+            ("GET", "/metrics"),
+            ("GET", "/dashboard"),
+            ("GET", "/openapi.json"),
+            ("GET", "/verifications/abc"),
+            ("GET", "/"),
+            ("POST", "/swaig"),
+            ("GET", "/no-such-route"),
+            ("POST", "/health"),
+        ]:
+            async with http.request(method, base + path) as refused:
+                assert refused.status == 401, path
+                assert refused.headers["WWW-Authenticate"].startswith("Basic"), path
+            async with http.request(method, base + path, auth=agent.auth) as allowed:
+                assert allowed.status != 401, path
+        async with http.get(base + "/ready") as refused:
+            assert (await refused.json())["error"]["code"] == "unauthorized"
+        async with http.get(base + "/health") as health:
+            assert health.status == 200
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused_socket:
+            await http.ws_connect(base + "/websocket")
+        assert refused_socket.value.status == 403
+
+
+# == bodies over the cap ==
+
+
+async def test_a_declared_length_over_the_cap_is_refused_before_reading(agent: RunningAgent) -> None:
+    async with aiohttp.ClientSession() as http:
+        platform = await call_urls(agent, http)
+    port = port_of(agent)
+    for path in ("/verifications", "/verifications/x/check", "/", "/orchestrators/E4_SmsPhoneVerification"):
+        answer = await exchange(port, "POST", path, length=CAP + 1)  # and no body at all
+        api_error(answer, 413, "body_too_large")
+        assert str(CAP) in answer.json()["error"]["message"]
+        assert answer.closed
+    for path in ("/swaig", "/swaig/", path_of(platform.urls["send_mfa"])):
+        answer = await exchange(port, "POST", path, length=CAP + 1)
+        assert "Nothing was done" in spoken(answer)  # the platform always gets 200 and words
+        assert answer.headers["connection"] == "close" and answer.closed
+    assert read_outbox(agent.settings) == []
+
+
+async def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_cap(agent: RunningAgent) -> None:
+    port = port_of(agent)
+    # The last chunk never comes: the answer can only be the edge counting as the body streams.
+    endless = chunked(junk(CAP + 4096, piece=1024), finish=False)
+    answer = await exchange(port, "POST", "/verifications", endless)
+    api_error(answer, 413, "body_too_large")
+    assert answer.closed
+    async with aiohttp.ClientSession() as http:
+        platform = await call_urls(agent, http)
+    endless = chunked(junk(CAP + 4096, piece=1024), finish=False)
+    answer = await exchange(port, "POST", path_of(platform.urls["verify_mfa"]), endless)
+    assert "Nothing was done" in spoken(answer) and answer.closed
+
+
+def padded(document: dict[str, Any], size: int) -> bytes:
+    """``document`` as JSON, padded with spaces to exactly ``size`` bytes."""
+    text = json.dumps(document).encode()
+    return text + b" " * (size - len(text))
+
+
+async def test_a_body_at_the_cap_is_served(agent: RunningAgent) -> None:
+    port = port_of(agent)
+    body = padded({"to": CALLER}, CAP)
+    answer = await exchange(port, "POST", "/verifications", [body], length=CAP)
+    assert answer.status == 201, answer
+    assert answer.headers.get("connection") != "close"
+    answer = await exchange(port, "POST", "/verifications", chunked([body[:5000], body[5000:]]))
+    assert answer.status == 201, answer
+    async with aiohttp.ClientSession() as http:
+        platform = await call_urls(agent, http)
+    body = padded(platform.payload("send_mfa", {}), CAP)
+    answer = await exchange(port, "POST", path_of(platform.urls["send_mfa"]), [body], length=CAP)
+    assert "ending in 0143" in spoken(answer)
+    assert len(read_outbox(agent.settings)) == 3
+
+
 # == slow and greedy clients ==
 
 
@@ -339,3 +451,74 @@ async def test_the_server_refuses_to_start_on_a_uvicorn_without_the_hooks_it_nee
     with pytest.raises(RuntimeError, match=r"uvicorn .*on_message_begin.*checked against uvicorn 0\.54"):
         check_uvicorn(http_protocol=renamed)
     check_uvicorn()  # the uvicorn installed has them all
+
+
+# == a real process under large bodies ==
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the process's RSS from /proc")
+async def test_large_bodies_cannot_grow_a_real_agent(tmp_path: Path) -> None:
+    process = AgentProcess({"MFA_STORE": f"sqlite:///{tmp_path}/mfa.sqlite3"}, tmp_path / "agent.log")
+    await process.start()
+    try:
+        assert process.process is not None
+        pid = process.process.pid
+        async with aiohttp.ClientSession() as http, http.get(process.base_url + "/ready", auth=process.auth):
+            pass  # warm: the first request's imports and caches are in the baseline
+        before, peak_before = rss_bytes(pid), rss_bytes(pid, "VmHWM")
+        samples = [before]
+        sampling = True
+
+        async def sample() -> None:
+            while sampling:
+                samples.append(rss_bytes(pid))
+                await asyncio.sleep(0.02)
+
+        size = 200 * 1000 * 1000
+        port = process.port
+        sampler = asyncio.create_task(sample())
+        try:
+            answers = await asyncio.gather(
+                # Without credentials: four 200 MB bodies, two declared and two chunked.
+                exchange(port, "POST", "/verifications", junk(size), length=size, authorization=None),
+                exchange(port, "POST", "/verifications/x/check", chunked(junk(size)), authorization=None),
+                exchange(port, "POST", "/swaig", junk(size), length=size, authorization=None),
+                exchange(port, "POST", "/", chunked(junk(size)), authorization=None),
+                # With credentials, over the cap, declared and chunked.
+                exchange(port, "POST", "/verifications", junk(size), length=size),
+                exchange(port, "POST", "/verifications", chunked(junk(size))),
+                exchange(port, "POST", "/swaig", junk(size), length=size),
+                exchange(port, "POST", "/swaig/", chunked(junk(size))),
+            )
+        finally:
+            sampling = False
+            await sampler
+        peak_after = rss_bytes(pid, "VmHWM")
+        statuses = [answer.status for answer in answers]
+        assert statuses == [401, 401, 401, 401, 413, 413, 200, 200], statuses
+        assert [a.json()["error"]["code"] for a in answers[:2]] == ["unauthorized"] * 2
+        assert [a.json() for a in answers[2:4]] == [{"error": "Unauthorized"}] * 2
+        assert [a.json()["error"]["code"] for a in answers[4:6]] == ["body_too_large"] * 2
+        assert all("Nothing was done" in a.json()["response"] for a in answers[6:])
+        for answer in answers:
+            assert answer.closed, answer
+            assert answer.seconds < 5.0, answer  # answered at once, not after reading 200 MB
+            assert answer.sent < size // 4, answer  # the rest was never read
+        peak = max([*samples, peak_after if peak_after > peak_before else 0])
+        print(f"RSS before {before / MIB:.1f} MiB, peak during {peak / MIB:.1f} MiB")
+        assert peak - before < 50 * MIB, (before, peak)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(process.base_url + "/ready", auth=process.auth) as r,
+        ):
+            assert r.status == 200  # still serving
+    finally:
+        await process.stop()
+    assert "Traceback" not in process.log(), process.log()

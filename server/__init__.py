@@ -23,11 +23,15 @@ from server.connections import (
 )
 from server.edge import Refusals, RequestEdge
 
-__all__ = ["Refusals", "RequestEdge", "uvicorn_config"]
+__all__ = ["WS_MAX_MESSAGE_BYTES", "Refusals", "RequestEdge", "uvicorn_config"]
+
+# A client's WebSocket messages are subscriptions of a few dozen bytes; a larger one is
+# refused as soon as its frame header says so (close code 1009), before it is buffered.
+WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> LimitedConfig:
-    """uvicorn serving ``app`` with uvloop, httptools and websockets, within the connection limits."""
+    """uvicorn serving ``app`` with uvloop, httptools and websockets, within the edge's limits."""
     check_uvicorn()
     limits = ConnectionLimits(
         header_timeout=settings.mfa_header_timeout,
@@ -41,6 +45,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> LimitedConfig:
         loop="uvloop",
         http=LimitedHttpProtocol,
         ws=LimitedWebSocketProtocol,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
         access_log=False,
         log_level=settings.log_level.lower(),
     )

@@ -42,7 +42,8 @@ class RequestEdge:
     refused as soon as it passes the cap (one within it is handed on whole). A
     refused request with a body left unread ends its connection (``Connection:
     close``): the server would otherwise read all of it only to drop it.
-    WebSocket handshakes need the same credentials.
+    WebSocket handshakes need the same credentials; the messages that follow are
+    capped by the server (`server.WS_MAX_MESSAGE_BYTES`).
     """
 
     def __init__(

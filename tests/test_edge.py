@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from server import WS_MAX_MESSAGE_BYTES
 from server.connections import check_uvicorn
 from tests.platform import (
     PASSWORD,
@@ -319,6 +320,66 @@ async def test_a_body_at_the_cap_is_served(agent: RunningAgent) -> None:
     answer = await exchange(port, "POST", path_of(platform.urls["send_mfa"]), [body], length=CAP)
     assert "ending in 0143" in spoken(answer)
     assert len(read_outbox(agent.settings)) == 3
+
+
+# == WebSocket messages ==
+
+
+def dropped(agent: RunningAgent) -> float:
+    value = agent.runtime.metrics.registry.get_sample_value("mfa_websocket_dropped_clients_total")
+    return value or 0.0
+
+
+async def wait_for_dropped(agent: RunningAgent, count: float) -> None:
+    # The server counts the drop after the client has its close frame: poll, with a deadline.
+    async with asyncio.timeout(DEADLINE):
+        while dropped(agent) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_a_websocket_message_over_64_kib_closes_with_1009_and_is_counted(agent: RunningAgent) -> None:
+    url = agent.base_url.replace("http://", "ws://") + "/websocket"
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url, auth=agent.auth) as greedy:
+            await greedy.send_str(json.dumps({"type": "subscribe", "agent_id": "x" * WS_MAX_MESSAGE_BYTES}))
+            closing = await greedy.receive(timeout=DEADLINE)
+            assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1009), closing
+        await wait_for_dropped(agent, 1)
+        async with http.ws_connect(url, auth=agent.auth) as normal:
+            await normal.send_json({"type": "subscribe", "agent_id": "mfa"})
+            frame = await normal.receive(timeout=DEADLINE)
+            assert json.loads(frame.data) == {"type": "subscribed", "agent_id": "mfa"}
+        async with http.get(agent.base_url + "/metrics", auth=agent.auth) as metrics:
+            assert "mfa_websocket_dropped_clients_total 1.0" in (await metrics.text()).splitlines()
+
+
+async def test_a_websocket_protocol_error_is_counted_as_a_dropped_client(agent: RunningAgent) -> None:
+    sock = await connect(port_of(agent))
+    loop = asyncio.get_running_loop()
+    try:
+        handshake = (
+            "GET /websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: {GOOD}\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, handshake.encode())
+        data = b""
+        async with asyncio.timeout(DEADLINE):
+            while b"\r\n\r\n" not in data:
+                data += await receive(sock)
+        assert data.startswith(b"HTTP/1.1 101"), data
+        # A text frame with RSV1 set, though no extension was agreed: a protocol error.
+        await loop.sock_sendall(sock, bytes([0xC1, 0x80]) + b"mask")
+        frame = data.partition(b"\r\n\r\n")[2]
+        async with asyncio.timeout(DEADLINE):
+            while len(frame) < 4:
+                more = await receive(sock)
+                assert more, frame
+                frame += more
+        assert frame[0] == 0x88 and int.from_bytes(frame[2:4], "big") == 1002, frame
+    finally:
+        sock.close()
+    await wait_for_dropped(agent, 1)
 
 
 # == slow and greedy clients ==

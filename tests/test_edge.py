@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -512,6 +513,100 @@ async def test_the_server_refuses_to_start_on_a_uvicorn_without_the_hooks_it_nee
     with pytest.raises(RuntimeError, match=r"uvicorn .*on_message_begin.*checked against uvicorn 0\.54"):
         check_uvicorn(http_protocol=renamed)
     check_uvicorn()  # the uvicorn installed has them all
+
+
+# == text UTF-8 cannot carry ==
+
+
+@pytest.fixture
+def every_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog, also fed by uvicorn's loggers (which do not propagate to the root)."""
+    caplog.set_level(logging.INFO)
+    uvicorn_logger = logging.getLogger("uvicorn")
+    uvicorn_logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        uvicorn_logger.removeHandler(caplog.handler)
+
+
+def no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert failures == [], [r.getMessage() for r in failures]
+
+
+SURROGATE = "\\ud800"  # a lone surrogate, as a JSON escape: valid JSON, but no UTF-8 can carry it
+
+
+def swaig_bodies(platform: FakePlatform, function: str, arguments: dict[str, Any]) -> dict[str, bytes]:
+    good = platform.payload(function, arguments)
+    marker = "\u2603MARK\u2603"
+    shapes: dict[str, dict[str, Any]] = {
+        "meta_data.mfa.id": {**good, "meta_data": {"mfa": {"id": marker}}},
+        "arguments": {**good, "argument": {"parsed": [{**arguments, "token": marker}], "raw": "{}"}},
+        "raw arguments": {**good, "argument": {"raw": json.dumps({"token": marker}, ensure_ascii=False)}},
+        "call_id": {**good, "call_id": marker},
+        "caller_id_name": {**good, "caller_id_name": marker},
+        "global_data": {**good, "global_data": {"note": marker}},
+    }
+    bodies = {
+        where: json.dumps(shape, ensure_ascii=False).replace(marker, SURROGATE).encode()
+        for where, shape in shapes.items()
+    }
+    bodies["raw arguments"] = bodies["raw arguments"].replace(SURROGATE.encode(), b"\\" + SURROGATE.encode())
+    plain = json.dumps({**good, "meta_data": {"mfa": {"id": marker}}}, ensure_ascii=False)
+    bodies["UTF-8 encoded surrogate"] = plain.encode().replace(marker.encode(), b"\xed\xa0\x80")
+    bodies["invalid byte"] = plain.encode().replace(marker.encode(), b"\xff")
+    return bodies
+
+
+async def test_a_lone_surrogate_anywhere_in_a_swaig_request_is_bad_input(
+    agent: RunningAgent, every_log: pytest.LogCaptureFixture
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        platform = await call_urls(agent, http)
+        sent = await platform.call("send_mfa")
+        assert "ending in 0143" in sent["response"]
+        for function, arguments in (("verify_mfa", {"token": "123456"}), ("send_mfa", {})):
+            for where, body in swaig_bodies(platform, function, arguments).items():
+                headers = {"Content-Type": "application/json"}
+                async with http.post(platform.urls[function], data=body, headers=headers) as resp:
+                    assert resp.status == 200, (function, where)
+                    answer = await resp.json()
+                assert isinstance(answer.get("response"), str) and answer["response"], (where, answer)
+                assert "outcome is unknown" not in answer["response"], (function, where, answer)
+        # Percent-escapes in a query are read with replacement characters: a bad agent_id is
+        # ignored, and this well-formed resend is served as usual.
+        query = platform.urls["send_mfa"] + "&agent_id=%ED%A0%80"
+        async with http.post(query, json=platform.payload("send_mfa", {})) as resp:
+            assert resp.status == 200
+            assert "ending in 0143" in (await resp.json())["response"]
+    assert len(read_outbox(agent.settings)) == 2  # the two well-formed sends, nothing else
+    no_traceback(every_log)
+
+
+async def test_a_lone_surrogate_in_an_api_request_is_bad_input(
+    agent: RunningAgent, every_log: pytest.LogCaptureFixture
+) -> None:
+    port = port_of(agent)
+    start = json.dumps({"to": CALLER}).encode()
+    started = await exchange(port, "POST", "/verifications", [start], length=len(start))
+    assert started.status == 201
+    verification = started.json()["id"]
+    for path, template in [
+        ("/verifications", '{"to": "+1202555@"}'),
+        ("/verifications", '{"to": "+12025550143", "channel": "@"}'),
+        (f"/verifications/{verification}/check", '{"code": "12@"}'),
+        ("/orchestrators/E4_SmsPhoneVerification", '"+1202555@"'),
+        ("/verifications?agent_id=%ED%A0%80", '{"to": "+1202555@"}'),
+    ]:
+        # "@" becomes the surrogate as a JSON escape, then a byte that is not UTF-8 at all.
+        for encoded in (template.replace("@", SURROGATE).encode(), template.encode().replace(b"@", b"\xff")):
+            answer = await exchange(port, "POST", path, [encoded], length=len(encoded))
+            api_error(answer, 422, "invalid_request")
+    answer = await exchange(port, "GET", "/verifications/%ED%A0%80", length=0)
+    api_error(answer, 422, "invalid_request")
+    no_traceback(every_log)
 
 
 # == a real process under large bodies ==

@@ -42,12 +42,11 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 4096
 CLOSE_TIMEOUT = 2.0  # seconds to say goodbye to a client that may not be reading
-# Close codes of a connection the server ended because of what the client sent: a protocol
-# error, data of a kind or encoding it does not take, a message over the size cap.
+# The close codes uvicorn's websockets protocol ends a connection with because of what the
+# client sent: a protocol error, a text message that is not UTF-8, a message over the cap.
 DROPPED_CODES = frozenset(
     {
         status.WS_1002_PROTOCOL_ERROR,
-        status.WS_1003_UNSUPPORTED_DATA,
         status.WS_1007_INVALID_FRAME_PAYLOAD_DATA,
         status.WS_1009_MESSAGE_TOO_BIG,
     }

@@ -10,17 +10,21 @@ This file wires things together and decides nothing itself:
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import json
 import logging
 import re
 import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, FastAPI, Request, Response
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from signalwire import AgentBase
@@ -28,9 +32,11 @@ from signalwire.core.security.session_manager import SessionManager
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.routing import BaseRoute, Match
 
 from api import build_api_router
-from api.auth import BasicAuth
+from api.auth import BasicAuth, unauthorized_response
+from api.errors import body_too_large_response
 from config import Settings, config_errors
 from conversation import FILLERS_SEND, FILLERS_VERIFY, configure_conversation
 from engine.errors import StoreUnavailable
@@ -38,6 +44,7 @@ from engine.keys import KeyRing
 from engine.runtime import NotStarted, Runtime
 from functions import MfaFunctions
 from functions.platform import request_agent_id
+from server import RequestEdge, uvicorn_config
 from web import build_live_router
 
 log = logging.getLogger("mfa")
@@ -253,8 +260,44 @@ def _replace_security_headers_middleware(app: FastAPI, agent: AgentBase) -> None
     raise RuntimeError("the SDK's security headers middleware was not found; check agent.py against the SDK")
 
 
+def _sdk_unauthorized() -> Response:
+    # What the SDK's own routes answer without the right credentials (web_mixin.py, swml_service.py).
+    return Response(
+        json.dumps({"error": "Unauthorized"}),
+        status_code=401,
+        headers={"WWW-Authenticate": "Basic"},
+        media_type="application/json",
+    )
+
+
+@dataclass(frozen=True)
+class RouteRefusals:
+    """The edge's refusals (`server.Refusals`) in the shape of the route asked for.
+
+    The routes this project mounts answer in the API's error shape; every other path
+    is the SDK's (its catch-all serves them) and keeps the SDK's 401. A SWAIG request
+    over the cap still gets HTTP 200 and words the model can say, as every answer
+    to the platform must.
+    """
+
+    api_routes: tuple[BaseRoute, ...]  # every route this project mounts
+    max_body_bytes: int
+
+    def unauthorized(self, scope: Scope) -> Response:
+        return unauthorized_response() if self._is_api(scope) else _sdk_unauthorized()
+
+    def too_large(self, scope: Scope) -> Response:
+        if str(scope["path"]).strip("/") == "swaig":
+            return JSONResponse({"response": UNREADABLE_REQUEST})
+        return body_too_large_response(self.max_body_bytes)
+
+    def _is_api(self, scope: Scope) -> bool:
+        # A partial match (the path with another method) is one of ours too.
+        return any(route.matches(scope)[0] is not Match.NONE for route in self.api_routes)
+
+
 def build_app(agent: MfaAgent) -> FastAPI:
-    """The SDK's app with our lifespan, middleware and routes."""
+    """The SDK's app with our lifespan, middleware and routes, behind the server's edge."""
     app = agent.get_app()
     runtime = agent.runtime
     _replace_security_headers_middleware(app, agent)
@@ -273,15 +316,29 @@ def build_app(agent: MfaAgent) -> FastAPI:
     auth = BasicAuth(user, password)
     # mount() keeps the SDK's catch-all route last, so these routes are reachable.
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/ready"]
-    agent.mount(readiness_router(runtime))
-    agent.mount(build_api_router(runtime, auth))
-    agent.mount(build_live_router(runtime, auth))
+    routers = [
+        readiness_router(runtime, auth),
+        build_api_router(runtime, auth),
+        build_live_router(runtime, auth),
+    ]
+    for router in routers:
+        agent.mount(router)
+    # Innermost of the middleware: its answers still get the security headers (and CORS).
+    max_body = runtime.settings.mfa_max_body_bytes
+    api_routes = tuple(route for router in routers for route in router.routes)
+    refusals = RouteRefusals(api_routes=api_routes, max_body_bytes=max_body)
+    app.user_middleware.append(
+        Middleware(RequestEdge, accepts=auth.accepts, max_body_bytes=max_body, refusals=refusals)
+    )
     return app
 
 
-def readiness_router(runtime: Runtime) -> APIRouter:
-    """`/ready` is red while the store cannot be reached, and green again once it can."""
-    router = APIRouter()
+def readiness_router(runtime: Runtime, auth: BasicAuth) -> APIRouter:
+    """`/ready` is red while the store cannot be reached, and green again once it can.
+
+    Behind credentials like every route but `/health`: it says which dependency is down.
+    """
+    router = APIRouter(dependencies=[Depends(auth)])
 
     @router.get("/ready")
     async def ready() -> Response:
@@ -327,8 +384,7 @@ def serve() -> None:
     else:
         print(f"Basic auth user: {user} (password from SWML_BASIC_AUTH_PASSWORD)", flush=True)
 
-    import uvicorn
-
+    config = uvicorn_config(app, settings)  # fails here, with the reason, on a uvicorn it does not know
     # Everything built so far (the SDK, the app and their modules) lives as long as
     # the process: keep it out of the garbage collector's full passes, which otherwise
     # stop the event loop for 120-150 ms each under load. And collect the youngest
@@ -338,15 +394,11 @@ def serve() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 10)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=settings.log_level.lower(),
-    )
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn has said why (the port in use, the store at start-up)
 
 
 if __name__ == "__main__":

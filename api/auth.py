@@ -1,6 +1,8 @@
 """Basic auth for every route the SDK does not serve itself (all but /health).
 
-The same credentials as the SDK's own routes, compared in constant time.
+The same credentials as the SDK's own routes, compared in constant time. The
+server's edge (`server.edge`) checks them first, before any body is read; the
+routes' own dependency stays as a second check.
 """
 
 from __future__ import annotations
@@ -9,7 +11,17 @@ import base64
 import binascii
 import hmac
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
+
+from api.errors import error_response
+
+UNAUTHORIZED = {"code": "unauthorized", "message": "Valid credentials are required."}
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="mfa"'}
+
+
+def unauthorized_response() -> Response:
+    """The API's 401: its error shape and a Basic challenge."""
+    return error_response(401, UNAUTHORIZED["code"], UNAUTHORIZED["message"], CHALLENGE)
 
 
 class BasicAuth:
@@ -31,8 +43,4 @@ class BasicAuth:
     async def __call__(self, request: Request) -> None:
         """A FastAPI dependency: 401 with a Basic challenge unless the credentials are right."""
         if not self.accepts(request.headers.get("authorization")):
-            raise HTTPException(
-                status_code=401,
-                detail={"code": "unauthorized", "message": "Valid credentials are required."},
-                headers={"WWW-Authenticate": 'Basic realm="mfa"'},
-            )
+            raise HTTPException(status_code=401, detail=UNAUTHORIZED, headers=CHALLENGE)

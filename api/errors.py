@@ -49,8 +49,14 @@ class ApiError(Exception):
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
+    """A response in the `ErrorBody` shape."""
     body = ErrorBody(error=ErrorDetail(code=code, message=message))
     return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers or {}))
+
+
+def body_too_large_response(limit: int) -> Response:
+    """The 413 for a body over the server's cap (MFA_MAX_BODY_BYTES)."""
+    return error_response(413, "body_too_large", f"The request body is larger than {limit} bytes.")
 
 
 def _retry_after(error: VerificationError | ApiError) -> dict[str, str]:
@@ -113,6 +119,7 @@ _DESCRIPTIONS = {
     404: "No such verification or instance.",
     410: "The instance has finished.",
     412: "The instance is still running.",
+    413: "The request body is larger than the server reads (`body_too_large`).",
     422: "The request body or a parameter is not valid, or the number may not receive a code.",
     429: "A rate limit was reached.",
     502: "The provider refused the request (a configuration problem).",
@@ -121,9 +128,9 @@ _DESCRIPTIONS = {
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for these error statuses (401 and 503 are always possible)."""
+    """OpenAPI `responses` for these error statuses (401, 413 and 503 are always possible)."""
     documented: dict[int | str, dict[str, Any]] = {}
-    for status in sorted({401, 503, *statuses}):
+    for status in sorted({401, 413, 503, *statuses}):
         response: dict[str, Any] = {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
         if status in (429, 503):
             response["headers"] = _RETRY_AFTER

@@ -237,6 +237,8 @@ def our_agent(
         MFA_SENDS_PER_CALL="1000000",
         MFA_MAX_FAILURES_PER_CALL="1000000",
         MFA_SENDS_PER_AGENT_PER_MINUTE="100000000",
+        # Every simulated call comes from this one address, up to thousands of connections at once.
+        MFA_MAX_CONNECTIONS_PER_CLIENT="0",
         LOG_LEVEL=log_level,
         PYTHONPATH=str(root),
     )

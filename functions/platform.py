@@ -94,24 +94,28 @@ def spoken_wait(seconds: int) -> str:
     return f"{minutes} minutes" if minutes < 90 else f"{(minutes + 59) // 60} hours"
 
 
-MAX_DOCUMENT = 16_384  # arguments or meta_data larger than this are not a real call's
+MAX_DOCUMENT = 16_384  # arguments or meta_data larger than this (UTF-8 bytes) are not a real call's
 
 
-def _small_document(value: Any) -> bool:
-    try:
-        return len(json.dumps(value, default=str)) <= MAX_DOCUMENT
-    except (RecursionError, ValueError, TypeError):
-        return False  # nested too deeply to be anything the platform sends
+def _document_size(value: Any) -> int:
+    """The UTF-8 size of ``value`` as JSON.
+
+    ValueError if some text in it has no UTF-8 form: a lone surrogate, which JSON can
+    carry as an escape (``"\\ud800"``) and Python decodes, but which no store, log or
+    reply can take. RecursionError if it is nested deeper than anything the platform sends.
+    """
+    return len(json.dumps(value, ensure_ascii=False, default=str).encode())
 
 
 def parse_request(raw_data: Any, arguments: Any = None) -> SwaigRequest:
     """The webhook body, validated; BadRequest for anything a real call would not send."""
     try:
+        _document_size(raw_data)  # every part of it, used here or not, must be text UTF-8 can carry
         request = SwaigRequest.model_validate(raw_data)
-        if not (_small_document(arguments) and _small_document(request.meta_data)):
+        if _document_size(arguments) > MAX_DOCUMENT or _document_size(request.meta_data) > MAX_DOCUMENT:
             raise ValueError("oversized")
         return request
-    except (ValidationError, ValueError, RecursionError):
+    except (ValidationError, ValueError, RecursionError, TypeError):
         raise BadRequest(
             Reply(
                 "Nothing was done: the request did not come from a call this agent can serve.",

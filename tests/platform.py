@@ -25,6 +25,7 @@ from agent import MfaAgent, build_app
 from config import Settings
 from engine.models import Event
 from engine.runtime import Runtime
+from server import uvicorn_config
 
 USER = "tester"
 PASSWORD = "correct-horse-battery-staple"
@@ -97,13 +98,12 @@ class RunningAgent:
 
 @contextlib.asynccontextmanager
 async def serve_agent(settings: Settings, *, clock: Any = None) -> AsyncIterator[RunningAgent]:
-    """The real app (SDK routes, our lifespan) served by uvicorn on a free loopback port."""
+    """The real app (SDK routes, our lifespan, the server's edge) served by uvicorn on a loopback port."""
     runtime = Runtime(settings, clock=clock) if clock else Runtime(settings)
     agent = MfaAgent(settings, runtime=runtime)
     app = build_app(agent)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # The server `python agent.py` runs (its protocols, limits and WebSocket cap), on the test's loop.
+    server = uvicorn.Server(uvicorn_config(app, settings))
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(10):

@@ -14,7 +14,7 @@ CALLER = "+12025550143"
 
 
 async def ready(http: aiohttp.ClientSession, agent: RunningAgent) -> int:
-    async with http.get(f"{agent.base_url}/ready") as resp:
+    async with http.get(f"{agent.base_url}/ready", auth=agent.auth) as resp:
         return resp.status
 
 

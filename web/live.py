@@ -11,8 +11,11 @@
 - every event (SPEC.md section 5; its ``type`` starts with ``mfa.``) of the
   agents subscribed to, in the order this instance received it.
 
-A client that falls more than a queue's length behind is closed with code
-1008 ("too slow") and counted in ``mfa_websocket_dropped_clients_total``.
+Every client the server drops is counted in ``mfa_websocket_dropped_clients_total``:
+one that falls more than a queue's length behind (closed here with 1008, "too
+slow"), and one the server closes itself, before any message reaches this module,
+for a message over `server.WS_MAX_MESSAGE_BYTES` (1009) or a protocol error (1002,
+1007), which uvicorn reports here as the close code of the disconnect.
 """
 
 from __future__ import annotations
@@ -39,6 +42,15 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 4096
 CLOSE_TIMEOUT = 2.0  # seconds to say goodbye to a client that may not be reading
+# The close codes uvicorn's websockets protocol ends a connection with because of what the
+# client sent: a protocol error, a text message that is not UTF-8, a message over the cap.
+DROPPED_CODES = frozenset(
+    {
+        status.WS_1002_PROTOCOL_ERROR,
+        status.WS_1007_INVALID_FRAME_PAYLOAD_DATA,
+        status.WS_1009_MESSAGE_TOO_BIG,
+    }
+)
 AgentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 
 _PAGE_DIR = Path(__file__).parent
@@ -112,17 +124,24 @@ def build_routes(runtime: Runtime, auth: BasicAuth) -> APIRouter:
         hub = runtime.live
         subscriber = hub.connect()
         try:
-            await _serve(socket, hub, subscriber)
+            close_code = await _serve(socket, hub, subscriber)
         finally:
             hub.disconnect(subscriber)
+        if close_code in DROPPED_CODES:
+            log.info("live events: the server closed a WebSocket client (code %d)", close_code)
+            runtime.metrics.websocket_dropped.inc()
 
     return router
 
 
-async def _serve(socket: WebSocket, hub: LiveHub, subscriber: Subscriber) -> None:
-    """Read the client's messages and write its frames until either side ends, or it is dropped."""
+async def _serve(socket: WebSocket, hub: LiveHub, subscriber: Subscriber) -> int | None:
+    """Read the client's messages and write its frames until either side ends, or it is dropped.
+
+    The close code of the client's disconnect, if that is how it ended.
+    """
+    reader = asyncio.create_task(_read(socket, hub, subscriber))
     tasks = {
-        asyncio.create_task(_read(socket, hub, subscriber)),
+        reader,
         asyncio.create_task(_write(socket, subscriber)),
         asyncio.create_task(subscriber.dropped.wait()),
     }
@@ -136,6 +155,9 @@ async def _serve(socket: WebSocket, hub: LiveHub, subscriber: Subscriber) -> Non
         # It may not be reading at all: do not wait long to say goodbye.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(socket.close(status.WS_1008_POLICY_VIOLATION, "too slow"), CLOSE_TIMEOUT)
+    if reader.done() and not reader.cancelled() and reader.exception() is None:
+        return reader.result()
+    return None
 
 
 async def _write(socket: WebSocket, subscriber: Subscriber) -> None:
@@ -144,11 +166,12 @@ async def _write(socket: WebSocket, subscriber: Subscriber) -> None:
             await socket.send_text(await subscriber.queue.get())
 
 
-async def _read(socket: WebSocket, hub: LiveHub, subscriber: Subscriber) -> None:
+async def _read(socket: WebSocket, hub: LiveHub, subscriber: Subscriber) -> int:
+    """Act on each message until the client disconnects; the disconnect's close code."""
     while True:
         message = await socket.receive()
         if message["type"] == "websocket.disconnect":
-            return
+            return int(message.get("code", status.WS_1000_NORMAL_CLOSURE))
         text = message.get("text")
         if text is None and message.get("bytes") is not None:
             text = message["bytes"].decode("utf-8", "replace")

@@ -72,7 +72,8 @@ class Metrics:
         )
         self.websocket_dropped = Counter(
             "mfa_websocket_dropped_clients",
-            "WebSocket clients disconnected because they did not keep up with their events.",
+            "WebSocket clients the server disconnected: too slow to read their events, "
+            "a message over the size cap, or a protocol error.",
             registry=registry,
         )
         self.webhook_deliveries = Counter(

@@ -196,7 +196,7 @@ def _arguments_checked_by_handler(args: dict[str, Any]) -> tuple[bool, list[str]
 
 
 class AgentIdFromQuery:
-    """Reads a valid `agent_id` query parameter into the request's context (SPEC.md section 2)."""
+    """Reads a valid `agent_id` query parameter into the request's context (see AGENT_ID)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

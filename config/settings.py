@@ -18,7 +18,7 @@ from engine.codes import fits_one_segment
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
-# Limits of SignalWire's MFA API (SPEC.md section 1); the local engine keeps them too.
+# Limits of SignalWire's MFA API; the local engine keeps them too.
 TOKEN_LENGTH = (4, 20)
 VALID_FOR_MAX = 604_800
 MAX_ATTEMPTS = (1, 20)
@@ -31,7 +31,7 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """Everything the deployer can configure (SPEC.md section 2)."""
+    """Everything the deployer can configure (the README's configuration table)."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     mfa_webhook_urls: Annotated[list[str], NoDecode] = []
     mfa_webhook_secret: SecretStr | None = None
 
-    # Not in SPEC.md's table: operational knobs with safe defaults.
+    # Operational knobs with safe defaults.
     mfa_upstream_timeout: float = Field(8.0, gt=0, le=9.0)
     mfa_max_body_bytes: int = Field(1_048_576, ge=16_384, le=64 * 1_048_576)
     # Seconds a connection may take to send a request's head; then it is closed.

@@ -116,7 +116,7 @@ def utc_now_iso() -> str:
 
 
 class Event(BaseModel):
-    """One step of a verification, as every watcher sees it (SPEC.md section 5).
+    """One step of a verification, as every watcher sees it (the README's "Watching it live").
 
     Never holds a code or a full number: ``to`` is masked.
     """

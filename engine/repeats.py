@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.stores.base import ClaimState, Store
 
-REPEAT_WINDOW = 30.0  # SPEC.md: the same request within 30 s is a repeat
+REPEAT_WINDOW = 30.0  # the same request within 30 s is the platform repeating it
 RUNNING_TTL = 15.0  # longer than any provider call; a crashed owner frees the key after this
 WAIT_DEADLINE = 9.0  # the platform must hear back within 10 s
 

@@ -1,6 +1,6 @@
 """What the platform sends a function, and what a function sends back.
 
-`SwaigRequest` validates the webhook body (SPEC.md section 1) with pydantic;
+`SwaigRequest` validates the platform's webhook body with pydantic;
 the SDK's own argument validation does nothing with the current jsonschema-rs.
 `Reply` is the one result type handlers build: the fact, what the model
 should do next, and the platform actions, rendered as one plain `response`

@@ -1,4 +1,4 @@
-"""The fake SignalWire API keeps the documented contract (SPEC.md section 1), over real HTTP."""
+"""The fake SignalWire API keeps the documented contract, over real HTTP."""
 
 from __future__ import annotations
 

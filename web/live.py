@@ -8,7 +8,7 @@
 - the server answers ``{"type": "subscribed", "agent_id": ...}`` (every later
   event of that agent follows it), ``{"type": "unsubscribed", ...}`` and, for a
   message it cannot use, ``{"type": "error", "error": ..., "message": ...}``;
-- every event (SPEC.md section 5; its ``type`` starts with ``mfa.``) of the
+- every event (`engine.models.Event`; its ``type`` starts with ``mfa.``) of the
   agents subscribed to, in the order this instance received it.
 
 Every client the server drops is counted in ``mfa_websocket_dropped_clients_total``:

@@ -1,6 +1,6 @@
 """A faithful fake of the SignalWire REST API this project uses, for tests over real HTTP.
 
-It serves the MFA API (``/api/relay/rest/mfa/...``, SPEC.md section 1) and the
+It serves the MFA API (``/api/relay/rest/mfa/...``, as SignalWire documents it) and the
 two compatibility endpoints the SignalWire delivery uses (``Messages.json``,
 ``Calls.json``), and it enforces their contract: Basic auth, the body's keys,
 types and ranges, one success per code, ``max_attempts`` counting every

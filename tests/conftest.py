@@ -70,6 +70,14 @@ async def store(make_store: Callable[[], Store]) -> AsyncIterator[Store]:
 # == App fixtures: a Redis store URL of its own for each test that runs whole agents ==
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A `MFA_STORE` URL for agents under test: a file in tmp_path, or a Redis prefix of its own."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/mfa.sqlite3"
+    return str(request.getfixturevalue("app_redis_url"))
+
+
 @pytest.fixture
 def app_redis_url(redis_url: str) -> Iterator[str]:
     """A `MFA_STORE` URL on the real Redis whose keys no other test shares, deleted afterwards."""

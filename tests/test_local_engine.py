@@ -29,13 +29,6 @@ from tests.platform import (
 CALLER = "+12025550143"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: Any, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/mfa.sqlite3"
-    return str(request.getfixturevalue("app_redis_url"))
-
-
 async def started_runtime(settings: Settings, clock: FakeClock) -> Runtime:
     runtime = Runtime(settings, clock=clock)
     await runtime.start()

@@ -36,13 +36,6 @@ from tests.platform import (
 CALLER = "+12025550143"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: Any, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/mfa.sqlite3"
-    return str(request.getfixturevalue("app_redis_url"))
-
-
 @contextlib.asynccontextmanager
 async def two_instances(tmp_path: Any, store_url: str, **overrides: Any) -> AsyncIterator[list[RunningAgent]]:
     """Two agents sharing one store and one outbox, as two instances behind one address."""

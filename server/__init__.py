@@ -20,6 +20,7 @@ from server.connections import (
     LimitedHttpProtocol,
     LimitedWebSocketProtocol,
     check_uvicorn,
+    quiet_bad_client_text,
 )
 from server.edge import Refusals, RequestEdge
 
@@ -33,6 +34,7 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 def uvicorn_config(app: ASGIApp, settings: Settings) -> LimitedConfig:
     """uvicorn serving ``app`` with uvloop, httptools and websockets, within the edge's limits."""
     check_uvicorn()
+    quiet_bad_client_text()
     limits = ConnectionLimits(
         header_timeout=settings.mfa_header_timeout,
         slots=ClientSlots(settings.mfa_max_connections_per_client),

@@ -220,3 +220,24 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
         finally:
             # Only ever made by LimitedHttpProtocol's upgrade, which handed its slot over.
             self.slots.give_back(_host(self.client))
+
+
+class BadClientTextIsNoFault(logging.Filter):
+    """uvicorn logs a client's text frame that is not UTF-8 with a traceback, as if the server
+    had failed (websockets_sansio_impl, uvicorn 0.54.0). It is bad input: a warning line,
+    without the traceback; the connection is still closed with 1007 (and counted as dropped)."""
+
+    MESSAGE = "Invalid UTF-8 sequence received from client"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.MESSAGE):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_bad_client_text() -> None:
+    """Install `BadClientTextIsNoFault` on uvicorn's error logger, once."""
+    errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(existing, BadClientTextIsNoFault) for existing in errors.filters):
+        errors.addFilter(BadClientTextIsNoFault())

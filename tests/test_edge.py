@@ -678,3 +678,18 @@ async def test_large_bodies_cannot_grow_a_real_agent(tmp_path: Path) -> None:
     finally:
         await process.stop()
     assert "Traceback" not in process.log(), process.log()
+
+
+async def test_a_websocket_text_frame_that_is_not_utf8_is_dropped_without_a_traceback(
+    agent: RunningAgent, every_log: pytest.LogCaptureFixture
+) -> None:
+    url = agent.base_url.replace("http://", "ws://") + "/websocket"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, auth=agent.auth) as client:
+        # A text frame (FIN, opcode 1), masked with a zero key, whose two bytes are not UTF-8.
+        writer = client._writer  # aiohttp validates text it sends; this frame is written raw
+        writer.transport.write(bytes([0x81, 0x82]) + b"\x00\x00\x00\x00" + b"\xff\xfe")
+        closing = await client.receive(timeout=DEADLINE)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1007), closing
+    await wait_for_dropped(agent, 1)
+    no_traceback(every_log)
+    assert any("Invalid UTF-8" in record.getMessage() for record in every_log.records)

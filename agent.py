@@ -6,10 +6,15 @@ This file wires things together and decides nothing itself:
 - `functions/` turns each SWAIG request into a checked result,
 - `engine/` makes every decision, keeps every record and publishes every event,
 - `api/` and `web/` are the HTTP API, the live events and the dashboard.
+
+`python agent.py --help` lists the settings; `--check` checks them and the store.
 """
 
+# ruff: noqa: E402 - the Python version is checked before anything that needs a newer one is imported.
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import gc
 import json
@@ -23,9 +28,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+REQUIRED_PYTHON = (3, 11)
+if sys.version_info < REQUIRED_PYTHON:
+    raise SystemExit(
+        f"The agent needs Python {REQUIRED_PYTHON[0]}.{REQUIRED_PYTHON[1]} or newer; "
+        f"this is Python {sys.version.split()[0]}."
+    )
+
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from signalwire import AgentBase
 from signalwire.core.security.session_manager import SessionManager
@@ -36,8 +49,9 @@ from starlette.routing import BaseRoute, Match
 
 from api import build_api_router
 from api.auth import BasicAuth, unauthorized_response
-from api.errors import body_too_large_response
+from api.errors import body_too_large_response, error_response
 from config import Settings, config_errors
+from config.logs import announce, configure_logging
 from conversation import FILLERS_SEND, FILLERS_VERIFY, configure_conversation
 from engine.errors import StoreUnavailable
 from engine.keys import KeyRing
@@ -260,6 +274,50 @@ def _replace_security_headers_middleware(app: FastAPI, agent: AgentBase) -> None
     raise RuntimeError("the SDK's security headers middleware was not found; check agent.py against the SDK")
 
 
+# What the SDK's catch-all route (`handle_all_routes`, signalwire-sdk 3.7.5: web_mixin.py
+# `_dispatch_unmatched`) serves below the agent's route "/"; for any other path it answers
+# HTTP 200 {"error": "Path not found"}, which a client cannot tell from an answer.
+_SDK_CATCH_ALL_PATHS = frozenset({"", "swaig", "post_prompt", "check_for_input", "debug", "debug_events"})
+
+
+def _answer_unknown_paths_with_404(app: FastAPI, agent: AgentBase) -> None:
+    """Wrap the SDK's catch-all routes: a path it serves goes on; any other gets our 404,
+    whatever the method (the routes now take every method, so none falls to a bare 405)."""
+    catch_alls = [
+        route
+        for route in app.router.routes
+        if isinstance(route, APIRoute) and route.endpoint.__name__ == "handle_all_routes"
+    ]
+    if not catch_alls:
+        raise RuntimeError("the SDK's catch-all route was not found; check agent.py against the SDK")
+    callbacks = {path.strip("/") for path in getattr(agent, "_routing_callbacks", None) or {}}
+    served = _SDK_CATCH_ALL_PATHS | callbacks
+    # GET and POST are two routes of one path: a method either takes is served by that one.
+    methods = frozenset(method for route in catch_alls for method in route.methods or ())
+    for route in catch_alls:
+        route.app = _only_paths(route.app, served, methods)
+    catch_alls[-1].methods = set(_ANY_METHOD)
+
+
+_ANY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _only_paths(app: ASGIApp, served: frozenset[str], methods: frozenset[str]) -> ASGIApp:
+    async def serve_or_refuse(scope: Scope, receive: Any, send: Any) -> None:
+        if str(scope["path"]).strip("/") not in served:
+            response = error_response(404, "not_found", "There is nothing at this path.")
+        elif scope["method"] not in methods:
+            allowed = {"Allow": ", ".join(sorted(methods))}
+            message = "This path does not take that method."
+            response = error_response(405, "method_not_allowed", message, allowed)
+        else:
+            await app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+    return serve_or_refuse
+
+
 def _sdk_unauthorized() -> Response:
     # What the SDK's own routes answer without the right credentials (web_mixin.py, swml_service.py).
     return Response(
@@ -323,6 +381,7 @@ def build_app(agent: MfaAgent) -> FastAPI:
     ]
     for router in routers:
         agent.mount(router)
+    _answer_unknown_paths_with_404(app, agent)
     # Innermost of the middleware: its answers still get the security headers (and CORS).
     max_body = runtime.settings.mfa_max_body_bytes
     api_routes = tuple(route for router in routers for route in router.routes)
@@ -362,27 +421,84 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def serve() -> None:
+def _usage() -> argparse.ArgumentParser:
+    variables = "\n".join(
+        f"  {name.upper():38} {_default_of(field.default)}" for name, field in Settings.model_fields.items()
+    )
+    return argparse.ArgumentParser(
+        prog="python agent.py",
+        description="Serve the phone-verification agent: its SWML, its SWAIG functions (send_mfa, "
+        "verify_mfa), the HTTP verification API and the live dashboard.",
+        epilog="Configuration comes from environment variables (a .env file in the working folder is "
+        "read too; .env.example lists them). Each, with its default:\n\n"
+        f"{variables}\n\n"
+        "What each one means, the SignalWire dashboard steps, the HTTP API and the security limits: "
+        "README.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _default_of(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, list):
+        return ",".join(value) or "(all)"
+    return str(value)
+
+
+def check(settings: Settings) -> int:
+    """`--check`: the settings are valid (or we never got here) and the store answers."""
+    where = re.sub(r"//[^/@]*@", "//", settings.mfa_store)  # a Redis password stays out of sight
+    runtime = Runtime(settings)
+
+    async def reach() -> None:
+        try:
+            await runtime.start()
+            await runtime.store.ping()
+        finally:
+            await runtime.close()
+
+    try:
+        asyncio.run(reach())
+    except StoreUnavailable as problem:
+        announce(f"store: {where} cannot be used: {problem.message}", settings.log_format, problem=True)
+        return 1
+    announce(
+        f"configuration: valid; store: {where} answers; codes by: {settings.mfa_provider}",
+        settings.log_format,
+    )
+    return 0
+
+
+def serve(argv: list[str] | None = None) -> None:
     """Read the settings, prepare the store and serve the agent until stopped.
 
     Not called `main`: `swaig-test` calls a module's `main()` and this one never returns.
     """
+    arguments = _usage()
+    arguments.add_argument(
+        "--check",
+        action="store_true",
+        help="check the configuration and that the store can be reached, then exit (0: all good)",
+    )
+    options = arguments.parse_args(argv)
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
+    if options.check:
+        raise SystemExit(check(settings))
     if settings.log_level != "DEBUG":
         # The SDK logs two INFO lines per function request: 4% of the CPU under load (bench/).
         logging.getLogger("signalwire").setLevel(logging.WARNING)
     agent = MfaAgent(settings)
     app = build_app(agent)
     user, password = agent.get_basic_auth_credentials()[:2]
-    print(f"Phone verification agent listening on http://{settings.host}:{settings.port}/", flush=True)
+    say = settings.log_format
+    announce(f"Phone verification agent listening on http://{settings.host}:{settings.port}/", say)
     if agent.generated_password:
-        # Printed once so a developer can use it; configure SWML_BASIC_AUTH_PASSWORD for anything real.
-        print(
-            f"Basic auth: {user}:{password} (generated; set SWML_BASIC_AUTH_PASSWORD to keep one)", flush=True
-        )
+        # Shown once so a developer can use it; configure SWML_BASIC_AUTH_PASSWORD for anything real.
+        announce(f"Basic auth: {user}:{password} (generated; set SWML_BASIC_AUTH_PASSWORD to keep one)", say)
     else:
-        print(f"Basic auth user: {user} (password from SWML_BASIC_AUTH_PASSWORD)", flush=True)
+        announce(f"Basic auth user: {user} (password from SWML_BASIC_AUTH_PASSWORD)", say)
 
     config = uvicorn_config(app, settings)  # fails here, with the reason, on a uvicorn it does not know
     # Everything built so far (the SDK, the app and their modules) lives as long as

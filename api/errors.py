@@ -16,17 +16,25 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from engine.errors import ProviderUnavailable, RateLimited, VerificationError
 
+# What a 503 (or a 429 of unknown length) suggests when nothing says how long to wait.
+RETRY_SOON_SECONDS = 5
+
 
 class ErrorDetail(BaseModel):
-    """A stable machine-readable ``code`` and a message safe to show anyone."""
+    """A stable machine-readable ``code`` and a message safe to show anyone.
+
+    429 and 503 add ``retry_after``, the seconds to wait (the ``Retry-After`` header
+    says the same, but a client reading only the body must not have to guess).
+    """
 
     code: str
     message: str
+    retry_after: int | None = Field(None, ge=1, description="429 and 503 only: seconds to wait.")
 
 
 class ErrorBody(BaseModel):
@@ -47,11 +55,21 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    retry_after: int | None = None,
 ) -> Response:
-    """A response in the `ErrorBody` shape."""
-    body = ErrorBody(error=ErrorDetail(code=code, message=message))
-    return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers or {}))
+    """A response in the `ErrorBody` shape; a 429 or 503 always says when to try again."""
+    if status in (429, 503):
+        retry_after = retry_after or RETRY_SOON_SECONDS
+        headers = {**(headers or {}), "Retry-After": str(retry_after)}
+    else:
+        retry_after = None
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, retry_after=retry_after))
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=dict(headers or {}))
 
 
 def body_too_large_response(limit: int) -> Response:
@@ -59,9 +77,8 @@ def body_too_large_response(limit: int) -> Response:
     return error_response(413, "body_too_large", f"The request body is larger than {limit} bytes.")
 
 
-def _retry_after(error: VerificationError | ApiError) -> dict[str, str]:
-    seconds = error.retry_after if isinstance(error, RateLimited | ProviderUnavailable) else None
-    return {"Retry-After": str(seconds)} if seconds else {}
+def _retry_after(error: VerificationError | ApiError) -> int | None:
+    return error.retry_after if isinstance(error, RateLimited | ProviderUnavailable) else None
 
 
 def _validation_message(error: RequestValidationError) -> str:
@@ -93,7 +110,9 @@ class ApiRoute(APIRoute):
             try:
                 return await handler(request)
             except (VerificationError, ApiError) as error:
-                return error_response(error.http_status, error.code, error.message, _retry_after(error))
+                return error_response(
+                    error.http_status, error.code, error.message, retry_after=_retry_after(error)
+                )
             except RequestValidationError as error:
                 return error_response(422, "invalid_request", _validation_message(error))
             except HTTPException as error:

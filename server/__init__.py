@@ -50,4 +50,6 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> LimitedConfig:
         ws_max_size=WS_MAX_MESSAGE_BYTES,
         access_log=False,
         log_level=settings.log_level.lower(),
+        # uvicorn's lines go through the process's own logging (config.logs), in its format.
+        log_config=None,
     )

@@ -24,7 +24,6 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -328,7 +327,6 @@ def _sdk_unauthorized() -> Response:
     )
 
 
-@dataclass(frozen=True)
 class RouteRefusals:
     """The edge's refusals (`server.Refusals`) in the shape of the route asked for.
 
@@ -336,10 +334,14 @@ class RouteRefusals:
     is the SDK's (its catch-all serves them) and keeps the SDK's 401. A SWAIG request
     over the cap still gets HTTP 200 and words the model can say, as every answer
     to the platform must.
+
+    A plain class, not a dataclass: `swaig-test` loads this file without registering
+    it as a module, and a dataclass needs its module registered.
     """
 
-    api_routes: tuple[BaseRoute, ...]  # every route this project mounts
-    max_body_bytes: int
+    def __init__(self, *, api_routes: tuple[BaseRoute, ...], max_body_bytes: int) -> None:
+        self.api_routes = api_routes  # every route this project mounts
+        self.max_body_bytes = max_body_bytes
 
     def unauthorized(self, scope: Scope) -> Response:
         return unauthorized_response() if self._is_api(scope) else _sdk_unauthorized()

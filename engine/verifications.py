@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.breaker import CircuitBreaker
 from engine.errors import (
@@ -49,6 +49,16 @@ log = logging.getLogger(__name__)
 
 CALL_RECORD = "call"
 CALL_RECORD_TTL = 24 * 3600.0
+
+
+@dataclass
+class _Reading:
+    """What one reading met, code by code: the attempt its one failure was counted with,
+    the codes it was wrong for, and the codes the provider no longer knew."""
+
+    failure: Attempt | None
+    wrong: list[Attempt] = field(default_factory=list)
+    gone: list[CheckResult] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -194,40 +204,87 @@ class VerificationEngine:
         """Check one code. Wrong codes, spent attempts and expiry are outcomes, not errors.
 
         Only a verification of ``origin`` (and, with ``call_id``, of that call) is found.
+        On a call, any live code sent on it verifies: a caller who asked for a new code
+        may read the first one, whose text arrived late. A wrong reading is one failure
+        for the call and the number, however many live codes it was checked against.
         """
+        now = self.clock()
         # One step in the store: the verification is ours, its call is not verified already,
         # no failure budget is used up, and an attempt and a failure are counted.
-        now = self.clock()
-        attempt = await self.store.begin_attempt(
+        primary = await self._begin(verification_id, now, call_id=call_id, origin=origin, budgets=True)
+        if primary is None:
+            raise VerificationNotFound("No such verification.")
+        if primary.gate is AttemptGate.CALL_VERIFIED:
+            return CheckResult(outcome=CheckOutcome.CALL_VERIFIED, verification=primary.verification)
+        if primary.gate is AttemptGate.OVER_BUDGET:
+            return self._over_budget(primary)
+        reading = _Reading(failure=primary if primary.gate is AttemptGate.COUNTED else None)
+        if reading.failure is not None and await self._judge(primary, code, now, reading):
+            return await self._approve_reading(primary, reading, now)
+        if call_id is not None:
+            for earlier in await self.store.pending_for_call(call_id, now):
+                if earlier.id == verification_id:
+                    continue
+                attempt = await self._begin(
+                    earlier.id, now, call_id=call_id, origin=origin, budgets=reading.failure is None
+                )
+                if attempt is not None and attempt.gate is AttemptGate.OVER_BUDGET:
+                    return self._over_budget(attempt)
+                if attempt is None or attempt.gate is not AttemptGate.COUNTED:
+                    continue
+                if reading.failure is None:
+                    reading.failure = attempt
+                if await self._judge(attempt, code, now, reading):
+                    return await self._approve_reading(attempt, reading, now)
+        return await self._not_right(primary, reading, now)
+
+    async def _begin(
+        self, verification_id: str, now: float, *, call_id: str | None, origin: Origin, budgets: bool
+    ) -> Attempt | None:
+        return await self.store.begin_attempt(
             verification_id,
             now,
             call_id=call_id,
             origin=origin,
-            budgets=self.limits.failure_budgets,
+            budgets=self.limits.failure_budgets if budgets else None,
             verified_kind=CALL_RECORD,
         )
-        if attempt is None:
-            raise VerificationNotFound("No such verification.")
-        if attempt.gate is AttemptGate.CALL_VERIFIED:
-            return CheckResult(outcome=CheckOutcome.CALL_VERIFIED, verification=attempt.verification)
-        if attempt.gate is AttemptGate.OVER_BUDGET:
-            return self._over_budget(attempt)
-        if attempt.gate is not AttemptGate.COUNTED:
-            return await self._not_checked(attempt.verification, attempt.gate, attempt.changed)
+
+    async def _judge(self, attempt: Attempt, code: str, now: float, reading: _Reading) -> bool:
+        """Whether ``code`` is this counted attempt's code; notes a wrong or dead one in ``reading``."""
         counted = attempt.verification
         try:
             answer = await self.breaker.call(lambda: self.provider.verify(counted, code))
         except ProviderUnavailable:
-            # The code was never judged, so the try (and the failure) is not the caller's to lose.
-            await self.store.refund_attempt(verification_id, attempt.budgets, now)
+            # Not judged, so the try (and the failure, when it carries it) is not the caller's to lose.
+            budgets = attempt.budgets if attempt is reading.failure else ()
+            await self.store.refund_attempt(counted.id, budgets, now)
             raise
         if answer is Answer.WRONG:
-            return await self._wrong(attempt)
-        # Not a wrong code: the failure counted before judging it is given back.
-        await self.store.unhit(attempt.budgets, now)
-        if answer is Answer.CORRECT:
-            return await self._approve(counted)
-        return await self._gone(counted)
+            reading.wrong.append(attempt)
+        elif answer is Answer.GONE:
+            reading.gone.append(await self._gone(counted))
+        return answer is Answer.CORRECT
+
+    async def _approve_reading(self, attempt: Attempt, reading: _Reading, now: float) -> CheckResult:
+        # Not a wrong reading: the failure counted before judging it is given back.
+        if reading.failure is not None:
+            await self.store.unhit(reading.failure.budgets, now)
+        return await self._approve(attempt.verification)
+
+    async def _not_right(self, primary: Attempt, reading: _Reading, now: float) -> CheckResult:
+        """No live code was this one: a wrong reading, or none could be judged."""
+        if reading.wrong:
+            for earlier in reading.wrong[1:]:
+                await self._end_if_spent(earlier.verification)
+            assert reading.failure is not None
+            return await self._wrong(reading.wrong[0], reading.failure)
+        if reading.failure is not None:
+            # Counted, but every code it met was dead: nothing was judged wrong.
+            await self.store.unhit(reading.failure.budgets, now)
+        if reading.gone and reading.gone[0].verification.id == primary.verification.id:
+            return reading.gone[0]
+        return await self._not_checked(primary.verification, primary.gate, primary.changed)
 
     def _over_budget(self, attempt: Attempt) -> CheckResult:
         refused = attempt.refused
@@ -269,9 +326,10 @@ class VerificationEngine:
         await self.publisher.publish(event)
         return CheckResult(outcome=CheckOutcome.APPROVED, verification=approved, event=event)
 
-    async def _wrong(self, attempt: Attempt) -> CheckResult:
+    async def _wrong(self, attempt: Attempt, failure: Attempt) -> CheckResult:
+        """A wrong reading of ``attempt``'s code; ``failure`` is the attempt its failure was counted with."""
         counted = attempt.verification
-        spent = [window for window, room in zip(attempt.budgets, attempt.room, strict=True) if room <= 0]
+        spent = [window for window, room in zip(failure.budgets, failure.room, strict=True) if room <= 0]
         locked_call = any(self.limits.is_call_budget(window) for window in spent)
         event = Event.about("mfa.rejected", counted)
         await self.publisher.publish(event)
@@ -293,6 +351,14 @@ class VerificationEngine:
         locked = Event.about("mfa.locked", ended, reason)
         await self.publisher.publish(locked)
         return CheckResult(outcome=outcome, verification=ended, event=locked)
+
+    async def _end_if_spent(self, verification: Verification) -> None:
+        """An earlier code of the call that a wrong reading used the last try of is ended."""
+        if verification.attempts_left > 0:
+            return
+        ended = await self.store.transition(verification.id, Status.MAX_ATTEMPTS_REACHED, self.clock())
+        if ended is not None:
+            await self.publisher.publish(Event.about("mfa.locked", ended, "max_attempts"))
 
     async def _gone(self, counted: Verification) -> CheckResult:
         # The provider forgot the code while our record still says pending: its

@@ -216,6 +216,22 @@ async def test_an_attempt_on_a_verified_call_is_not_counted(store: Store) -> Non
     assert attempt.verification.attempts == 1
 
 
+async def test_a_calls_live_codes_are_listed_newest_first(store: Store) -> None:
+    first = await created(store, call_id="call-1", created_at=NOW, expires_at=NOW + 600)
+    second = await created(store, call_id="call-1", created_at=NOW + 10, expires_at=NOW + 610)
+    short = await created(store, call_id="call-1", created_at=NOW + 20, expires_at=NOW + 30)
+    ended = await created(store, call_id="call-1", created_at=NOW + 30, expires_at=NOW + 630)
+    await store.transition(ended.id, Status.CANCELED, NOW + 31)
+    await created(store, call_id="call-2")
+    await created(store)
+
+    live = await store.pending_for_call("call-1", NOW + 40)
+
+    assert [v.id for v in live] == [second.id, first.id]  # not the expired one, nor the ended one
+    assert [v.id for v in await store.pending_for_call("call-1", NOW + 25)] == [short.id, second.id, first.id]
+    assert await store.pending_for_call("no-such-call", NOW) == []
+
+
 async def test_only_one_of_many_concurrent_transitions_wins(store: Store) -> None:
     verification = await created(store)
 

@@ -160,6 +160,10 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def pending_for_call(self, call_id: str, now: float) -> list[Verification]:
+        """The call's `pending` verifications not expired at ``now``, newest first."""
+
+    @abstractmethod
     async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
         """Undo one counted attempt whose code could not be checked (provider down),
         and take back its event in ``budgets``, in one step."""

@@ -11,6 +11,7 @@ Keys, all under ``prefix`` (default ``mfa:``):
   it expires RETAIN_FINISHED_SECONDS after it would have expired, and again
   RETAIN_FINISHED_SECONDS after it ends;
 - ``expiry``: sorted set of pending verification ids by ``expires_at``;
+- ``call:{call_id}``: sorted set of a call's verification ids by ``expires_at``;
 - ``hit:{key}``: sorted set of an exact window's events by time (see ``windows``): a
   send limit's, or a failure budget's wrong codes;
 - ``count:{key}@{bucket}``: a bucketed window's count in one fixed bucket;
@@ -93,11 +94,16 @@ _LONG = {short: field for field, short in _SHORT.items()}
 _RUNNING = "running"  # a claim's value while its owner works; a finished one holds JSON
 
 _CREATE = """
--- KEYS: verification, expiry schedule. ARGV: id, expires_at, ttl_ms, schedule (1/0), field, value, ...
+-- KEYS: verification, expiry schedule, the call's codes (the verification again when on no call).
+-- ARGV: id, expires_at, ttl_ms, schedule (1/0), on a call (1/0), field, value, ...
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+  if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
+end
 return 1
 """
 
@@ -442,13 +448,16 @@ class RedisStore(Store):
     async def create_verification(self, verification: Verification) -> None:
         lifetime = max(0.0, verification.expires_at - verification.created_at)
         with _unavailable():
+            key = self._key("v", verification.id)
+            call = verification.call_id
             created = await self._script.create(
-                keys=[self._key("v", verification.id), self._key("expiry")],
+                keys=[key, self._key("expiry"), self._key("call", call) if call else key],
                 args=[
                     verification.id,
                     _num(verification.expires_at),
                     _ms(lifetime + RETAIN_FINISHED_SECONDS),
                     "1" if verification.status is Status.PENDING else "0",
+                    "1" if call else "0",
                     *_to_hash(verification),
                 ],
             )
@@ -508,6 +517,29 @@ class RedisStore(Store):
             )
             return Attempt(gate, verification, budgets=windows, room=room)
         return Attempt(gate, verification, changed=gate is AttemptGate.EXPIRED)
+
+    async def pending_for_call(self, call_id: str, now: float) -> list[Verification]:
+        with _unavailable():
+            # The call's codes by expiry: those still to expire, newest first.
+            ids = cast(
+                list[str],
+                await self._client.zrange(
+                    self._key("call", call_id),
+                    "+inf",
+                    f"({_num(now)}",
+                    desc=True,
+                    byscore=True,
+                    offset=0,
+                    num=20,
+                ),
+            )
+            async with self._client.pipeline(transaction=False) as pipe:
+                for verification_id in ids:
+                    pipe.hgetall(self._key("v", verification_id))
+                found = cast(list[dict[str, str]], await pipe.execute())
+        pending = [_from_hash(vid, values) for vid, values in zip(ids, found, strict=True) if values]
+        live = [v for v in pending if v.status is Status.PENDING]
+        return sorted(live, key=lambda v: v.created_at, reverse=True)
 
     async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
         keys = [self._key("v", verification_id), *(self._key("hit", window.key) for window in budgets)]

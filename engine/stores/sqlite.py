@@ -110,6 +110,8 @@ CREATE TABLE IF NOT EXISTS verification (
 -- Partial: a verification leaves the expiry schedule when it stops being pending.
 CREATE INDEX IF NOT EXISTS verification_due ON verification (expires_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS verification_forget ON verification (forget_at);
+-- Partial: a call's live codes (verify_mfa checks a reading against each of them).
+CREATE INDEX IF NOT EXISTS verification_call ON verification (call_id) WHERE status = 'pending';
 
 CREATE TABLE IF NOT EXISTS hit (key TEXT NOT NULL, at REAL NOT NULL, forget_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS hit_key ON hit (key, at);
@@ -570,6 +572,15 @@ class SqliteStore(Store):
             return Attempt(AttemptGate.COUNTED, counted, budgets=windows, room=room)
 
         return await self._write(attempt)
+
+    async def pending_for_call(self, call_id: str, now: float) -> list[Verification]:
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM verification"  # noqa: S608 - column names from Verification
+            " WHERE call_id = ? AND status = 'pending' AND expires_at > ? AND forget_at > ?"
+            " ORDER BY created_at DESC LIMIT 20",
+            (call_id, now, time.time()),
+        )
+        return [_verification(row) for row in rows]
 
     async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
         def refund(db: sqlite3.Connection) -> None:

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     mfa_message: str = Field("Your verification code is", min_length=1, max_length=160)
 
     mfa_destinations: Literal["caller", "any"] = "caller"
+    # on/off; unset: on when the SignalWire credentials are set (the lookup needs them).
+    mfa_line_type_check: bool | None = None
     mfa_allowed_countries: Annotated[list[str], NoDecode] = []
 
     mfa_store: str = "sqlite:///./data/mfa.sqlite3"
@@ -146,6 +148,13 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.mfa_provider is None:
             self.mfa_provider = "signalwire" if self.has_signalwire_credentials else "local"
+        if self.mfa_line_type_check is None:
+            self.mfa_line_type_check = self.has_signalwire_credentials
+        elif self.mfa_line_type_check and not self.has_signalwire_credentials:
+            raise ValueError(
+                "MFA_LINE_TYPE_CHECK=on needs SIGNALWIRE_PROJECT_ID, SIGNALWIRE_API_TOKEN "
+                "and SIGNALWIRE_SPACE"
+            )
         uses_rest = self.mfa_provider == "signalwire" or self.mfa_delivery == "signalwire"
         if uses_rest and not self.has_signalwire_credentials:
             raise ValueError(

@@ -72,7 +72,8 @@ class Limits:
         self._settings = settings
         self._keys = keys
 
-    def _number_digest(self, number: str) -> str:
+    def number_digest(self, number: str) -> str:
+        """A keyed hash of a number: what store keys hold instead of it."""
         return hmac.new(self._keys.limits_key, number.encode(), hashlib.sha256).hexdigest()[:32]
 
     def _call_failures(self, call_id: str, *, counted: bool = True) -> Window:
@@ -82,7 +83,7 @@ class Limits:
 
     def _number_failures(self, number: str, *, counted: bool = True) -> Window:
         limit = self._settings.max_failures_per_number_per_day
-        return Window(f"failures:number:{self._number_digest(number)}", limit, DAY, counted=counted)
+        return Window(f"failures:number:{self.number_digest(number)}", limit, DAY, counted=counted)
 
     def failure_budgets(self, to: str, call_id: str | None) -> tuple[Window, ...]:
         """What one wrong code at a code sent to ``to`` (on ``call_id``) is counted in."""
@@ -114,7 +115,7 @@ class Limits:
                 "Too many wrong codes were entered for that number today.",
             ),
             _Check(
-                Window(f"sends:number:{self._number_digest(to)}", limits.sends_per_number_per_hour, HOUR),
+                Window(f"sends:number:{self.number_digest(to)}", limits.sends_per_number_per_hour, HOUR),
                 "sends_per_number_per_hour",
                 "Too many codes were sent to that number recently.",
             ),

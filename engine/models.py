@@ -159,6 +159,7 @@ class Started(BaseModel):
 
     verification: Verification
     event: Event
+    by_call_instead: bool = False  # asked for by text, sent by a voice call: the number is a landline
 
 
 CheckResult.model_rebuild()

@@ -4,8 +4,8 @@ This is the one parser of destinations: the SWAIG functions, the HTTP API and
 the walkthrough all hand the number they were given to `checked_destination`.
 
 A code goes only to a number that can take it: a mobile, a number that may be
-either (`FIXED_LINE_OR_MOBILE`, as the US and Canada number), or a fixed line
-by voice call (a landline cannot read a text). Everything else is refused:
+either (`FIXED_LINE_OR_MOBILE`, as the US and Canada number), or a fixed line,
+which the engine calls instead of texting (a landline cannot read a text). Everything else is refused:
 premium-rate and shared-cost ranges (SMS pumping pays fraudsters per message
 sent there), toll-free and universal numbers, personal and pager numbers,
 VoIP ranges the numbering plan marks as such, and the non-geographic networks
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
@@ -36,8 +37,16 @@ _DIALABLE = re.compile(r"^\+?[0-9 ().\-]+$")
 _MAX_INPUT = 64  # longer than any dialable number, however it is punctuated
 
 
-def checked_destination(raw: str, allowed_regions: Collection[str], channel: str = "sms") -> str:
-    """The number in E.164 if a code may go to it by ``channel``; DestinationRefused otherwise.
+@dataclass(frozen=True)
+class Destination:
+    """A number a code may go to: E.164, and whether the numbering plan says it is a landline."""
+
+    e164: str
+    landline: bool
+
+
+def checked_destination(raw: str, allowed_regions: Collection[str]) -> Destination:
+    """The number if a code may go to it; DestinationRefused otherwise.
 
     ``raw`` may be punctuated ("+1 (555) 010-9999") but must carry its country
     code: a caller's country cannot be guessed safely.
@@ -67,12 +76,8 @@ def checked_destination(raw: str, allowed_regions: Collection[str], channel: str
         )
     if kind not in _RECEIVING_TYPES:
         raise DestinationRefused("Codes can only be sent to mobile numbers and landlines.", "not_a_phone")
-    if kind == PhoneNumberType.FIXED_LINE and channel != "call":
-        raise DestinationRefused(
-            "That number is a landline, which cannot receive a text; the code can be sent by a phone call.",
-            "landline_sms",
-        )
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return Destination(e164, landline=kind == PhoneNumberType.FIXED_LINE)
 
 
 def same_number(first: str, second: str) -> bool:

@@ -27,6 +27,7 @@ from engine.events.metrics import Metrics
 from engine.events.publisher import EventPublisher
 from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
+from engine.lookup import LineTypes
 from engine.providers.base import Provider
 from engine.providers.local import LocalProvider
 from engine.providers.signalwire import SignalWireMfaProvider
@@ -108,7 +109,8 @@ class Runtime:
         self._store = store
         # The start-up read: a store that cannot be reached stops the start, as before.
         await self.keys.sync(store)
-        provider = self._provider()
+        rest = self._signalwire_rest()
+        provider = self._provider(rest)
         limits = Limits(
             store,
             LimitSettings(
@@ -137,6 +139,9 @@ class Runtime:
             allowed_regions=settings.mfa_allowed_countries,
             from_number=settings.mfa_from_number,
             breaker=CircuitBreaker(clock=self.clock),
+            line_types=LineTypes(rest, store, limits.number_digest)
+            if rest and settings.mfa_line_type_check
+            else None,
             clock=self.clock,
         )
         self._stop.clear()
@@ -153,19 +158,22 @@ class Runtime:
     def stopping(self) -> asyncio.Event:
         return self._stop
 
-    def _provider(self) -> Provider:
+    def _signalwire_rest(self) -> SignalWireRest | None:
         settings = self.settings
-        rest = None
-        if settings.has_signalwire_credentials:
-            assert settings.signalwire_project_id and settings.signalwire_api_token
-            rest = SignalWireRest(
-                self.http,
-                settings.signalwire_base_url,
-                settings.signalwire_project_id,
-                settings.signalwire_api_token.get_secret_value(),
-                settings.mfa_upstream_timeout,
-                observer=self.metrics.observe_upstream,
-            )
+        if not settings.has_signalwire_credentials:
+            return None
+        assert settings.signalwire_project_id and settings.signalwire_api_token
+        return SignalWireRest(
+            self.http,
+            settings.signalwire_base_url,
+            settings.signalwire_project_id,
+            settings.signalwire_api_token.get_secret_value(),
+            settings.mfa_upstream_timeout,
+            observer=self.metrics.observe_upstream,
+        )
+
+    def _provider(self, rest: SignalWireRest | None) -> Provider:
+        settings = self.settings
         if settings.mfa_provider == "signalwire":
             assert rest is not None
             log.info("codes are sent by SignalWire's MFA API at %s", settings.signalwire_space)

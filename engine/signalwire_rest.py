@@ -53,6 +53,7 @@ _NUMBER_LIKE = re.compile(r"\+?\(?\d(?:[\s().-]{0,2}\d){6,}")
 _MAX_DETAIL = 300
 # A path segment that is an id (a UUID, a hex or numeric id), not part of the endpoint's name.
 _ID_SEGMENT = re.compile(r"^(?=[^/]*\d)[0-9A-Za-z-]{16,}$")
+_PHONE_SEGMENT = re.compile(r"^(\+|%2B)?\d{6,15}$")
 
 
 class RequestNotSent(ProviderUnavailable):
@@ -128,13 +129,19 @@ class SignalWireRest:
         """POST form fields (the LaML/compatibility API); returns the status and JSON answered."""
         return await self._post(path, time_budget, data=dict(fields))
 
-    async def _post(self, path: str, time_budget: float | None, **payload: Any) -> tuple[int, JsonObject]:
+    async def get_json(self, path: str, time_budget: float | None = None) -> tuple[int, JsonObject]:
+        """GET ``path`` (with its query); returns the status and the JSON object answered."""
+        return await self._post(path, time_budget, method="GET")
+
+    async def _post(
+        self, path: str, time_budget: float | None, method: str = "POST", **payload: Any
+    ) -> tuple[int, JsonObject]:
         if self._observer is None:
-            return await self._exchange(path, time_budget, **payload)
+            return await self._exchange(path, time_budget, method, **payload)
         started = time.monotonic()
         error_kind: str | None = None
         try:
-            return await self._exchange(path, time_budget, **payload)
+            return await self._exchange(path, time_budget, method, **payload)
         except (ProviderUnavailable, ProviderRejected) as exc:
             error_kind = exc.kind
             raise
@@ -148,11 +155,14 @@ class SignalWireRest:
         except Exception:  # a metrics problem must never fail a send or a check
             log.exception("the upstream observer failed")
 
-    async def _exchange(self, path: str, time_budget: float | None, **payload: Any) -> tuple[int, JsonObject]:
-        where = f"POST {path}"
+    async def _exchange(
+        self, path: str, time_budget: float | None, method: str, **payload: Any
+    ) -> tuple[int, JsonObject]:
+        where = f"{method} {endpoint_of(path)}"  # ids and numbers never reach a message
         seconds = self.timeout if time_budget is None else time_budget
         try:
-            async with self._session.post(
+            async with self._session.request(
+                method,
                 self._base_url + path,
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=seconds),
@@ -207,8 +217,11 @@ class SignalWireRest:
 
 
 def endpoint_of(path: str) -> str:
-    """The path with its ids replaced by ``{id}``: a bounded label for metrics."""
-    return "/".join("{id}" if _ID_SEGMENT.match(part) else part for part in path.split("/"))
+    """The path without its query, ids and phone numbers replaced by ``{id}``: a bounded
+    label for metrics that never holds a number."""
+    parts = path.split("?", 1)[0].split("/")
+    hidden = (_ID_SEGMENT, _PHONE_SEGMENT)
+    return "/".join("{id}" if any(kind.match(part) for kind in hidden) else part for part in parts)
 
 
 def _unavailable(message: str, kind: str) -> ProviderUnavailable:

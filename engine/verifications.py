@@ -28,6 +28,7 @@ from engine.errors import (
 )
 from engine.events.publisher import EventPublisher
 from engine.limits import Limits
+from engine.lookup import LineTypes
 from engine.models import (
     Channel,
     CheckOutcome,
@@ -41,7 +42,7 @@ from engine.models import (
     mask_number,
     new_verification_id,
 )
-from engine.phone import checked_destination
+from engine.phone import Destination, checked_destination
 from engine.providers.base import Answer, Provider, SendRequest
 from engine.stores.base import Attempt, AttemptGate, Record, Store
 
@@ -104,6 +105,7 @@ class VerificationEngine:
         allowed_regions: Collection[str] = (),
         from_number: str | None = None,
         breaker: CircuitBreaker | None = None,
+        line_types: LineTypes | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -114,6 +116,7 @@ class VerificationEngine:
         self.allowed_regions = frozenset(allowed_regions)
         self.from_number = from_number
         self.breaker = breaker or CircuitBreaker()
+        self.line_types = line_types
         self.clock = clock
 
     # -- start ---------------------------------------------------------------
@@ -127,11 +130,15 @@ class VerificationEngine:
         call_id: str | None = None,
         shape: CodeShape | None = None,
     ) -> Started:
-        """Send a new code to ``to``; the pending verification, or a VerificationError."""
+        """Send a new code to ``to``; the pending verification, or a VerificationError.
+
+        A code asked for by text to a landline goes by a voice call (`Started.by_call_instead`).
+        """
         shape = shape or self.shape
         failed = _Failure(origin, agent_id, call_id, channel)
         try:
-            number = checked_destination(to, self.allowed_regions, channel)
+            destination = checked_destination(to, self.allowed_regions)
+            number = destination.e164
         except DestinationRefused as refusal:
             await self._publish_failure(failed, None, refusal.reason)
             raise
@@ -144,6 +151,9 @@ class VerificationEngine:
         except RateLimited as refusal:
             await self._publish_failure(failed, number, refusal.limit)
             raise
+        asked = channel
+        if channel == "sms" and await self._is_landline(destination):
+            channel = "call"
         verification_id = new_verification_id()
         request = SendRequest(
             verification_id=verification_id,
@@ -180,7 +190,15 @@ class VerificationEngine:
         await self.store.create_verification(verification)
         event = Event.about("mfa.sent", verification)
         await self.publisher.publish(event)
-        return Started(verification=verification, event=event)
+        return Started(verification=verification, event=event, by_call_instead=channel != asked)
+
+    async def _is_landline(self, destination: Destination) -> bool:
+        if destination.landline:
+            return True  # the numbering plan says so: no need to ask
+        if self.line_types is None or self.breaker.state != "closed":
+            # SignalWire is failing: the send will be refused at once, so a lookup is wasted.
+            return False
+        return bool(await self.line_types.is_landline(destination.e164))
 
     async def _publish_failure(
         self, failed: _Failure, number: str | None, reason: str, type_: EventType = "mfa.send_failed"

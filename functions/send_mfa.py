@@ -126,10 +126,11 @@ async def send_mfa(
     ending = verification.masked_to.removeprefix("***")
     kind = "character" if engine.shape.allow_alphas else "digit"
     digits = f"{engine.shape.token_length} {kind}"
-    reply = Reply(
-        f"A {digits} code was sent {_delivery_words(verification.channel)} to the number ending in {ending}.",
-        "Ask the caller to read the code back, then call verify_mfa with it.",
-    )
+    how = _delivery_words(verification.channel)
+    fact = f"A {digits} code was sent {how} to the number ending in {ending}."
+    if started.by_call_instead:
+        fact += " That number is a landline, which cannot read a text, so the code is read out in a call."
+    reply = Reply(fact, "Ask the caller to read the code back, then call verify_mfa with it.")
     reply.with_action(
         "set_meta_data",
         {

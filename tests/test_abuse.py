@@ -204,7 +204,7 @@ async def test_a_number_locked_by_wrong_codes_on_the_api_is_locked_on_calls_too(
 
 async def test_a_failing_provider_trips_the_breaker_and_recovers(world: World) -> None:
     platform = await world.call()
-    world.fake.fail_next("500", count=5)
+    world.fake.fail_next("500", count=5, path_prefix="/api/relay/rest/mfa")
     for _ in range(5):
         answer = await platform.call("send_mfa", channel="sms")
         assert "not answering" in answer["response"]

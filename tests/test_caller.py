@@ -6,6 +6,7 @@ the outbox) and with SignalWire's MFA API (the fake in `tests/fakes`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -102,3 +103,68 @@ async def test_a_wrong_reading_counts_once_however_many_live_codes_it_meets(
         # Locked: even the right code is not checked now.
         right = await call.platform.call("verify_mfa", token=codes[0])
         assert "locked" in right["response"]
+
+
+# -- a landline cannot read a text --------------------------------------------------
+
+LOOKUP = "/api/relay/rest/lookup"
+
+
+async def test_a_landline_gets_its_code_by_a_call_and_is_looked_up_once_a_day(
+    tmp_path: Any, aiohttp_server: Any
+) -> None:
+    async with a_call("signalwire", tmp_path, aiohttp_server) as call:
+        assert call.fake is not None
+        call.fake.line_types[CALLER] = "landline"
+
+        sent = await call.platform.call("send_mfa", channel="sms")
+
+        assert call.fake.sent[-1]["channel"] == "call"
+        assert "landline" in sent["response"] and "phone call" in sent["response"]
+        assert actions(sent, "set_meta_data")[0]["mfa"]["channel"] == "call"
+        verified = await call.platform.call("verify_mfa", token=call.codes()[-1])
+        assert actions(verified, "set_meta_data") == [{"verified": True}]
+        # Another call from the same number: the answer is remembered, not asked again.
+        other = FakePlatform(
+            call.platform.session, call.agent.base_url, call.agent.auth, caller_id_num=CALLER
+        )
+        await other.start_call()
+        await other.call("send_mfa")
+        assert call.fake.sent[-1]["channel"] == "call"
+        assert call.fake.count(LOOKUP, method="GET") == 1
+
+
+@pytest.mark.parametrize("fault", ["500", "hang", "401"])
+async def test_a_failed_or_slow_lookup_never_blocks_a_send(
+    fault: str, tmp_path: Any, aiohttp_server: Any
+) -> None:
+    async with a_call("signalwire", tmp_path, aiohttp_server) as call:
+        assert call.fake is not None
+        call.fake.line_types[CALLER] = "landline"
+        call.fake.fail_next(fault, path_prefix=LOOKUP)
+        started = asyncio.get_running_loop().time()
+
+        sent = await call.platform.call("send_mfa", channel="sms")
+
+        assert asyncio.get_running_loop().time() - started < 4  # the lookup gave up after 1.5 s
+        assert "was sent by text message" in sent["response"]
+        assert call.fake.sent[-1]["channel"] == "sms"  # by the channel asked for
+
+
+async def test_the_line_type_check_can_be_turned_off(tmp_path: Any, aiohttp_server: Any) -> None:
+    async with a_call("signalwire", tmp_path, aiohttp_server, mfa_line_type_check="off") as call:
+        assert call.fake is not None
+        call.fake.line_types[CALLER] = "landline"
+        await call.platform.call("send_mfa")
+        assert call.fake.sent[-1]["channel"] == "sms"
+        assert call.fake.count(LOOKUP, method="GET") == 0
+
+
+async def test_a_landline_the_numbering_plan_knows_is_called_without_a_lookup(
+    tmp_path: Any, aiohttp_server: Any
+) -> None:
+    async with a_call("signalwire", tmp_path, aiohttp_server, mfa_destinations="any") as call:
+        assert call.fake is not None
+        sent = await call.platform.call("send_mfa", phone_number="+442079460000")
+        assert call.fake.sent[-1]["channel"] == "call" and "landline" in sent["response"]
+        assert call.fake.count(LOOKUP, method="GET") == 0

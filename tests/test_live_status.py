@@ -515,7 +515,7 @@ async def test_metrics_count_sends_outcomes_and_upstream_requests(
         code = fake.code_for(fake.sent[-1]["id"])
         await platform.call("verify_mfa", token=wrong_code(code))
         await platform.call("verify_mfa", token=code)
-        fake.fail_next("401")
+        fake.fail_next("401", path_prefix="/api/relay/rest/mfa")
         failed = FakePlatform(http, agent.base_url, agent.auth, caller_id_num="+12025550177")
         await failed.start_call()
         await failed.call("send_mfa")

@@ -224,7 +224,7 @@ DESTINATIONS = [
     ("+12025550143", "sms", None),  # US: fixed line or mobile
     ("+447400123456", "sms", None),  # GB mobile
     ("+442079460000", "call", None),  # GB landline, by voice
-    ("+442079460000", "sms", "landline_sms"),  # ... but not by text
+    ("+442079460000", "sms", None),  # ... and asked for by text: called instead
     ("+1 (202) 555-0143", "sms", None),  # punctuated as people write it
     ("+19005550123", "sms", "premium_rate"),
     ("+33884012345", "sms", "shared_cost"),
@@ -244,10 +244,12 @@ DESTINATIONS = [
 @pytest.mark.parametrize(("number", "channel", "reason"), DESTINATIONS)
 def test_the_destination_policy(number: str, channel: str, reason: str | None) -> None:
     if reason is None:
-        assert checked_destination(number, (), channel).startswith("+")
+        destination = checked_destination(number, ())
+        assert destination.e164.startswith("+")
+        assert destination.landline is number.startswith("+4420")
         return
     with pytest.raises(DestinationRefused) as refusal:
-        checked_destination(number, (), channel)
+        checked_destination(number, ())
     assert refusal.value.reason == reason
 
 

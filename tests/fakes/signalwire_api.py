@@ -2,7 +2,10 @@
 
 It serves the MFA API (``/api/relay/rest/mfa/...``, as SignalWire documents it) and the
 two compatibility endpoints the SignalWire delivery uses (``Messages.json``,
-``Calls.json``), and it enforces their contract: Basic auth, the body's keys,
+``Calls.json``), and the number lookup (``GET /api/relay/rest/lookup/phone_number/
+{e164}?include=carrier``, whose ``carrier.linetype`` comes from ``fake.line_types``,
+``wireless`` unless set; the carrier only when asked for with ``include=carrier``;
+404 for a number that is not E.164), and it enforces their contract: Basic auth, the body's keys,
 types and ranges, one success per code, ``max_attempts`` counting every
 check, ``valid_for`` on an injectable clock.
 
@@ -38,6 +41,7 @@ from typing import Any
 from aiohttp import web
 
 MFA = "/api/relay/rest/mfa"
+LOOKUP = "/api/relay/rest/lookup/phone_number"
 LAML = "/api/laml/2010-04-01/Accounts"
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 DEFAULT_MESSAGE = "Your code is"
@@ -101,6 +105,7 @@ class FakeSignalWire:
     delay: float = 0.0
     delay_path_prefix: str = ""
     faults: list[Fault] = field(default_factory=list)
+    line_types: dict[str, str] = field(default_factory=dict)  # number -> carrier.linetype
 
     def __post_init__(self) -> None:
         self.app = web.Application(middlewares=[self._record, self._inject_faults, self._authenticate])
@@ -109,6 +114,7 @@ class FakeSignalWire:
         self.app.router.add_post(MFA + "/{id}/verify", self._verify)
         self.app.router.add_post(LAML + "/{project}/Messages.json", self._laml_message)
         self.app.router.add_post(LAML + "/{project}/Calls.json", self._laml_call)
+        self.app.router.add_get(LOOKUP + "/{number}", self._lookup)
 
     # Test helpers.
 
@@ -283,6 +289,30 @@ class FakeSignalWire:
         if kind == "sms":
             answer["body"] = text
         return web.json_response(answer, status=201)
+
+    # The number lookup.
+
+    async def _lookup(self, request: web.Request) -> web.Response:
+        number = request.match_info["number"]
+        if not E164.match(number):
+            return web.json_response(
+                {"errors": [{"code": "not_found", "detail": "phone number not found", "status": "404"}]},
+                status=404,
+            )
+        answer: dict[str, Any] = {"e164": number, "national_number": number[-10:], "country_code": "1"}
+        if "carrier" in request.query.get("include", "").split(","):
+            answer["carrier"] = {
+                "lrn": number,
+                "spid": "1234",
+                "ocn": "1234",
+                "lata": "999",
+                "city": "WASHINGTON",
+                "state": "DC",
+                "jurisdiction": "INDEP",
+                "lec": "Example Telco",
+                "linetype": self.line_types.get(number, "wireless"),
+            }
+        return web.json_response(answer)
 
 
 def make_fake_signalwire(

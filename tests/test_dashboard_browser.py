@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 
 from engine.models import Event
-from tests.platform import PASSWORD, USER, FakePlatform, last_code, serve_agent, settings_for, user_events
+from tests.platform import (
+    PASSWORD,
+    USER,
+    FakePlatform,
+    RunningAgent,
+    last_code,
+    serve_agent,
+    settings_for,
+    user_events,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -28,6 +39,43 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 WAIT_MS = 10_000
+# A phone's first screen: 390 px wide, 664 px of it left below the browser's own bars.
+PHONE = (390, 664)
+# A zone with a half-hour offset and no daylight saving: local times differ visibly from UTC.
+TIME_ZONE = "Asia/Kolkata"
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# Every reason code the engine puts on an event: each must read as words, not as the code.
+ENGINE_REASONS = (
+    # the number (engine/phone.py)
+    "invalid",
+    "region_not_allowed",
+    "premium_rate",
+    "shared_cost",
+    "non_geographic",
+    "not_a_phone",
+    "landline_sms",
+    # a limit (engine/limits.py)
+    "call_locked",
+    "sends_per_call",
+    "sends_per_number_per_hour",
+    "sends_per_agent_per_minute",
+    "sends_per_minute",
+    "failures_per_number_per_day",
+    # SignalWire or the circuit breaker (an upstream error's kind)
+    "server_error",
+    "rate_limited",
+    "bad_response",
+    "connection",
+    "timeout",
+    "unauthorized",
+    "refused",
+    "circuit_open",
+    # why a code was locked or expired
+    "max_attempts",
+    "call_failures",
+    "number_failures",
+    "provider",
+)
 
 
 def _missing(reason: str) -> None:
@@ -120,3 +168,144 @@ async def test_the_dashboard_shows_a_verification_go_from_sent_to_verified_acros
             await expect(page.locator("#count-rejected")).to_have_text("0")
             assert await page.locator("#rows tr").count() == 2  # the verification and the failed send
     await context.close()
+
+
+async def open_dashboard(browser: Any, agent: RunningAgent, agent_id: str, width: int, height: int) -> Any:
+    """A page watching ``agent_id`` at that viewport, live; its context closes with the browser."""
+    from playwright.async_api import expect
+
+    context = await browser.new_context(
+        http_credentials={"username": USER, "password": PASSWORD},
+        viewport={"width": width, "height": height},
+        timezone_id=TIME_ZONE,
+    )
+    page = await context.new_page()
+    await page.goto(f"{agent.base_url}/dashboard?agent_id={agent_id}")
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    return page
+
+
+def shown_time(at: str) -> str:
+    """How the page writes ``at`` in TIME_ZONE: "26 Nov 19:35:12", with the year only if not this one."""
+    local = datetime.fromisoformat(at).astimezone(ZoneInfo(TIME_ZONE))
+    year = "" if local.year == datetime.now(ZoneInfo(TIME_ZONE)).year else f" {local.year}"
+    return f"{local.day} {MONTHS[local.month - 1]}{year} {local:%H:%M:%S}"
+
+
+async def test_the_dashboard_shows_reasons_in_words_dates_whole_ids_and_the_origin(
+    tmp_path: Path, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    settings = settings_for(tmp_path)
+    async with aiohttp.ClientSession() as http, serve_agent(settings) as agent:
+        page = await open_dashboard(browser, agent, "mfa", 1280, 800)
+
+        # A verification on a call: its origin, its whole ids, its time with the date.
+        platform = FakePlatform(http, agent.base_url, agent.auth, caller_id_num="+12025550143")
+        await platform.start_call()
+        sent = user_events(await platform.call("send_mfa"))[0]
+        on_call = page.locator(f'tr[data-verification-id="{sent["verification_id"]}"]')
+        await expect(on_call.locator(".origin")).to_have_text("Call", timeout=WAIT_MS)
+        await expect(on_call.locator("code.call")).to_have_text(platform.call_id)
+        await expect(on_call.locator("code.verification")).to_have_text(sent["verification_id"])
+        last = on_call.locator("time.last")
+        await expect(last).to_have_text(shown_time(sent["at"]))
+        await expect(last).to_have_attribute("datetime", sent["at"])
+        await expect(last).to_have_attribute("title", sent["at"])
+
+        # One from the HTTP API: no call, and three wrong codes lock it.
+        auth = aiohttp.BasicAuth(USER, PASSWORD)
+        url = f"{agent.base_url}/verifications"
+        async with http.post(url, json={"to": "+12025550161"}, auth=auth) as response:
+            assert response.status == 201
+            started = await response.json()
+        by_api = page.locator(f'tr[data-verification-id="{started["id"]}"]')
+        await expect(by_api.locator(".origin")).to_have_text("API", timeout=WAIT_MS)
+        assert await by_api.locator("code.call").count() == 0
+        wrong = "000000" if last_code(settings) != "000000" else "111111"
+        for _ in range(3):
+            async with http.post(f"{url}/{started['id']}/check", json={"code": wrong}, auth=auth) as response:
+                assert response.status == 200
+        await expect(by_api).to_have_attribute("data-status", "locked", timeout=WAIT_MS)
+        await expect(by_api.locator(".reason")).to_have_text("Too many wrong codes for this code")
+        await expect(by_api.locator(".reason")).to_have_attribute("data-reason", "max_attempts")
+
+        # A number the engine refuses: a failed send of its own, in words.
+        async with http.post(url, json={"to": "+1 900 555 0123"}, auth=auth) as response:
+            assert response.status == 422
+        refused = page.locator('td.reason[data-reason="premium_rate"]')
+        await expect(refused).to_have_text("Premium-rate number", timeout=WAIT_MS)
+
+        # Every reason the engine gives reads as words; one the page does not know is shown as it came.
+        publish = agent.runtime.publisher.publish
+        for reason in ENGINE_REASONS:
+            await publish(Event(type="mfa.send_failed", origin="workflow", agent_id="mfa", reason=reason))
+        await publish(Event(type="mfa.send_failed", origin="workflow", agent_id="mfa", reason="brand_new"))
+        unknown = page.locator('td.reason[data-reason="brand_new"]')
+        await expect(unknown).to_have_text("brand_new", timeout=WAIT_MS)
+        await expect(unknown).to_have_class("reason unknown")
+        for reason in ENGINE_REASONS:
+            cell = page.locator(f'td.reason[data-reason="{reason}"]').first
+            await expect(cell).not_to_have_class("reason unknown")
+            assert (await cell.text_content() or "").strip() not in ("", reason), reason
+        await expect(page.locator('td.origin[data-origin="workflow"]').first).to_have_text("Walkthrough")
+        assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+
+
+async def test_an_agent_id_without_events_says_so_and_offers_the_ones_with_events(
+    tmp_path: Path, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    async with aiohttp.ClientSession() as http, serve_agent(settings_for(tmp_path)) as agent:
+        platform = FakePlatform(http, agent.base_url, agent.auth, caller_id_num="+12025550143")
+        await platform.start_call()
+        sent = user_events(await platform.call("send_mfa"))[0]
+
+        page = await open_dashboard(browser, agent, "mfaa", 1280, 800)
+        empty = page.locator("#empty")
+        await expect(empty).to_have_attribute("data-hint", "unknown-agent", timeout=WAIT_MS)
+        await expect(empty).to_contain_text("No events for agent “mfaa” yet.")
+        await expect(empty).to_contain_text("check the agent ID")
+        suggestion = empty.locator('button[data-agent-id="mfa"]')
+        await expect(suggestion).to_have_text("mfa")
+
+        await suggestion.click()
+        await expect(page.locator("#agent-id")).to_have_value("mfa")
+        await expect(page.locator(f'tr[data-verification-id="{sent["verification_id"]}"]')).to_be_visible(
+            timeout=WAIT_MS
+        )
+        await expect(empty).to_be_hidden()
+
+
+async def test_on_a_phone_the_page_fits_the_width_and_the_first_screen_shows_a_verification(
+    tmp_path: Path, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    async with aiohttp.ClientSession() as http, serve_agent(settings_for(tmp_path)) as agent:
+        width, height = PHONE
+        page = await open_dashboard(browser, agent, "mfa", width, height)
+        await expect(page.locator("#empty")).to_be_visible()
+        assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+
+        platform = FakePlatform(http, agent.base_url, agent.auth, caller_id_num="+12025550143")
+        await platform.start_call()
+        sent = user_events(await platform.call("send_mfa"))[0]
+        row = page.locator(f'tr[data-verification-id="{sent["verification_id"]}"]')
+        await expect(row.locator(".status")).to_have_text("Sent", timeout=WAIT_MS)
+
+        assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+        # The whole row, on the first screen, as wide as the screen at most (a card, not a wide table row).
+        box = await row.bounding_box()
+        assert box is not None, "the row has no box"
+        assert box["y"] >= 0 and box["y"] + box["height"] <= height, box
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, box
+        # The ids are whole and inside the screen, not cut or scrolled off to the side.
+        for code, value in (("call", platform.call_id), ("verification", sent["verification_id"])):
+            await expect(row.locator(f"code.{code}")).to_have_text(value)
+            id_box = await row.locator(f"code.{code}").bounding_box()
+            assert id_box is not None and id_box["x"] + id_box["width"] <= width, (code, id_box)
+        for shown in (".to", ".channel", ".origin", "time.last"):
+            await expect(row.locator(shown)).to_be_visible()

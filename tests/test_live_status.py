@@ -565,3 +565,29 @@ async def test_the_dashboard_is_served_behind_auth_with_its_own_script_only(tmp_
                 assert "build_routes" not in await other.text()  # only the two assets are ever served
         async with http.get(f"{agent.base_url}/dashboard/static/dashboard.js") as refused:
             assert refused.status == 401
+
+
+def test_the_hub_names_the_agents_with_recent_events_most_recent_first() -> None:
+    hub = LiveHub(Metrics())
+    assert hub.recent_agent_ids() == []
+    for agent_id in ("first", "second", "third", "first"):
+        hub.deliver(Event(type="mfa.sent", origin="call", agent_id=agent_id).model_dump_json())
+    assert hub.recent_agent_ids() == ["first", "third", "second"]
+    assert hub.recent_agent_ids(limit=2) == ["first", "third"]
+
+
+async def test_the_dashboard_asks_which_agents_have_recent_events_behind_auth(tmp_path: Path) -> None:
+    async with (
+        serve_agent(settings_for(tmp_path)) as agent,
+        aiohttp.ClientSession() as http,
+        watching(http, agent, "front-desk") as ws,
+    ):
+        async with http.get(f"{agent.base_url}/dashboard/agents") as refused:
+            assert refused.status == 401
+        await agent.runtime.publisher.publish(Event(type="mfa.sent", origin="api", agent_id="front-desk"))
+        await next_frame(ws)  # the hub has it now
+        async with http.get(f"{agent.base_url}/dashboard/agents", auth=agent.auth) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("application/json")
+            assert response.headers["Cache-Control"] == "no-store"
+            assert await response.json() == {"agent_ids": ["front-desk"]}

@@ -1,4 +1,9 @@
-"""The live-status routes: `/websocket`, `/dashboard` (and its script and style), `/metrics`.
+"""The live-status routes: `/websocket`, `/dashboard` (and its script, style and agent list), `/metrics`.
+
+`GET /dashboard/agents` answers ``{"agent_ids": [...]}``: the agent ids with
+recent events on this instance (the ones a replay can show), most recently
+active first, at most `engine.events.live.RECENT_AGENTS`. The dashboard offers
+them when the agent id it watches has none, which is most often a typo.
 
 `/websocket` protocol (JSON text frames):
 
@@ -69,6 +74,8 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+_DATA_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
 
 class Subscribe(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -105,6 +112,11 @@ def build_routes(runtime: Runtime, auth: BasicAuth) -> APIRouter:
         if name not in static:
             return Response(status_code=404)
         return Response(static[name], media_type=_STATIC[name], headers=_PAGE_HEADERS)
+
+    @router.get("/dashboard/agents", dependencies=[Depends(auth)], include_in_schema=False)
+    async def dashboard_agents() -> Response:
+        body = json.dumps({"agent_ids": runtime.live.recent_agent_ids()})
+        return Response(body, media_type="application/json", headers=_DATA_HEADERS)
 
     @router.get("/metrics", dependencies=[Depends(auth)], include_in_schema=False)
     async def metrics() -> Response:

@@ -36,6 +36,7 @@ HISTORY_PER_AGENT = 100  # recent events kept per agent id for a subscriber's re
 HISTORY_AGENTS = 256  # agent ids whose recent events are kept (least recently active forgotten)
 MAX_SUBSCRIPTIONS = 32  # agent ids one client may watch
 RELISTEN_DELAYS = (0.1, 30.0)  # backoff, first and longest, while the store cannot be listened to
+RECENT_AGENTS = 20  # agent ids `recent_agent_ids` names at most (the dashboard's suggestions)
 
 
 class Subscriber:
@@ -134,6 +135,14 @@ class LiveHub:
         for subscriber in list(self._by_agent.get(event.agent_id, ())):
             if not subscriber.offer(message):
                 self._drop(subscriber)
+
+    def recent_agent_ids(self, limit: int = RECENT_AGENTS) -> list[str]:
+        """The agent ids whose recent events the hub keeps, most recently active first.
+
+        What a replay can start from: an agent id not named here has no recent
+        events to show (a mistyped one, or one quiet since this process started).
+        """
+        return list(reversed(self._history))[:limit]
 
     # -- subscriber side ----------------------------------------------------
     def connect(self) -> Subscriber:

@@ -32,6 +32,48 @@
     canceled: "Canceled",
     send_failed: "Send failed",
   };
+  // Which interface started the verification (the event's `origin`).
+  const ORIGINS = new Map([
+    ["call", "Call"],
+    ["api", "API"],
+    ["workflow", "Walkthrough"],
+  ]);
+  // An event's `reason` code, in words. A Map, so a code such as "constructor" finds nothing.
+  const REASONS = new Map([
+    // The number, checked before anything is sent.
+    ["invalid", "Not a valid number"],
+    ["region_not_allowed", "Number's country is not allowed"],
+    ["premium_rate", "Premium-rate number"],
+    ["shared_cost", "Shared-cost number"],
+    ["non_geographic", "Satellite or international service number"],
+    ["not_a_phone", "Not a mobile or landline number"],
+    ["landline_sms", "Landline: cannot get a text (send by call)"],
+    // A limit refused the send.
+    ["call_locked", "This call is locked after too many wrong codes"],
+    ["sends_per_call", "This call asked for too many codes"],
+    ["sends_per_number_per_hour", "Too many codes sent to this number in the last hour"],
+    ["sends_per_agent_per_minute", "This agent is sending too many codes right now"],
+    ["sends_per_minute", "The service is sending too many codes right now"],
+    ["failures_per_number_per_day", "Too many wrong codes for this number today"],
+    // SignalWire could not send it.
+    ["server_error", "SignalWire had a server error"],
+    ["rate_limited", "SignalWire is rate limiting requests"],
+    ["bad_response", "SignalWire gave an unexpected answer"],
+    ["connection", "Could not connect to SignalWire"],
+    ["timeout", "SignalWire did not answer in time"],
+    ["unauthorized", "SignalWire refused the project ID or API token"],
+    ["refused", "SignalWire refused the request (token scope or space)"],
+    ["circuit_open", "Paused: SignalWire kept failing"],
+    // Why a code was locked (mfa.locked) or expired (mfa.expired).
+    ["max_attempts", "Too many wrong codes for this code"],
+    ["call_failures", "Too many wrong codes on this call"],
+    ["number_failures", "Too many wrong codes for this number today"],
+    ["provider", "SignalWire no longer had the code"],
+  ]);
+  // `invalid` on a failed send that names a number: the number passed our checks and
+  // SignalWire refused it (a refused destination never gets as far as a masked number).
+  const PROVIDER_INVALID = "SignalWire refused the number or request as invalid";
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -42,7 +84,11 @@
     banner: $("banner"),
     rows: $("rows"),
     empty: $("empty"),
+    emptyText: $("empty-text"),
+    emptyHelp: $("empty-help"),
+    knownAgents: $("known-agents"),
     captionAgent: $("caption-agent"),
+    timeZone: $("time-zone"),
   };
 
   const state = {
@@ -52,9 +98,50 @@
     retryTimer: null,
     countdown: null,
     lostAt: null,
-    rows: new Map(), // row key -> {element, status, attemptsLeft, first, last}
+    rows: new Map(), // row key -> {element, status, attemptsLeft, first, last, ...}
     seen: new Set(), // event ids already applied
   };
+
+  // -- formatting -----------------------------------------------------------
+
+  const pad = (number) => String(number).padStart(2, "0");
+
+  function clock(when) {
+    return `${pad(when.getHours())}:${pad(when.getMinutes())}:${pad(when.getSeconds())}`;
+  }
+
+  // "26 Nov 14:05:12" in local time, with the year when it is not this year: a day
+  // and month in words read the same in every locale, and 24-hour time needs no am/pm.
+  function dateTime(when) {
+    const year = when.getFullYear() === new Date().getFullYear() ? "" : ` ${when.getFullYear()}`;
+    return `${when.getDate()} ${MONTHS[when.getMonth()]}${year} ${clock(when)}`;
+  }
+
+  function sameDay(one, other) {
+    return one.toDateString() === other.toDateString();
+  }
+
+  function zoneText() {
+    const minutes = -new Date().getTimezoneOffset();
+    const sign = minutes < 0 ? "-" : "+";
+    const offset = `UTC${sign}${pad(Math.floor(Math.abs(minutes) / 60))}:${pad(Math.abs(minutes) % 60)}`;
+    const name = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    return name && name !== "UTC" ? `Times are local: ${name} (${offset}).` : `Times are local (${offset}).`;
+  }
+
+  // A <time> showing an event's `at`, the exact ISO value in its datetime and title.
+  function timeElement(iso, text) {
+    const element = document.createElement("time");
+    element.dateTime = iso;
+    element.title = iso;
+    element.textContent = text;
+    return element;
+  }
+
+  function reasonText(row) {
+    if (row.reason === "invalid" && row.status === "send_failed" && row.to) return PROVIDER_INVALID;
+    return REASONS.get(row.reason);
+  }
 
   // -- rendering ------------------------------------------------------------
 
@@ -65,11 +152,6 @@
     return td;
   }
 
-  function timeText(iso) {
-    const when = new Date(iso);
-    return Number.isNaN(when.getTime()) ? String(iso || "") : when.toLocaleTimeString();
-  }
-
   function statusText(row) {
     if (row.status === "rejected" && row.attemptsLeft !== null) {
       return `Rejected (${row.attemptsLeft} left)`;
@@ -77,32 +159,121 @@
     return LABEL[row.status] || row.status;
   }
 
-  function render(row) {
-    const tr = row.element;
-    tr.dataset.status = row.status;
+  function statusCell(row) {
     const badge = document.createElement("span");
     badge.className = "badge";
     badge.dataset.status = row.status;
     badge.textContent = statusText(row);
-    const status = cell("", "status");
-    status.append(badge);
-    const first = cell(timeText(row.first));
-    first.title = row.first;
-    const last = cell(timeText(row.last));
-    last.title = row.last;
+    const td = cell("", "status");
+    td.append(badge);
+    return td;
+  }
+
+  function originCell(row) {
+    const td = cell("", "origin");
+    if (!row.origin) {
+      td.textContent = "–";
+      return td;
+    }
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.dataset.origin = row.origin;
+    tag.textContent = ORIGINS.get(row.origin) || row.origin;
+    td.dataset.origin = row.origin;
+    td.append(tag);
+    return td;
+  }
+
+  function whenCell(row) {
+    const td = cell("", "when");
+    const last = new Date(row.last);
+    if (Number.isNaN(last.getTime())) {
+      td.textContent = String(row.last || "");
+      return td;
+    }
+    const latest = timeElement(row.last, dateTime(last));
+    latest.className = "last";
+    td.append(latest);
+    const first = new Date(row.first);
+    if (row.first !== row.last && !Number.isNaN(first.getTime())) {
+      const since = document.createElement("span");
+      since.className = "first";
+      since.append("first seen ", timeElement(row.first, sameDay(first, last) ? clock(first) : dateTime(first)));
+      td.append(since);
+    }
+    return td;
+  }
+
+  function reasonCell(row) {
+    const td = cell("", "reason");
+    if (!row.reason) return td;
+    td.dataset.reason = row.reason;
+    const words = reasonText(row);
+    if (words) {
+      td.textContent = words;
+      td.title = `Reason code: ${row.reason}`;
+    } else {
+      // A code this page does not know (a newer server, say): shown as it came, as text.
+      td.textContent = row.reason;
+      td.classList.add("unknown");
+      td.title = "A reason code this page has no words for";
+    }
+    return td;
+  }
+
+  // Whole ids, each after its label (laid out as a two-column grid).
+  function idsCell(row) {
+    const td = cell("", "ids");
+    const ids = document.createElement("div");
+    ids.className = "id-grid";
+    for (const [label, value, className] of [
+      ["Call", row.callId, "call"],
+      ["Verification", row.verificationId, "verification"],
+    ]) {
+      if (!value) continue;
+      const name = document.createElement("span");
+      name.className = "id-label";
+      name.textContent = label;
+      const code = document.createElement("code");
+      code.className = className;
+      code.textContent = value;
+      ids.append(name, code);
+    }
+    if (ids.childElementCount) td.append(ids);
+    else {
+      td.textContent = "–";
+      td.classList.add("none");
+    }
+    return td;
+  }
+
+  // The masked number, and the channel the code went by beneath it.
+  function numberCell(row) {
+    const td = cell("", "number");
+    const to = document.createElement("span");
+    to.className = row.to ? "to" : "to none";
+    to.textContent = row.to || "–";
+    const channel = document.createElement("span");
+    channel.className = "channel";
+    channel.textContent = row.channel || "–";
+    td.append(to, channel);
+    return td;
+  }
+
+  function render(row) {
+    const tr = row.element;
+    tr.dataset.status = row.status;
+    const attempts = cell(row.attemptsLeft === null ? "–" : String(row.attemptsLeft), "num attempts");
+    attempts.classList.toggle("none", row.attemptsLeft === null);
     tr.replaceChildren(
-      status,
-      cell(row.to || "–", "mono to"),
-      cell(row.channel || "–", "channel"),
-      cell(row.attemptsLeft === null ? "–" : String(row.attemptsLeft), "num attempts"),
-      first,
-      last,
-      cell(row.reason || "", "muted reason"),
-      cell(row.callId ? row.callId.slice(0, 8) : "–", "mono muted call"),
-      cell(row.verificationId ? row.verificationId.slice(0, 8) : "–", "mono muted verification"),
+      statusCell(row),
+      numberCell(row),
+      originCell(row),
+      attempts,
+      whenCell(row),
+      reasonCell(row),
+      idsCell(row),
     );
-    if (row.callId) tr.cells[7].title = row.callId;
-    if (row.verificationId) tr.cells[8].title = row.verificationId;
     tr.classList.remove("changed");
     void tr.offsetWidth; // restart the highlight animation
     tr.classList.add("changed");
@@ -123,6 +294,55 @@
     state.seen.clear();
     ui.rows.replaceChildren();
     renderCounts();
+  }
+
+  // -- the empty page: say whose events are awaited, and which agents have some ------
+
+  function showEmpty(hint, agentIds) {
+    const unknown = hint === "unknown-agent";
+    ui.empty.dataset.hint = hint;
+    ui.emptyText.replaceChildren();
+    if (unknown) {
+      const name = document.createElement("strong");
+      name.textContent = `“${state.agentId}”`;
+      ui.emptyText.append("No events for agent ", name, " yet. Its verifications appear here as they happen.");
+    } else {
+      ui.emptyText.textContent = "No verifications seen yet for this agent. They appear here as they happen.";
+    }
+    ui.emptyHelp.hidden = !unknown;
+    ui.knownAgents.replaceChildren();
+    ui.knownAgents.hidden = !unknown;
+    if (!unknown) return;
+    const others = agentIds.filter((id) => id !== state.agentId);
+    if (!others.length) {
+      ui.knownAgents.textContent = "No agent has had events on this server since it started.";
+      return;
+    }
+    ui.knownAgents.append("Agents with recent events: ");
+    for (const agentId of others) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "agent-choice";
+      button.dataset.agentId = agentId;
+      button.textContent = agentId;
+      ui.knownAgents.append(button, " ");
+    }
+  }
+
+  // Called once subscribed. The server names the agents whose recent events it keeps
+  // (what a replay starts from): if the watched one is not among them, it has none.
+  async function checkAgent(agentId) {
+    let agentIds;
+    try {
+      const response = await fetch("/dashboard/agents", { cache: "no-store" });
+      if (!response.ok) return;
+      const answer = await response.json();
+      agentIds = Array.isArray(answer.agent_ids) ? answer.agent_ids.filter((id) => AGENT_ID.test(id)) : [];
+    } catch {
+      return; // an older server, or gone again: the plain empty text stays
+    }
+    if (agentId !== state.agentId) return; // watching another agent by now
+    showEmpty(agentIds.includes(agentId) ? "waiting" : "unknown-agent", agentIds);
   }
 
   // -- events ---------------------------------------------------------------
@@ -157,6 +377,7 @@
     row.callId = event.call_id || row.callId || "";
     row.to = event.to || row.to || "";
     row.channel = event.channel || row.channel || "";
+    row.origin = event.origin || row.origin || "";
     row.reason = event.reason || "";
     if (event.attempts_left !== null && event.attempts_left !== undefined) row.attemptsLeft = event.attempts_left;
     render(row);
@@ -205,8 +426,9 @@
         const wasLost = state.lostAt;
         state.retries = 0;
         state.lostAt = null;
-        showConnection("live", wasLost ? `Live (reconnected at ${new Date().toLocaleTimeString()})` : "Live");
+        showConnection("live", wasLost ? `Live (reconnected at ${clock(new Date())})` : "Live");
         showBanner("");
+        checkAgent(data.agent_id);
       } else if (data.type === "error") {
         showBanner(`The server refused a request: ${data.message || data.error}`);
       } else {
@@ -235,7 +457,7 @@
     clearInterval(state.countdown);
     state.countdown = setInterval(countdown, 1000);
     showBanner(
-      `Live updates stopped at ${state.lostAt.toLocaleTimeString()}. What is shown may be out of date until the ` +
+      `Live updates stopped at ${dateTime(state.lostAt)}. What is shown may be out of date until the ` +
         "connection comes back.",
     );
     state.retryTimer = setTimeout(connect, delay);
@@ -252,6 +474,7 @@
     url.searchParams.set("agent_id", agentId);
     window.history.replaceState(null, "", url);
     clearRows();
+    showEmpty("waiting", []);
     if (state.socket && state.socket.readyState === WebSocket.OPEN) {
       if (previous) send({ type: "unsubscribe", agent_id: previous });
       showConnection("connecting", "Subscribing…");
@@ -268,8 +491,14 @@
     else ui.input.reportValidity();
   });
 
+  ui.knownAgents.addEventListener("click", (click) => {
+    const choice = click.target.closest("button[data-agent-id]");
+    if (choice && AGENT_ID.test(choice.dataset.agentId)) watch(choice.dataset.agentId);
+  });
+
   const requested = new URL(window.location.href).searchParams.get("agent_id") || "";
   const configured = document.querySelector('meta[name="default-agent-id"]')?.content || "mfa";
+  ui.timeZone.textContent = zoneText();
   renderCounts();
   watch(AGENT_ID.test(requested) ? requested : configured);
 })();

@@ -216,6 +216,15 @@ async def test_discovery_answers_with_and_without_the_trailing_slash(
     assert answers[0][0]["web_hook_url"] != answers[1][0]["web_hook_url"]
 
 
+async def test_an_agent_id_on_the_include_url_counts_unless_meta_data_names_one(
+    agent: RunningAgent, http: aiohttp.ClientSession
+) -> None:
+    url = agent.base_url + "/swaig?agent_id=from-url"
+    for meta_data, expected in (({}, "from-url"), ({"agent_id": "from-meta"}, "from-meta")):
+        definitions = await discover(http, url, {"meta_data": meta_data}, auth=agent.auth)
+        assert {query_value(d["web_hook_url"], "agent_id") for d in definitions} == {expected}
+
+
 @pytest.mark.parametrize(
     ("asked", "defined"),
     [

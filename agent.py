@@ -24,6 +24,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -41,6 +42,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from signalwire import AgentBase
 from signalwire.core.security.session_manager import SessionManager
+from signalwire.core.swaig_function import SWAIGFunction
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -52,11 +54,22 @@ from api.errors import body_too_large_response, error_response
 from config import Settings, config_errors
 from config.logs import announce, configure_logging
 from conversation import FILLERS_SEND, FILLERS_VERIFY, configure_conversation
+from engine.discoveries import bind_to_call
 from engine.errors import StoreUnavailable
 from engine.keys import KeyRing
 from engine.runtime import NotStarted, Runtime
-from functions import MfaFunctions
-from functions.platform import request_agent_id
+from functions import STORE_DOWN, MfaFunctions
+from functions.includes import (
+    CALL_ID,
+    DISCOVERY_ID,
+    INCLUDE_PARAM,
+    Discovery,
+    chosen,
+    discovery_subject,
+    new_discovery_id,
+    parse_discovery,
+)
+from functions.platform import request_agent_id, request_from_include
 from server import RequestEdge, uvicorn_config
 from web import build_live_router
 
@@ -77,6 +90,11 @@ HSTS = "max-age=31536000; includeSubDomains"
 UNREADABLE_REQUEST = (
     "Nothing was done: the request could not be read. "
     "Apologize and say verification is not available right now."
+)
+
+# Set while a request runs whose token a discovery admitted for its call: (function, token, call).
+_admitted_by_discovery: ContextVar[tuple[str, str, str] | None] = ContextVar(
+    "_admitted_by_discovery", default=None
 )
 
 Scope = MutableMapping[str, Any]
@@ -162,7 +180,7 @@ class MfaAgent(AgentBase):
         # The SDK answers a body it cannot read with 4xx or 500; the platform must always get
         # HTTP 200 with something the model can say (401 stays 401), and a 5xx would only
         # make it send the same unreadable body again.
-        answer = await super()._handle_swaig_request(request, response)
+        answer = await self._swaig_with_includes(request, response)
         if isinstance(answer, Response) and answer.status_code in _UNREADABLE:
             log.warning("unreadable SWAIG request answered with a spoken refusal (%s)", answer.status_code)
             return {"response": UNREADABLE_REQUEST}
@@ -184,6 +202,8 @@ class MfaAgent(AgentBase):
         call_id: str | None,
         conversation_id: str | None = None,
     ) -> dict[str, Any] | None:
+        if _admitted_by_discovery.get() == (function_name, token, call_id):
+            return None  # a token naming its discovery, which serves this call (_admit_by_discovery)
         # A token signed with the secret this instance used before it adopted the store's
         # (engine/keys.py) is still good for a while: a call in progress keeps its SWML's URLs.
         if token and call_id:
@@ -203,9 +223,108 @@ class MfaAgent(AgentBase):
             query_params = {**(query_params or {}), "agent_id": agent_id}
         return super()._build_webhook_url(endpoint, query_params)
 
+    # -- SDK internals: SWAIG includes (checked against signalwire-sdk 3.7.5) -------------
+    # Other agents include send_mfa and verify_mfa (`SWAIG.includes`); functions/includes.py
+    # says what they get. The SDK answers no discovery (a body without `function` gets its
+    # 400), so these methods answer it with the SDK's own parts: each function's `to_swaig`
+    # definition, `_session_manager` tokens, and `_build_webhook_url` URLs after the same
+    # `_detect_proxy_from_request` as for our SWML (SWML_PROXY_URL_BASE, proxy headers). And
+    # they admit a request whose token names its discovery, before `_tool_token_rejection`.
+
+    async def _swaig_with_includes(self, request: Request, response: Response) -> Response | dict[str, Any]:
+        """The SDK's answer to a SWAIG request, after includes had their turn."""
+        if not (
+            request.method == "POST" and self._check_basic_auth(request) and self._check_content_type(request)
+        ):
+            return await super()._handle_swaig_request(request, response)
+        body = await _json_object(request)  # kept by the request: the SDK reads it again for free
+        discovery = parse_discovery(body)
+        if discovery is not None:
+            return self._definitions(request, discovery)
+        discovery_id = request.query_params.get(INCLUDE_PARAM)
+        if discovery_id is None:
+            return await super()._handle_swaig_request(request, response)
+        try:
+            admitted = await self._admit_by_discovery(request, body, discovery_id)
+        except (StoreUnavailable, NotStarted):
+            return STORE_DOWN.to_result().to_dict()
+        marked = request_from_include.set(True)
+        passed = _admitted_by_discovery.set(admitted)
+        try:
+            return await super()._handle_swaig_request(request, response)
+        finally:
+            _admitted_by_discovery.reset(passed)
+            request_from_include.reset(marked)
+
+    def _definitions(self, request: Request, discovery: Discovery) -> Response:
+        """What a discovery gets: our definitions, each URL with a token for its call or itself."""
+        self._detect_proxy_from_request(request)
+        ours = {tool.name: tool for tool in self.define_tools() if isinstance(tool, SWAIGFunction)}
+        discovery_id = new_discovery_id()
+        subject = discovery.call_id or discovery_subject(discovery_id)
+        # The include's agent id, else the URL's own (?agent_id=), else AGENT_ID.
+        agent_id = request_agent_id.set(discovery.agent_id or request_agent_id.get())
+        try:
+            definitions = []
+            for name in chosen(discovery, list(ours)):
+                definition = ours[name].to_swaig(base_url="")
+                token = self._session_manager.create_tool_token(name, subject)
+                query = {INCLUDE_PARAM: discovery_id, "__token": token}
+                definition["web_hook_url"] = self._build_webhook_url("swaig", query)
+                definitions.append(definition)
+        finally:
+            request_agent_id.reset(agent_id)
+        log.info(
+            "discovery %s from an include: %s, %s",
+            discovery_id,
+            ", ".join(definition["function"] for definition in definitions) or "no functions of ours",
+            f"for call {discovery.call_id}" if discovery.call_id else "for the first call that uses it",
+        )
+        return JSONResponse(definitions)
+
+    async def _admit_by_discovery(
+        self, request: Request, body: dict[str, Any] | None, discovery_id: str
+    ) -> tuple[str, str, str] | None:
+        """(function, token, call) when the request's token names its discovery and the discovery
+        serves this call (the first call to use it, engine/discoveries.py); else None, and the
+        SDK's check decides (a token for the call itself passes it)."""
+        function, call_id = (body or {}).get("function"), (body or {}).get("call_id")
+        token = request.query_params.get("__token") or request.query_params.get("token")
+        if not (
+            isinstance(function, str)
+            and isinstance(call_id, str)
+            and CALL_ID.match(call_id)
+            and token
+            and DISCOVERY_ID.match(discovery_id)
+            and self._signed_by_us(function, token, discovery_subject(discovery_id))
+        ):
+            return None
+        ttl = self._session_manager.token_expiry_secs
+        if not await bind_to_call(self.runtime.store, discovery_id, call_id, ttl=ttl):
+            log.warning("discovery %s serves another call; refused it for call %s", discovery_id, call_id)
+            return None
+        return function, token, call_id
+
+    def _signed_by_us(self, function: str, token: str, subject: str) -> bool:
+        """Whether ``token`` is ours for ``function`` and ``subject``, under the current secret or
+        one the key ring still accepts."""
+        secrets_in_use = (self._session_manager.secret_key, *self.runtime.keys.previous_swaig_secrets())
+        return any(
+            SessionManager(secret_key=secret).validate_tool_token(function, token, subject)
+            for secret in secrets_in_use
+        )
+
 
 def _arguments_checked_by_handler(args: dict[str, Any]) -> tuple[bool, list[str]]:
     return True, []
+
+
+async def _json_object(request: Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, absurdly deep: the SDK's to answer
+        return None
+    return body if isinstance(body, dict) else None
 
 
 class AgentIdFromQuery:

@@ -14,6 +14,7 @@ from typing import Any
 from engine.errors import StoreUnavailable
 from engine.repeats import StillRunning, request_key
 from engine.runtime import Runtime
+from functions.includes import for_host
 from functions.platform import (
     BadRequest,
     Reply,
@@ -21,6 +22,7 @@ from functions.platform import (
     parse_arguments,
     parse_request,
     request_agent_id,
+    request_from_include,
 )
 from functions.send_mfa import SendMfaArgs, send_mfa
 from functions.verify_mfa import VerifyMfaArgs, verify_mfa
@@ -37,7 +39,7 @@ _BUSY = Reply(
     "The previous request is still being processed.",
     "Tell the caller it is taking a moment, then try the same function again.",
 )
-_STORE_DOWN = Reply(
+STORE_DOWN = Reply(
     "Nothing was done: the verification service is not answering right now.",
     "Tell the caller there is a short delay, then try again in a moment.",
 )
@@ -82,8 +84,11 @@ class MfaFunctions:
             return bad.reply.to_result().to_dict()
         if not self.runtime.started:
             async with self.runtime.running():
-                return await self._answer(name, run, args, request)
-        return await self._answer(name, run, args, request)
+                answer = await self._answer(name, run, args, request)
+        else:
+            answer = await self._answer(name, run, args, request)
+        # A host agent that includes these functions has its own steps, not ours.
+        return for_host(answer) if request_from_include.get() else answer
 
     async def _answer(
         self, name: str, run: Run, args: dict[str, Any], request: SwaigRequest
@@ -95,7 +100,7 @@ class MfaFunctions:
             except BadRequest as bad:
                 reply, keep = bad.reply, False
             except StoreUnavailable:
-                reply, keep = _STORE_DOWN, False
+                reply, keep = STORE_DOWN, False
             except Exception:
                 log.exception("%s failed on call %s", name, request.call_id)
                 reply, keep = _UNKNOWN, False
@@ -107,4 +112,4 @@ class MfaFunctions:
         except StillRunning:
             return _BUSY.to_result().to_dict()
         except StoreUnavailable:
-            return _STORE_DOWN.to_result().to_dict()
+            return STORE_DOWN.to_result().to_dict()

@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 
 # Set per request by the app from the SWAIG URL's `agent_id` query parameter.
 request_agent_id: ContextVar[str | None] = ContextVar("request_agent_id", default=None)
+# Set per request by the agent when the SWAIG URL is one an include's discovery gave out
+# (functions/includes.py): the call belongs to another agent, with its own steps.
+request_from_include: ContextVar[bool] = ContextVar("request_from_include", default=False)
 
-_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
+CALL_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 
 
 class SwaigRequest(BaseModel):
@@ -33,7 +36,7 @@ class SwaigRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    call_id: str = Field(pattern=_ID_PATTERN)
+    call_id: str = Field(pattern=CALL_ID_PATTERN)
     caller_id_num: str | None = Field(None, max_length=64)
     meta_data: dict[str, Any] = Field(default_factory=dict)
     global_data: dict[str, Any] = Field(default_factory=dict)

@@ -5,6 +5,8 @@ for the SignalWire platform that drives it the way the platform does.
 `web_hook_url` (credentials and per-call `__token` included) from it, posts
 the SWAIG payload there, and carries `set_meta_data` forward into the next
 request, as the platform does for functions sharing a `meta_data_token`.
+For a host agent's SWML it asks each of its `SWAIG.includes` for the
+definitions (`get_signature`) and takes the URLs from those instead.
 """
 
 from __future__ import annotations
@@ -103,7 +105,13 @@ async def serve_agent(settings: Settings, *, clock: Any = None) -> AsyncIterator
     agent = MfaAgent(settings, runtime=runtime)
     app = build_app(agent)
     # The server `python agent.py` runs (its protocols, limits and WebSocket cap), on the test's loop.
-    server = uvicorn.Server(uvicorn_config(app, settings))
+    async with serving(uvicorn.Server(uvicorn_config(app, settings))):
+        yield RunningAgent(f"http://127.0.0.1:{settings.port}", agent, runtime, settings)
+
+
+@contextlib.asynccontextmanager
+async def serving(server: uvicorn.Server) -> AsyncIterator[None]:
+    """``server`` on the test's loop, from the moment it listens until the block ends."""
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(10):
@@ -111,7 +119,7 @@ async def serve_agent(settings: Settings, *, clock: Any = None) -> AsyncIterator
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
-        yield RunningAgent(f"http://127.0.0.1:{settings.port}", agent, runtime, settings)
+        yield
     finally:
         server.should_exit = True
         await task
@@ -134,16 +142,54 @@ class FakePlatform:
 
     async def start_call(self) -> dict[str, Any]:
         """Fetch the SWML as the platform does when the call starts, and note the function URLs."""
-        body = {"call": {"call_id": self.call_id, "from": self.caller_id_num, "to": "+12025550100"}}
-        async with self.session.post(f"{self.base_url}/{self.swml_query}", json=body, auth=self.auth) as resp:
+        swml = await self.fetch_swml(f"{self.base_url}/{self.swml_query}", self.auth)
+        self.note_urls(swml_ai(swml)["SWAIG"]["functions"])
+        return swml
+
+    async def start_hosted_call(
+        self, host_url: str, host_auth: aiohttp.BasicAuth, *, name_the_call: bool = True
+    ) -> list[dict[str, Any]]:
+        """Start a call on a host agent: fetch its SWML, ask each of its includes for the
+        definitions (naming this call, or not), and note their URLs. The definitions."""
+        swml = await self.fetch_swml(host_url, host_auth)
+        definitions = []
+        for include in swml_ai(swml)["SWAIG"].get("includes", []):
+            found = await self.discover(include, name_the_call=name_the_call)
+            self.note_urls(found)
+            definitions.extend(found)
+        return definitions
+
+    async def discover(self, include: dict[str, Any], *, name_the_call: bool = True) -> list[dict[str, Any]]:
+        """The definitions an include's URL answers a `get_signature` with (credentials from the URL)."""
+        body: dict[str, Any] = {
+            "action": "get_signature",
+            "functions": include["functions"],
+            "meta_data": include.get("meta_data", {}),
+            "version": "2.0",
+            "content_type": "text/swaig",
+            "content_disposition": "function signature request",
+            "project_id": "test-project",
+            "space_id": "test-space",
+        }
+        if name_the_call:
+            body["call_id"] = self.call_id
+        async with self.session.post(include["url"], json=body) as resp:
             assert resp.status == 200, await resp.text()
-            swml = await resp.json(content_type=None)
-        ai = next(verb["ai"] for verb in swml["sections"]["main"] if "ai" in verb)
-        for function in ai["SWAIG"]["functions"]:
+            definitions: list[dict[str, Any]] = await resp.json()
+        return definitions
+
+    async def fetch_swml(self, url: str, auth: aiohttp.BasicAuth) -> dict[str, Any]:
+        body = {"call": {"call_id": self.call_id, "from": self.caller_id_num, "to": "+12025550100"}}
+        async with self.session.post(url, json=body, auth=auth) as resp:
+            assert resp.status == 200, await resp.text()
+            swml: dict[str, Any] = await resp.json(content_type=None)
+        return swml
+
+    def note_urls(self, functions: list[dict[str, Any]]) -> None:
+        for function in functions:
             if "web_hook_url" in function:
                 self.urls[function["function"]] = function["web_hook_url"]
                 self.tokens[function["function"]] = function.get("meta_data_token", "")
-        return swml
 
     def payload(self, function: str, arguments: dict[str, Any]) -> dict[str, Any]:
         token = self.tokens.get(function, "")
@@ -184,6 +230,12 @@ class FakePlatform:
                 self.meta_data.setdefault(token, {}).update(action["set_meta_data"])
             if "set_global_data" in action:
                 self.global_data.update(action["set_global_data"])
+
+
+def swml_ai(swml: dict[str, Any]) -> dict[str, Any]:
+    """The `ai` verb of an SWML document."""
+    ai: dict[str, Any] = next(verb["ai"] for verb in swml["sections"]["main"] if "ai" in verb)
+    return ai
 
 
 def actions(result: dict[str, Any], name: str) -> list[Any]:

@@ -53,7 +53,7 @@ import re
 import string
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, auto
 
 from engine.codes import ALPHAS, UnreadableCode
@@ -87,20 +87,29 @@ class _Kind(Enum):
     BREAK = auto()  # any other word, "#", "*": ends a run
 
 
+class _Filler(Enum):
+    """When a number word (or letter) is an ordinary word instead."""
+
+    NEVER = auto()
+    ALONE = auto()  # alone in its run: "un" in "un momento", "tengo un código"
+    AT_EDGE = auto()  # alone, or at a run's edge when needed: "to" in "send it to four two one one"
+
+
 @dataclass(frozen=True, slots=True)
 class _Token:
     kind: _Kind
     key: str = ""  # the word without case or accents, for matching
     text: str = ""  # digits or upper-case letters, for LIT, LETTER, CHUNK
     value: int = 0
-    weak: bool = False  # also an ordinary word: counts only inside a run
+    filler: _Filler = _Filler.NEVER
     closed: bool = False  # ends its number ("quatre-vingts", "cien")
+    hyphened: bool = False  # written joined to the word before it ("vingt-deux")
 
 
 @dataclass(frozen=True, slots=True)
 class _Piece:
     text: str
-    weak: bool
+    filler: _Filler
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,8 @@ class _Language:
     words: Mapping[str, _Token]
     counting_nouns: frozenset[str]
     letter_links: tuple[tuple[str, ...], ...]  # "B as in bravo": the words between letter and word
-    weak_letters: frozenset[str]
+    weak_letters: frozenset[str]  # single letters that are also words: filler at a run's edge
+    not_letters: frozenset[str] = frozenset()  # single letters that are only words: Spanish "o" (or)
     french_tens: bool = False  # quatre-vingt(s) = 80; soixante/quatre-vingt take 10-19; dix-sept
     tens_taking_teens: frozenset[int] = field(default_factory=frozenset)
 
@@ -120,6 +130,7 @@ def _words(text: str) -> frozenset[str]:
 def _vocabulary(
     units: Mapping[str, int],
     weak_units: Mapping[str, int],
+    article_units: Mapping[str, int],
     wholes: Mapping[str, int],
     tens: Mapping[str, int],
     hundred: Iterable[str],
@@ -134,7 +145,9 @@ def _vocabulary(
     for word, value in units.items():
         words[word] = _Token(_Kind.UNIT, word, value=value)
     for word, value in weak_units.items():
-        words[word] = _Token(_Kind.UNIT, word, value=value, weak=True)
+        words[word] = _Token(_Kind.UNIT, word, value=value, filler=_Filler.AT_EDGE)
+    for word, value in article_units.items():
+        words[word] = _Token(_Kind.UNIT, word, value=value, filler=_Filler.ALONE)
     for word, value in wholes.items():
         words[word] = _Token(_Kind.WHOLE, word, value=value)
     for word, value in tens.items():
@@ -187,6 +200,7 @@ _ENGLISH = _Language(
             "fore": 4,
             "ate": 8,
         },
+        article_units={},
         wholes={
             "ten": 10,
             "eleven": 11,
@@ -238,7 +252,9 @@ _SPANISH = _Language(
             "ocho": 8,
             "nueve": 9,
         },
-        weak_units={"un": 1, "una": 1},  # also "a": "un momento", "tengo un código"
+        weak_units={},
+        # Also "a": "un momento", "tengo un código". Right before a digit it is a digit.
+        article_units={"un": 1, "una": 1},
         wholes={
             "diez": 10,
             "once": 11,
@@ -299,7 +315,8 @@ _SPANISH = _Language(
         "caracter caracteres letra letras numeros veces"
     ),
     letter_links=(("como", "en"), ("de",), ("como",)),
-    weak_letters=frozenset("aeiouy"),
+    weak_letters=frozenset("aeiu"),
+    not_letters=frozenset("o"),
 )
 
 _FRENCH = _Language(
@@ -315,7 +332,9 @@ _FRENCH = _Language(
             "huit": 8,
             "neuf": 9,
         },
-        weak_units={"un": 1, "une": 1},  # also "a": "un instant", "j'ai un code"
+        weak_units={},
+        # Also "a": "un instant", "j'ai un code". Right before a digit it is a digit.
+        article_units={"un": 1, "une": 1},
         wholes={
             "dix": 10,
             "onze": 11,
@@ -390,8 +409,6 @@ _NATO = {
     "yankee": "Y",
     "zulu": "Z",
 }
-# Upper-case words speech-to-text writes that are not pieces of a code.
-_NOT_CHUNKS = frozenset({"OK", "DTMF", "SMS", "PIN", "ID"})
 
 _XRAY = re.compile(r"\bx[\s\-‐‑]?ray\b", re.IGNORECASE)
 _TOKEN = re.compile(
@@ -441,12 +458,16 @@ def _classify(word: str, language: _Language, alphas: bool) -> _Token | None:
     if key in language.counting_nouns:
         return _Token(_Kind.COUNT, key)
     if alphas:
-        if len(key) == 1 and key in string.ascii_lowercase:
-            return _Token(_Kind.LETTER, key, text=key.upper(), weak=key in language.weak_letters)
+        if len(key) == 1 and key in string.ascii_lowercase and key not in language.not_letters:
+            filler = _Filler.AT_EDGE if key in language.weak_letters else _Filler.NEVER
+            return _Token(_Kind.LETTER, key, text=key.upper(), filler=filler)
         if key in _NATO:
             return _Token(_Kind.LETTER, key, text=_NATO[key])
-        written_as_code = any(ch.isdigit() for ch in word) or (len(word) > 1 and word.isupper())
-        if word.isascii() and word.isalnum() and written_as_code and word not in _NOT_CHUNKS:
+        # "7KQ9" and "BKQM" are written as a code; "OK", "ID" and "PIN" are words, since a code
+        # never holds I, L or O.
+        has_digit = any(ch.isdigit() for ch in word)
+        capitals = len(word) > 1 and word.isupper() and set(word) <= set(ALPHAS)
+        if word.isascii() and word.isalnum() and (has_digit or capitals):
             return _Token(_Kind.CHUNK, key, text=word.upper())
     return _Token(_Kind.BREAK, key)
 
@@ -454,8 +475,11 @@ def _classify(word: str, language: _Language, alphas: bool) -> _Token | None:
 def _tokens(utterance: str, language: _Language, alphas: bool) -> list[_Token]:
     text = _XRAY.sub("xray", _ascii_digits(utterance))
     tokens: list[_Token] = []
+    hyphen_at = -1  # where the word after a hyphen starts, when the hyphen touches the word before
     for match in _TOKEN.finditer(text):
-        if match.lastgroup == "keypad":
+        if match.lastgroup == "joiner" and tokens and text[match.start() - 1 : match.start()].isalnum():
+            hyphen_at = match.end()
+        elif match.lastgroup == "keypad":
             tokens.append(_KEYPAD)
         elif match.lastgroup == "pause":
             tokens.append(_PAUSE)
@@ -467,7 +491,7 @@ def _tokens(utterance: str, language: _Language, alphas: bool) -> list[_Token]:
             for part in _DIGITS_OR_NOT.findall(word) if split else (word,):
                 token = _classify(part, language, alphas)
                 if token is not None:
-                    tokens.append(token)
+                    tokens.append(replace(token, hyphened=True) if match.start() == hyphen_at else token)
     return tokens
 
 
@@ -507,6 +531,19 @@ class _Reader:
             return int(token.text), index + 1, False  # "4 hundred", "48 thousand"
         return None
 
+    def _starts_eighty(self, index: int) -> bool:
+        """Whether the French four at ``index`` is the start of quatre-vingt(s) rather than a unit.
+
+        "vingt quatre-vingts" is 20 80 and "vingt-quatre vingt" is 24 20: the plural "vingts" and
+        the hyphens say which; with neither, "vingt quatre vingt" is read as 24 20.
+        """
+        if not self.language.french_tens or self.tokens[index].value != 4 or index + 1 >= len(self.tokens):
+            return False
+        four, following = self.tokens[index], self.tokens[index + 1]
+        if following.kind is not _Kind.TENS or following.value != 20:
+            return False
+        return following.closed or (following.hyphened and not four.hyphened)
+
     def _tens(self, index: int, base: int, closed: bool) -> tuple[int, int, bool]:
         """A tens word's value with the unit (or, in French, the 10-19) that follows it."""
         if closed:
@@ -514,7 +551,7 @@ class _Reader:
         after = self._after_connector(index)
         if after < len(self.tokens):
             token = self.tokens[after]
-            if token.kind is _Kind.UNIT and 1 <= token.value <= 9:
+            if token.kind is _Kind.UNIT and 1 <= token.value <= 9 and not self._starts_eighty(after):
                 return base + token.value, after + 1, False
             if token.kind is _Kind.WHOLE and base in self.language.tens_taking_teens:
                 teen = self._below_hundred(after)
@@ -579,19 +616,19 @@ class _Reader:
         """The piece of a code at ``index`` (None for a word that breaks a run), and the next index."""
         token = self.tokens[index]
         if token.kind is _Kind.LETTER and len(token.text) == 1 and (linked := self._letter_link(index)):
-            return _Piece(token.text, weak=False), linked
+            return _Piece(token.text, _Filler.NEVER), linked
         if token.kind in _NUMBER_WORDS or token.kind is _Kind.LIT:
             number = self._number(index)
             if number is not None:
                 text, after = number
-                return _Piece(text, weak=token.weak and after == index + 1), after
-            return _Piece(token.text, weak=False), index + 1
+                return _Piece(text, token.filler if after == index + 1 else _Filler.NEVER), after
+            return _Piece(token.text, _Filler.NEVER), index + 1
         if token.kind is _Kind.REPEAT and self._kind_at(index + 1) in (_Kind.UNIT, _Kind.LIT, _Kind.LETTER):
             target = self.tokens[index + 1]
             text = target.text or str(target.value)
-            return _Piece(text[0] * token.value + text[1:], weak=False), index + 2
+            return _Piece(text[0] * token.value + text[1:], _Filler.NEVER), index + 2
         if token.kind in (_Kind.LETTER, _Kind.CHUNK):
-            return _Piece(token.text, weak=token.weak), index + 1
+            return _Piece(token.text, token.filler), index + 1
         return None, index + 1
 
     def runs(self) -> list[list[_Piece]]:
@@ -611,17 +648,28 @@ class _Reader:
                 run.append(piece)
             index = after
         runs.append(run)
-        return [run for run in runs if not all(piece.weak for piece in run)]
+        return [run for run in runs if run]
 
 
-def _readings(run: Sequence[_Piece], length: int, alphabet: str) -> set[str]:
-    """The run's readings of the expected shape, dropping weak edge words only if needed."""
-    lead = next(i for i, piece in enumerate(run) if not piece.weak)
-    trail = next(i for i, piece in enumerate(reversed(run)) if not piece.weak)
+def _readings(run: Sequence[_Piece], length: int, alphabet: str) -> set[str] | None:
+    """The run's readings of the expected shape, dropping filler words at its edges only if needed.
+
+    None when the run is only filler words and not the code: "to" in "I want to verify" is no
+    number at all, while "un un un un" (French for 1111) is a code.
+    """
+
+    def fits(start: int, stop: int) -> str | None:
+        text = "".join(piece.text for piece in run[start:stop])
+        return text if len(text) == length and all(ch in alphabet for ch in text) else None
+
     end = len(run)
-    for tier in (((0, end),), ((lead, end), (0, end - trail)), ((lead, end - trail),)):
-        found = {"".join(piece.text for piece in run[start:stop]) for start, stop in tier}
-        valid = {text for text in found if len(text) == length and all(ch in alphabet for ch in text)}
+    if all(piece.filler is not _Filler.NEVER for piece in run):
+        whole = fits(0, end)
+        return {whole} if whole else None
+    kept = [index for index, piece in enumerate(run) if piece.filler is not _Filler.AT_EDGE]
+    first, last = kept[0], kept[-1] + 1
+    for tier in (((0, end),), ((first, end), (0, last)), ((first, last),)):
+        valid = {text for start, stop in tier if (text := fits(start, stop))}
         if valid:
             return valid
     return set()
@@ -645,8 +693,9 @@ def read_code(utterance: str, *, length: int, allow_alphas: bool = False, langua
     others = 0
     for run in _Reader(_tokens(utterance, spoken, allow_alphas), spoken).runs():
         readings = _readings(run, length, alphabet)
-        found |= readings
-        others += not readings
+        if readings is not None:
+            found |= readings
+            others += not readings
     if len(found) == 1 and not others:
         return found.pop()
     if found:

@@ -553,14 +553,32 @@ class _Reader:
             token = self.tokens[after]
             if token.kind is _Kind.UNIT and 1 <= token.value <= 9 and not self._starts_eighty(after):
                 return base + token.value, after + 1, False
+            unit = self._small_literal(after, 9)
+            if unit is not None and unit[0] >= 1:
+                return base + unit[0], unit[1], False
             if token.kind is _Kind.WHOLE and base in self.language.tens_taking_teens:
                 teen = self._below_hundred(after)
                 if teen is not None and 10 <= teen[0] <= 19:
                     return base + teen[0], teen[1], False  # soixante-dix-sept, quatre-vingt-onze
         return base, index, False
 
+    def _small_literal(self, index: int, most: int) -> tuple[int, int, bool] | None:
+        """Digits up to ``most`` that end a compound: "4 hundred 82" is 482, "twenty 1" 21.
+
+        Not with a leading zero ("four hundred 05" is 400 then 05), nor before a multiplier.
+        """
+        multiplied = self._kind_at(index + 1) in (_Kind.HUNDRED, _Kind.THOUSAND)
+        if self._kind_at(index) is not _Kind.LIT or multiplied:
+            return None
+        digits = self.tokens[index].text
+        if digits.startswith("0") or int(digits) > most:
+            return None
+        return int(digits), index + 1, False
+
     def _below_thousand(self, index: int) -> tuple[int, int, bool] | None:
         """A number 0-999 from ``index``, like `_below_hundred`."""
+        if index >= len(self.tokens):
+            return None
         token = self.tokens[index]
         if token.kind in (_Kind.HUNDRED, _Kind.HUNDREDS):
             hundreds, after, closed = token.value, index + 1, token.closed
@@ -576,11 +594,10 @@ class _Reader:
         if closed:
             return hundreds, after, True
         rest_at = self._after_connector(after)
-        if rest_at < len(self.tokens) and self.tokens[rest_at].kind is not _Kind.LIT:
-            rest = self._below_hundred(rest_at)
-            # "four hundred nine hundred thirteen": the nine starts the next number.
-            if rest is not None and rest[0] >= 1 and self._kind_at(rest[1]) is not _Kind.HUNDRED:
-                return hundreds + rest[0], rest[1], rest[2]
+        rest = self._small_literal(rest_at, 99) or self._below_hundred(rest_at)
+        # "four hundred nine hundred thirteen": the nine starts the next number.
+        if rest is not None and rest[0] >= 1 and self._kind_at(rest[1]) is not _Kind.HUNDRED:
+            return hundreds + rest[0], rest[1], rest[2]
         return hundreds, after, False
 
     def _number(self, index: int) -> tuple[str, int] | None:
@@ -594,10 +611,9 @@ class _Reader:
         if self._kind_at(after) is _Kind.THOUSAND and not closed and value >= 1:
             value, after = value * 1000, after + 1
             rest_at = self._after_connector(after)
-            if rest_at < len(self.tokens) and self.tokens[rest_at].kind is not _Kind.LIT:
-                rest = self._below_thousand(rest_at)
-                if rest is not None and rest[0] >= 1 and self._kind_at(rest[1]) is not _Kind.THOUSAND:
-                    value, after = value + rest[0], rest[1]
+            rest = self._below_thousand(rest_at) or self._small_literal(rest_at, 999)
+            if rest is not None and rest[0] >= 1 and self._kind_at(rest[1]) is not _Kind.THOUSAND:
+                value, after = value + rest[0], rest[1]
         return str(value), after
 
     def _letter_link(self, index: int) -> int | None:

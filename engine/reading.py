@@ -110,6 +110,7 @@ class _Token:
 class _Piece:
     text: str
     filler: _Filler
+    after_pause: bool = False  # a comma or period came between this piece and the one before
 
 
 @dataclass(frozen=True)
@@ -652,17 +653,18 @@ class _Reader:
         runs: list[list[_Piece]] = []
         run: list[_Piece] = []
         index = 0
+        paused = False
         while index < len(self.tokens):
             if self.tokens[index].kind is _Kind.PAUSE:
-                index += 1
+                index, paused = index + 1, True
                 continue
             piece, after = self._piece(index)
             if piece is None:
                 runs.append(run)
                 run = []
             elif self._kind_at(after) is not _Kind.COUNT:  # "one moment", "a six digit code"
-                run.append(piece)
-            index = after
+                run.append(replace(piece, after_pause=paused and bool(run)))
+            index, paused = after, False
         runs.append(run)
         return [run for run in runs if run]
 
@@ -691,6 +693,22 @@ def _readings(run: Sequence[_Piece], length: int, alphabet: str) -> set[str] | N
     return set()
 
 
+def _parts(run: list[_Piece], length: int, alphabet: str) -> list[list[_Piece]]:
+    """The run, or its pause-separated parts when the whole is not the code but a part is.
+
+    "48, 29, 13" is one code; "482913, 482913" is one code said twice, and "482913, 12" a code
+    with another number.
+    """
+    if _readings(run, length, alphabet) != set():
+        return [run]
+    parts: list[list[_Piece]] = []
+    for piece in run:
+        if piece.after_pause or not parts:
+            parts.append([])
+        parts[-1].append(piece)
+    return parts if any(_readings(part, length, alphabet) for part in parts) else [run]
+
+
 def read_code(utterance: str, *, length: int, allow_alphas: bool = False, language: str = "en-US") -> str:
     """The code in what a caller said or typed, in ``language`` (any en, es or fr tag).
 
@@ -708,10 +726,11 @@ def read_code(utterance: str, *, length: int, allow_alphas: bool = False, langua
     found: set[str] = set()
     others = 0
     for run in _Reader(_tokens(utterance, spoken, allow_alphas), spoken).runs():
-        readings = _readings(run, length, alphabet)
-        if readings is not None:
-            found |= readings
-            others += not readings
+        for part in _parts(run, length, alphabet):
+            readings = _readings(part, length, alphabet)
+            if readings is not None:
+                found |= readings
+                others += not readings
     if len(found) == 1 and not others:
         return found.pop()
     if found:

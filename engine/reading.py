@@ -2,49 +2,61 @@
 
 Speech-to-text gives the whole utterance: "my code is six forty two, zero
 thirteen, thank you", "mi código es cuarenta y ocho ...", "４８２９１３",
-"*482913#". ``read_code`` finds the code in it, or says why it cannot:
+"*482913#". `read_code` finds the code in it, or says why it cannot:
 `NoCodeFound` when nothing of the expected shape is there, `SeveralCodesFound`
 when more than one thing could be the code. Both are `UnreadableCode`, so the
 caller is asked again and no attempt is spent on a guess.
 
-How an utterance is read:
+How an utterance is read (at most `MAX_UTTERANCE` characters, in one pass):
 
 1. Normalise: NFKC (full-width forms become ASCII), every Unicode decimal
    digit (Arabic-Indic, Devanagari, ...) becomes its ASCII digit, and words
    are compared without case or accents ("zéro" = "zero").
-2. Tokenise into words, the keypad's ``#`` and ``*`` (which end a run),
-   pauses (``, . ; : ! ?`` and the like, which end a compound number but not a
-   run) and joiners (hyphens, which are ignored: "twenty-one" = "twenty one").
-   Hesitations ("uh", "um", "euh") are dropped.
-3. Group consecutive number tokens into runs. Any other word breaks a run:
-   "it's", "code", "and" (unless it joins a compound: "four hundred and five",
-   "cuarenta y dos", "vingt et un"), "#", "*". A number directly followed by a
-   counting noun ("one moment", "a six digit code", "un segundo") is not part
-   of the code and is dropped.
-4. Read each run left to right, greedily, into digits. ASCII digits are taken
-   as written ("48 29 13"). Number words build compounds: a tens word takes a
-   following unit ("forty two" -> 42), a unit takes "hundred"/"thousand"
-   ("four hundred eighty two" -> 482, "six hundred" -> 600), and anything else
-   starts a new number ("six forty two zero thirteen" -> 6 42 0 13 ->
-   642013). "double"/"triple" repeat the next digit. French reads 70-99 the
-   French way ("soixante-dix-sept", "quatre-vingt-dix-neuf"); the plural
-   "quatre-vingts"/"deux cents" ends its number, as French spelling does.
-5. Weak words: some number words are also ordinary words ("to", "too", "for",
-   "won", "ate", "tree", "oh", "o"; "un"/"una"/"une"; with letters, "a", "i",
-   "y"). Alone they are filler, never a run. At the edge of a run they count
-   only if the run is not the code without them ("send it to four two one
-   one" -> 4211 when four digits are expected, 24211 when five are).
+2. Tokenise into words, the keypad's ``#`` and ``*``, pauses (``, . ; : ! ?``
+   and the like) and hyphens ("twenty-one" = "twenty one"). Hesitations
+   ("uh", "um", "euh") are dropped. Digits touching letters are split from
+   them ("2nd" is 2, then a word), unless codes may hold letters.
+3. Group consecutive number tokens into runs. Any other word breaks a run
+   ("it's", "code", "merci"), and so do ``#`` and ``*``; pauses and spaces do
+   not ("48, 29, 13" is one run). "and"/"y"/"et" break a run unless they join
+   a compound ("four hundred and five", "cuarenta y dos", "vingt et un"). A
+   number directly before a counting noun ("one moment", "a six digit code",
+   "un segundo") is not part of the code and is dropped.
+4. Read each run left to right into digits. Digits are taken as written
+   ("48 29 13"). Number words build compounds, greedily: a tens word takes a
+   following unit ("forty two" -> 42), a unit or tens takes "hundred" and
+   "thousand" ("four hundred eighty two" -> 482, "six hundred" -> 600), and
+   anything else starts a new number ("six forty two zero thirteen" -> 6 42 0
+   13 -> 642013; "nineteen" -> 19). Zero never joins a compound ("twenty oh
+   five" -> 2005), and a pause ends one ("twenty, one" -> 201). Digits may
+   end a compound ("twenty 1" -> 21, "4 hundred 82" -> 482). "double" and
+   "triple" repeat the next digit. French reads 70-99 the French way
+   ("soixante-dix-sept", "quatre-vingt-dix-neuf"); the plural "quatre-vingts"
+   or "deux cents" ends its number, as French spelling does, and hyphens say
+   where "quatre" belongs ("vingt-quatre vingt" 24 20, "vingt quatre-vingts"
+   20 80).
+5. Filler: some number words are also ordinary words. "un"/"una"/"une" alone
+   in a run are an article ("un momento"), not a 1. The English homophones
+   "to", "too", "for", "fore", "won", "ate", "tree" and "oh"/"o" (and, with
+   letters, "a", "i" and the like) are filler when alone, and at a run's edge
+   when the run is the code only without them: "I want to verify, it's four
+   two one one" -> 4211; "send it to four two one one" -> 4211 when four
+   digits are expected, 24211 when five are; "to four two one one too" with
+   five expected could be either, so several.
 6. Decide: a run is a candidate when its reading has the expected length and
-   alphabet. Exactly one distinct candidate and no other run -> the code. A
-   candidate beside any other run (another code, a longer or shorter number)
-   -> `SeveralCodesFound`. No candidate -> `NoCodeFound`.
+   alphabet. A run that is not, but whose pause-separated parts hold one, is
+   taken part by part ("482913, 482913"). Exactly one distinct candidate and
+   no other run -> the code. A candidate beside anything else (another code,
+   a longer or shorter number) -> `SeveralCodesFound`. No candidate ->
+   `NoCodeFound`.
 
 With ``allow_alphas``, single letters and NATO words ("bravo") are letters,
-"B as in bravo" / "B de Barcelona" / "B comme Bruno" is one B, and a token of
-letters and digits ("7KQ9") is read as written. The alphabet leaves out 0, 1,
-I, L and O, so a reading holding any of them is not guessed into something
-else ("oh" is not turned into a letter, "O" not into a zero): it is no
-candidate, and the caller is asked again.
+"B as in bravo" / "B de Barcelona" / "B comme Bruno" is one B, and a token
+written as a code ("7KQ9", "BKQM") is read as written. The alphabet leaves
+out 0, 1, I, L and O, so a reading holding any of them is not guessed into
+something else ("oh" is not turned into a letter, "O" not into a zero): it
+is no candidate, and the caller is asked again. In Spanish the single words
+"y" and "o" are "and" and "or", never letters.
 """
 
 from __future__ import annotations
@@ -59,7 +71,7 @@ from enum import Enum, auto
 from engine.codes import ALPHAS, UnreadableCode
 
 MAX_UTTERANCE = 400  # what a caller says for a code is short; anything longer is not a code
-SUPPORTED_LANGUAGES = ("en", "es", "fr")
+SUPPORTED_LANGUAGES = ("en", "es", "fr")  # primary subtags: any en-*, es-* or fr-* tag is read
 
 
 class NoCodeFound(UnreadableCode):
@@ -374,7 +386,7 @@ _FRENCH = _Language(
     tens_taking_teens=frozenset({60, 80}),
 )
 
-_LANGUAGES = {"en": _ENGLISH, "es": _SPANISH, "fr": _FRENCH}
+_LANGUAGES = dict(zip(SUPPORTED_LANGUAGES, (_ENGLISH, _SPANISH, _FRENCH), strict=True))
 
 # Said while thinking, in any of the three languages: dropped, so they never break a run.
 _HESITATIONS = _words("uh uhm um umm er erm hm hmm mm mmm ah eh ehm em euh heu hum bah ben")

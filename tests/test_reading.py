@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.codes import ALPHAS, UnreadableCode, normalise_spoken
-from engine.reading import MAX_UTTERANCE, NoCodeFound, SeveralCodesFound, read_code
+from engine.reading import MAX_UTTERANCE, SUPPORTED_LANGUAGES, NoCodeFound, SeveralCodesFound, read_code
 
 # --- Saying numbers 0-99, as a caller would ---------------------------------------------------
 
@@ -548,7 +548,7 @@ def test_what_normalise_spoken_reads_is_read_the_same(spoken: str) -> None:
 # --- Arguments ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tag", ["en", "EN-gb", "en_US", "es", "es-MX", "fr", "fr-CA", "FR_fr"])
+@pytest.mark.parametrize("tag", [*SUPPORTED_LANGUAGES, "EN-gb", "en_US", "es-MX", "fr-CA", "FR_fr"])
 def test_any_tag_of_the_three_languages_is_accepted(tag: str) -> None:
     assert read_code("4 2 1 1", length=4, language=tag) == "4211"
 

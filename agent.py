@@ -53,7 +53,7 @@ from api.auth import BasicAuth, unauthorized_response
 from api.errors import body_too_large_response, error_response
 from config import Settings, config_errors
 from config.logs import announce, configure_logging
-from conversation import FILLERS_SEND, FILLERS_VERIFY, configure_conversation
+from conversation import configure_conversation
 from engine.discoveries import bind_to_call
 from engine.errors import StoreUnavailable
 from engine.keys import KeyRing
@@ -70,6 +70,7 @@ from functions.includes import (
     parse_discovery,
 )
 from functions.platform import request_agent_id, request_from_include
+from languages import LANGUAGES, Texts
 from server import RequestEdge, uvicorn_config
 from web import build_live_router
 
@@ -125,15 +126,18 @@ class MfaAgent(AgentBase):
         )
         # Function tokens are signed with the key ring's secret, the same on every instance.
         self.runtime.keys.on_change(self._sign_tokens_with)
-        self._register_functions(MfaFunctions(self.runtime))
-        configure_conversation(self)  # after the functions, so the steps can name them
-        for name in ("send_mfa", "verify_mfa"):
+        texts = LANGUAGES[self.settings.mfa_language]
+        person = self.settings.mfa_transfer_to is not None
+        self._register_functions(MfaFunctions(self.runtime), texts, person=person)
+        # After the functions, so the steps can name them.
+        configure_conversation(self, texts, person=person)
+        for name in ("send_mfa", "verify_mfa", *(["transfer_to_person"] if person else [])):
             function = self._tool_registry.get_function(name)
             # The SDK's own check validates nothing with the current jsonschema-rs and retries a
             # failed import on every request (~100 µs); functions/ validates with pydantic instead.
             function.validate_args = _arguments_checked_by_handler  # type: ignore[union-attr,method-assign]
 
-    def _register_functions(self, functions: MfaFunctions) -> None:
+    def _register_functions(self, functions: MfaFunctions, texts: Texts, *, person: bool) -> None:
         self.define_tool(
             name="send_mfa",
             description=(
@@ -154,7 +158,7 @@ class MfaAgent(AgentBase):
             },
             handler=functions.send_mfa,
             secure=True,
-            fillers=FILLERS_SEND,
+            fillers={texts.code: list(texts.fillers_send)},
             meta_data_token=META_DATA_TOKEN,
         )
         self.define_tool(
@@ -166,15 +170,29 @@ class MfaAgent(AgentBase):
             parameters={
                 "token": {
                     "type": "string",
-                    "description": "The code as the caller said it, e.g. '482913' or 'four eight two'.",
+                    "description": "The code as the caller said or typed it, e.g. '482913', 'four eight "
+                    "two nine one three' or '482913#'.",
                 },
             },
             handler=functions.verify_mfa,
             required=["token"],
             secure=True,
-            fillers=FILLERS_VERIFY,
+            fillers={texts.code: list(texts.fillers_verify)},
             meta_data_token=META_DATA_TOKEN,
         )
+        if person:
+            self.define_tool(
+                name="transfer_to_person",
+                description=(
+                    "Connect the caller to a person. Use it when the caller asks for a person, or when "
+                    "verification is locked and they want help."
+                ),
+                parameters={},
+                handler=functions.transfer_to_person,
+                secure=True,
+                fillers={texts.code: list(texts.fillers_transfer)},
+                meta_data_token=META_DATA_TOKEN,
+            )
 
     async def _handle_swaig_request(self, request: Request, response: Response) -> Response | dict[str, Any]:
         # The SDK answers a body it cannot read with 4xx or 500; the platform must always get

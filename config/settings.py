@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from engine.codes import fits_one_segment
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+SIP_URI = re.compile(r"^sips?:[A-Za-z0-9_.!~*'()&=+$,;?/%-]+@[A-Za-z0-9.-]+(:\d{1,5})?$")
+HTTPS_URL = re.compile(r"^https://[^\s/]+(/\S*)?$")
 
 # Limits of SignalWire's MFA API; the local engine keeps them too.
 TOKEN_LENGTH = (4, 20)
@@ -53,7 +55,11 @@ class Settings(BaseSettings):
     mfa_valid_for: int = Field(600, ge=1, le=VALID_FOR_MAX)
     mfa_max_attempts: int = Field(3, ge=MAX_ATTEMPTS[0], le=MAX_ATTEMPTS[1])
     mfa_allow_alphas: bool = False
-    mfa_message: str = Field("Your verification code is", min_length=1, max_length=160)
+    # Unset: the message of MFA_LANGUAGE ("Your verification code is" in en-US).
+    mfa_message: str | None = Field(None, min_length=1, max_length=160)
+    mfa_language: Literal["en-US", "es-US", "fr-FR"] = "en-US"
+    mfa_transfer_to: str | None = None
+    mfa_on_verified: str | None = None
 
     mfa_destinations: Literal["caller", "any"] = "caller"
     # on/off; unset: on when the SignalWire credentials are set (the lookup needs them).
@@ -120,6 +126,34 @@ class Settings(BaseSettings):
                 raise ValueError("each entry must be an http:// or https:// URL")
         return value
 
+    @field_validator("mfa_transfer_to")
+    @classmethod
+    def _person(cls, value: str | None) -> str | None:
+        if value is not None and not (E164.match(value) or SIP_URI.match(value)):
+            raise ValueError(
+                "must be an E.164 number such as +15551234567 or a SIP URI such as sip:desk@example.com"
+            )
+        return value
+
+    @field_validator("mfa_on_verified")
+    @classmethod
+    def _next_agent(cls, value: str | None) -> str | None:
+        if value is not None and not (E164.match(value) or SIP_URI.match(value) or HTTPS_URL.match(value)):
+            raise ValueError(
+                "must be an https:// SWML URL, an E.164 number such as +15551234567 or a SIP URI such as "
+                "sip:desk@example.com"
+            )
+        return value
+
+    @field_validator("mfa_language", mode="before")
+    @classmethod
+    def _language(cls, value: object) -> object:
+        # "es-us", "ES_US": the tag as people write it.
+        if isinstance(value, str):
+            language, _, region = value.strip().replace("_", "-").partition("-")
+            return f"{language.lower()}-{region.upper()}" if region else language.lower()
+        return value
+
     @field_validator("mfa_from_number")
     @classmethod
     def _from_number(cls, value: str | None) -> str | None:
@@ -167,7 +201,7 @@ class Settings(BaseSettings):
             # An unsigned event is one any caller of the receiver's URL could forge.
             raise ValueError("MFA_WEBHOOK_URLS needs MFA_WEBHOOK_SECRET (the key that signs each event)")
         longest_code = max(self.mfa_token_length, self.mfa_workflow_token_length)
-        if not fits_one_segment(self.mfa_message, longest_code):
+        if self.mfa_message is not None and not fits_one_segment(self.mfa_message, longest_code):
             raise ValueError(
                 "MFA_MESSAGE with the code must fit one SMS segment "
                 "(160 GSM-7 characters, or 70 with any other character)"

@@ -108,6 +108,7 @@ EventType = Literal[
     "mfa.expired",
     "mfa.locked",
     "mfa.canceled",
+    "mfa.transferred",
 ]
 
 

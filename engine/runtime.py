@@ -35,6 +35,7 @@ from engine.repeats import Repeats
 from engine.signalwire_rest import SignalWireRest, new_http_session
 from engine.stores import Store, open_store
 from engine.verifications import CodeShape, VerificationEngine
+from languages import LANGUAGES
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Runtime:
                 valid_for=settings.mfa_valid_for,
                 max_attempts=settings.mfa_max_attempts,
                 allow_alphas=settings.mfa_allow_alphas,
-                message=settings.mfa_message,
+                message=settings.mfa_message or LANGUAGES[settings.mfa_language].sms_message,
             ),
             allowed_regions=settings.mfa_allowed_countries,
             from_number=settings.mfa_from_number,

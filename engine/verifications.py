@@ -414,6 +414,12 @@ class VerificationEngine:
         await self.publisher.publish(Event.about("mfa.canceled", canceled))
         return canceled
 
+    async def record_transfer(self, *, agent_id: str, call_id: str) -> Event:
+        """A call is being connected to a person: `mfa.transferred` for everyone watching."""
+        event = Event(type="mfa.transferred", origin="call", agent_id=agent_id, call_id=call_id)
+        await self.publisher.publish(event)
+        return event
+
     async def is_call_verified(self, call_id: str) -> bool:
         """Whether a correct code was checked on this call (the server's record, not the model's)."""
         record = await self.store.get_record(CALL_RECORD, call_id)

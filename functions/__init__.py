@@ -19,12 +19,14 @@ from functions.platform import (
     BadRequest,
     Reply,
     SwaigRequest,
+    WayOn,
     parse_arguments,
     parse_request,
     request_agent_id,
     request_from_include,
 )
 from functions.send_mfa import SendMfaArgs, send_mfa
+from functions.transfer import transfer_to_person
 from functions.verify_mfa import VerifyMfaArgs, verify_mfa
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class MfaFunctions:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        settings = runtime.settings
+        self.way_on = WayOn(person=settings.mfa_transfer_to, on_verified=settings.mfa_on_verified)
 
     async def send_mfa(self, args: dict[str, Any], raw_data: dict[str, Any]) -> dict[str, Any]:
         async def run(arguments: dict[str, Any], request: SwaigRequest) -> tuple[Reply, bool]:
@@ -71,9 +75,22 @@ class MfaFunctions:
             parsed = parse_arguments(
                 VerifyMfaArgs, arguments, "Ask the caller for the code and call verify_mfa with it as token."
             )
-            return await verify_mfa(self.runtime.engine, parsed, request)
+            return await verify_mfa(
+                self.runtime.engine, parsed, request, language=self.runtime.settings.mfa_language
+            )
 
         return await self._serve("verify_mfa", run, args, raw_data)
+
+    async def transfer_to_person(self, args: dict[str, Any], raw_data: dict[str, Any]) -> dict[str, Any]:
+        """Offered only with MFA_TRANSFER_TO: connect the call to the person there."""
+
+        async def run(arguments: dict[str, Any], request: SwaigRequest) -> tuple[Reply, bool]:
+            person = self.way_on.person
+            assert person is not None  # the agent defines this function only with one
+            agent_id = request_agent_id.get() or self.runtime.settings.agent_id
+            return await transfer_to_person(self.runtime.engine, request, person, agent_id=agent_id)
+
+        return await self._serve("transfer_to_person", run, args, raw_data)
 
     async def _serve(
         self, name: str, run: Run, args: dict[str, Any], raw_data: dict[str, Any]
@@ -104,7 +121,9 @@ class MfaFunctions:
             except Exception:
                 log.exception("%s failed on call %s", name, request.call_id)
                 reply, keep = _UNKNOWN, False
-            return reply.to_result().to_dict(), keep
+            # A host agent that includes these functions has its own ways on.
+            way_on = WayOn() if request_from_include.get() else self.way_on
+            return reply.to_result(way_on).to_dict(), keep
 
         key = request_key(request.call_id, name, args, request.meta_data)
         try:

@@ -55,13 +55,33 @@ class BadRequest(Exception):
         self.reply = reply
 
 
+@dataclass(frozen=True)
+class WayOn:
+    """Where a call may go from here, as the deployment configured it."""
+
+    person: str | None = None  # MFA_TRANSFER_TO: a person the caller can be connected to
+    on_verified: str | None = None  # MFA_ON_VERIFIED: where a verified call is handed on
+
+
+# Said to the model where a caller may want someone else, only when a person can be reached.
+OFFER_PERSON = "If they would rather speak to a person, call transfer_to_person."
+
+
 @dataclass
 class Reply:
-    """A function's answer: the fact, what to do next, and platform actions."""
+    """A function's answer: the fact, what to do next, and platform actions.
+
+    ``offers_person``: a step where a caller may want a person; the model is told it
+    can connect them only when the deployment has one (MFA_TRANSFER_TO), and never
+    promises one otherwise. ``verified``: the call was verified (the verification's id
+    and masked number), so it is handed on when the deployment says where (MFA_ON_VERIFIED).
+    """
 
     fact: str
     next_step: str = ""
     actions: list[tuple[str, Any]] = field(default_factory=list)
+    offers_person: bool = False
+    verified: tuple[str, str] | None = None
 
     def with_action(self, name: str, data: Any) -> Reply:
         self.actions.append((name, data))
@@ -73,8 +93,12 @@ class Reply:
             self.actions.append(("user_event", event.model_dump(mode="json", exclude_none=True)))
         return self
 
-    def to_result(self) -> FunctionResult:
-        result = FunctionResult(f"{self.fact} {self.next_step}".strip())
+    def to_result(self, way_on: WayOn | None = None) -> FunctionResult:
+        way_on = way_on or WayOn()
+        next_step = self.next_step
+        if self.offers_person and way_on.person:
+            next_step = f"{next_step} {OFFER_PERSON}"
+        result = FunctionResult(f"{self.fact} {next_step}".strip())
         for name, data in self.actions:
             if name == "user_event":
                 result.swml_user_event(data)
@@ -84,9 +108,26 @@ class Reply:
                 result.set_metadata(data)
             elif name == "set_global_data":
                 result.update_global_data(data)
+            elif name == "connect":
+                result.connect(data, final=True)
+                result.set_post_process(True)  # the model says goodbye before the call moves
             else:
                 result.add_action(name, data)
+        if self.verified is not None and way_on.on_verified:
+            _hand_on(result, way_on.on_verified, *self.verified)
         return result
+
+
+def _hand_on(result: FunctionResult, destination: str, verification_id: str, masked: str) -> None:
+    """Hand a verified call on, telling the next agent what it needs to know in global_data."""
+    result.update_global_data(
+        {"mfa_verified": True, "mfa_verification_id": verification_id, "mfa_verified_number": masked}
+    )
+    if destination.startswith("https://"):
+        result.swml_transfer(destination, "The caller's phone is verified.", final=True)
+    else:
+        result.connect(destination, final=True)
+    result.set_post_process(True)
 
 
 def spoken_wait(seconds: int) -> str:

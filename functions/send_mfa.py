@@ -80,7 +80,8 @@ async def send_mfa(
         raise BadRequest(
             Reply(
                 "Nothing was sent: this call has no phone number to send a code to.",
-                "Tell the caller you cannot send a code to this call, and offer to hand them over.",
+                "Tell the caller you cannot send a code to this call.",
+                offers_person=True,
             )
         )
     try:
@@ -93,7 +94,8 @@ async def send_mfa(
         return (
             Reply(
                 "Nothing was sent: this call has had too many wrong codes, so verification is locked.",
-                "Tell the caller verification is locked for this call, and offer to hand them over.",
+                "Tell the caller verification is locked for this call.",
+                offers_person=True,
             ).with_action("change_step", LOCKED),
             False,
         )
@@ -102,7 +104,8 @@ async def send_mfa(
             Reply(
                 f"Nothing was sent: {limited.message} Another code can be sent in "
                 f"{spoken_wait(limited.retry_after)}.",
-                "Tell the caller when they can try again, or offer to hand them over.",
+                "Tell the caller when they can try again.",
+                offers_person=True,
             ),
             False,
         )
@@ -118,7 +121,8 @@ async def send_mfa(
         return (
             Reply(
                 "Nothing was sent: the verification service refused the request.",
-                "Apologize, say codes cannot be sent right now, and offer to hand the caller over.",
+                "Apologize, and say codes cannot be sent right now.",
+                offers_person=True,
             ),
             False,
         )

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engine.codes import UnreadableCode, normalise_spoken
+from engine.codes import UnreadableCode
 from engine.errors import ProviderUnavailable, StoreUnavailable, VerificationNotFound
 from engine.models import CheckOutcome, CheckResult
+from engine.reading import SeveralCodesFound, read_code
 from engine.verifications import VerificationEngine
 from functions.platform import BadRequest, Reply, SwaigRequest, spoken_wait
 from functions.steps import LOCKED, VERIFIED
 
-_NEW_CODE_OR_HANDOVER = "Offer to send a new code with send_mfa, or to hand the caller over to a person."
+_NEW_CODE = "Offer to send a new code with send_mfa."
 
 
 class VerifyMfaArgs(BaseModel):
@@ -50,19 +51,38 @@ def _no_code_yet() -> Reply:
 
 
 async def verify_mfa(
-    engine: VerificationEngine, args: VerifyMfaArgs, request: SwaigRequest
+    engine: VerificationEngine, args: VerifyMfaArgs, request: SwaigRequest, *, language: str
 ) -> tuple[Reply, bool]:
-    """Check a code; the reply, and whether a repeat of this request should get it too."""
+    """Check a code; the reply, and whether a repeat of this request should get it too.
+
+    The code is read out of the whole utterance, in ``language`` (`engine.reading`):
+    a reading with no code, or with more than one thing that could be the code, is
+    asked again and uses no attempt.
+    """
     verification_id = _verification_id(request)
     if verification_id is None:
         return _no_code_yet(), False
+    shape = engine.shape
     try:
-        code = normalise_spoken(args.token, engine.shape.allow_alphas)
-    except UnreadableCode:
+        code = read_code(
+            args.token, length=shape.token_length, allow_alphas=shape.allow_alphas, language=language
+        )
+    except SeveralCodesFound:
         raise BadRequest(
             Reply(
-                "No attempt was used: that could not be read as a code.",
-                "Ask the caller to say the code again, one character at a time.",
+                "No attempt was used: what the caller said holds more than one number, so the code "
+                "could not be told apart.",
+                "Ask the caller to say only the code, one character at a time, or to type it on the "
+                "keypad and press pound.",
+            )
+        ) from None
+    except UnreadableCode:
+        kind = "character" if shape.allow_alphas else "digit"
+        raise BadRequest(
+            Reply(
+                f"No attempt was used: that could not be read as a {shape.token_length}-{kind} code.",
+                "Ask the caller to say the code again, one character at a time, or to type it on the "
+                "keypad and press pound.",
             )
         ) from None
     try:
@@ -93,10 +113,12 @@ def _verified(reply: Reply) -> Reply:
 def _reply_for(result: CheckResult) -> Reply:
     outcome = result.outcome
     if outcome is CheckOutcome.APPROVED:
+        verification = result.verification
         return _verified(
             Reply(
                 "The code is correct: the caller's phone is verified.",
                 "Tell the caller they are verified, then carry on with what they called about.",
+                verified=(verification.id, verification.masked_to),  # handed on, when configured
             )
         )
     if outcome in (CheckOutcome.CALL_VERIFIED, CheckOutcome.ALREADY_APPROVED):
@@ -112,8 +134,8 @@ def _reply_for(result: CheckResult) -> Reply:
         return Reply(
             "Verification is paused for this phone number: too many wrong codes were entered for it "
             f"today.{when}",
-            "Tell the caller you cannot verify this number right now, and offer to hand them over to a "
-            "person.",
+            "Tell the caller you cannot verify this number right now.",
+            offers_person=True,
         ).with_action("change_step", LOCKED)
     if outcome is CheckOutcome.WRONG_CODE:
         left = result.attempts_left
@@ -123,12 +145,15 @@ def _reply_for(result: CheckResult) -> Reply:
             "Ask the caller to check the message and read the code again.",
         )
     if outcome is CheckOutcome.EXPIRED:
-        return Reply("That code has expired.", _NEW_CODE_OR_HANDOVER)
+        return Reply("That code has expired.", _NEW_CODE, offers_person=True)
     if outcome is CheckOutcome.MAX_ATTEMPTS_REACHED:
-        return Reply("That code can no longer be used: all its tries are used up.", _NEW_CODE_OR_HANDOVER)
+        return Reply(
+            "That code can no longer be used: all its tries are used up.", _NEW_CODE, offers_person=True
+        )
     if outcome is CheckOutcome.CANCELED:
-        return Reply("That code was canceled.", _NEW_CODE_OR_HANDOVER)
+        return Reply("That code was canceled.", _NEW_CODE, offers_person=True)
     return Reply(
         "Verification is locked for this call: too many wrong codes.",
-        "Tell the caller you cannot verify them on this call, and offer to hand them over to a person.",
+        "Tell the caller you cannot verify them on this call.",
+        offers_person=True,
     ).with_action("change_step", LOCKED)

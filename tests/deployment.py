@@ -9,7 +9,7 @@ containers would run, read from the same files:
   does, and each service's environment;
 - `render_site`: deploy/nginx-site.conf.template filled in from the proxy's environment,
   as the nginx image does at start;
-- `NginxProcess` and `ComposeRedis`: the proxy and the store as processes on free ports.
+- `NginxProcess` and `compose_redis`: the proxy and the store as processes on free ports.
 
 Where the containers would have their own host names and folders, the processes get
 127.0.0.1 with a free port and folders of the test's (`relocate`); nothing else changes.
@@ -36,7 +36,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.processes import ROOT, redis_answers, redis_server_binary
+from tests.processes import ROOT, RedisServer
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -379,36 +379,7 @@ class NginxProcess:
 # == the store ==
 
 
-class ComposeRedis:
+def compose_redis(command: list[str], port: int, folder: Path) -> RedisServer:
     """redis-server with the compose service's own arguments, on a free loopback port."""
-
-    def __init__(self, command: list[str], port: int, folder: Path) -> None:
-        assert command and command[0] == "redis-server", command
-        self.arguments = command[1:]
-        self.port = port
-        self.folder = folder
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, within: float = 10.0) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        # Later arguments win: the port, the address and the folder are the test's.
-        command = [redis_server_binary(), *self.arguments]
-        command += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        with (self.folder / "redis.log").open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + within
-        while not redis_answers(self.url):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log_text = (self.folder / "redis.log").read_text(errors="replace")
-                raise RuntimeError(f"redis-server {' '.join(command)} did not start:\n{log_text}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    assert command and command[0] == "redis-server", command
+    return RedisServer(port, arguments=command[1:], folder=folder)

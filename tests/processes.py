@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -120,33 +120,37 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """A throw-away `redis-server` that keeps nothing on disk, on a port of its own."""
+    """A throw-away `redis-server` on a port of its own: by default it keeps nothing on disk;
+    ``arguments`` (a deployment's own) and ``folder`` (its data and log) say otherwise."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        arguments: Sequence[str] = ("--save", "", "--appendonly", "no"),
+        folder: Path | None = None,
+    ) -> None:
         self.port = port
+        self.arguments = tuple(arguments)
+        self.folder = folder
         self.url = f"redis://127.0.0.1:{port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, within: float = 10.0) -> None:
-        self.process = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # Later arguments win: the port, the address and the folder are the test's.
+        command = [redis_server_binary(), *self.arguments, "--port", str(self.port), "--bind", "127.0.0.1"]
+        log_path = None
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            command += ["--dir", str(self.folder)]
+            log_path = self.folder / "redis.log"
+        with log_path.open("ab") if log_path else open(os.devnull, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + within
         while not redis_answers(self.url):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
+                said = log_path.read_text(errors="replace") if log_path else ""
+                raise RuntimeError(f"redis-server on port {self.port} did not start\n{said}".rstrip())
             time.sleep(0.05)
 
     def stop(self) -> None:

@@ -46,10 +46,10 @@ from tests.deployment import (
     PREPARE,
     SITE_TEMPLATE,
     Compose,
-    ComposeRedis,
     Dockerfile,
     MissingVariable,
     NginxProcess,
+    compose_redis,
     copy_app,
     dockerignore_patterns,
     is_ignored,
@@ -310,7 +310,7 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
     compose = Compose(read_env_file(dotenv), dotenv=dotenv)
     proxy_env = compose.environment("proxy")
 
-    redis = ComposeRedis(compose.service("redis")["command"], free_port(), tmp_path / "redis")
+    redis = compose_redis(compose.service("redis")["command"], free_port(), tmp_path / "redis")
     # What differs from the containers: where each service is.
     data = tmp_path / "agent-data"
     data.mkdir(mode=0o700)

@@ -53,6 +53,7 @@ from api.auth import BasicAuth, unauthorized_response
 from api.errors import body_too_large_response, error_response
 from config import Settings, config_errors
 from config.logs import announce, configure_logging
+from config.settings import AGENT_ID_PATTERN
 from conversation import configure_conversation
 from engine.discoveries import bind_to_call
 from engine.errors import StoreUnavailable
@@ -78,7 +79,7 @@ log = logging.getLogger("mfa")
 
 # Both functions share one meta_data scope: send_mfa writes `mfa`, verify_mfa reads it.
 META_DATA_TOKEN = "mfa_verification"  # noqa: S105 - a scope name, not a secret
-_AGENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_AGENT_ID = re.compile(AGENT_ID_PATTERN)
 # What the SDK answers for a body it cannot process (500: a JSON body that is not an object).
 _UNREADABLE = {400, 413, 415, 422, 500}
 # What the SDK's middleware sets on every response (signalwire/core/mixins/web_mixin.py).

@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.codes import fits_one_segment
 
+# What an agent id may be, wherever one is given (AGENT_ID, ?agent_id=, an include's meta_data).
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 SIP_URI = re.compile(r"^sips?:[A-Za-z0-9_.!~*'()&=+$,;?/%-]+@[A-Za-z0-9.-]+(:\d{1,5})?$")
 HTTPS_URL = re.compile(r"^https://[^\s/]+(/\S*)?$")
@@ -82,7 +84,7 @@ class Settings(BaseSettings):
 
     signalwire_swaig_secret: SecretStr | None = Field(None, min_length=16)
     mfa_code_key: SecretStr | None = Field(None, min_length=16)
-    agent_id: str = Field("mfa", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    agent_id: str = Field("mfa", pattern=AGENT_ID_PATTERN)
     mfa_webhook_urls: Annotated[list[str], NoDecode] = []
     mfa_webhook_secret: SecretStr | None = None
 

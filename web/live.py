@@ -37,6 +37,7 @@ from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from api.auth import BasicAuth
+from config.settings import AGENT_ID_PATTERN
 from engine.errors import StoreUnavailable
 from engine.events.live import MAX_SUBSCRIPTIONS, LiveHub, Subscriber
 from engine.events.metrics import CONTENT_TYPE_LATEST
@@ -56,7 +57,7 @@ DROPPED_CODES = frozenset(
         status.WS_1009_MESSAGE_TOO_BIG,
     }
 )
-AgentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN)]
 
 _PAGE_DIR = Path(__file__).parent
 _STATIC = {

@@ -237,6 +237,10 @@ def our_agent(
         MFA_SENDS_PER_CALL="1000000",
         MFA_MAX_FAILURES_PER_CALL="1000000",
         MFA_SENDS_PER_AGENT_PER_MINUTE="100000000",
+        MFA_SENDS_PER_MINUTE="100000000",
+        MFA_MAX_FAILURES_PER_NUMBER_PER_DAY="100",
+        # The bare agent looks nothing up: neither does ours here (a lookup is once a day per number).
+        MFA_LINE_TYPE_CHECK="off",
         # Every simulated call comes from this one address, up to thousands of connections at once.
         MFA_MAX_CONNECTIONS_PER_CLIENT="0",
         LOG_LEVEL=log_level,

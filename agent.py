@@ -488,7 +488,7 @@ def serve(argv: list[str] | None = None) -> None:
     if options.check:
         raise SystemExit(check(settings))
     if settings.log_level != "DEBUG":
-        # The SDK logs two INFO lines per function request: 4% of the CPU under load (bench/).
+        # The SDK logs two INFO lines per function request, a cost that shows under load (bench/).
         logging.getLogger("signalwire").setLevel(logging.WARNING)
     agent = MfaAgent(settings)
     app = build_app(agent)
@@ -504,10 +504,10 @@ def serve(argv: list[str] | None = None) -> None:
     config = uvicorn_config(app, settings)  # fails here, with the reason, on a uvicorn it does not know
     # Everything built so far (the SDK, the app and their modules) lives as long as
     # the process: keep it out of the garbage collector's full passes, which otherwise
-    # stop the event loop for 120-150 ms each under load. And collect the youngest
+    # stop the event loop for a long time under load. And collect the youngest
     # generation every 10,000 allocations instead of 700: a request's objects are
     # mostly freed by then, so they are not traced and promoted again and again
-    # (17% less CPU per call, 3 MiB more memory; bench/README.md).
+    # (less CPU per call for a little more memory; bench/README.md has the figures).
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 10)

@@ -306,8 +306,8 @@ class SecurityHeaders:
 
     The SDK adds the same headers with an ``@app.middleware("http")`` function, which
     Starlette runs through ``BaseHTTPMiddleware``: a task group and a memory stream per
-    request, about a tenth of the agent's CPU under load (bench/README.md). This one
-    only rewrites the response's start message.
+    request, a cost that shows under load (bench/README.md). This one only rewrites the
+    response's start message.
     """
 
     def __init__(self, app: ASGIApp, agent: AgentBase) -> None:

@@ -15,6 +15,7 @@ import inspect
 import json
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -160,6 +161,11 @@ def test_the_installed_sdk_is_one_the_adapter_was_checked_against() -> None:
     sdk_adapter.check_sdk()
     assert sdk_adapter.CHECKED_SDK_VERSIONS == ">=3.7.5,<3.8"
     assert importlib.metadata.version("signalwire-sdk") == sdk_adapter.installed_sdk_version()
+
+
+def test_requirements_install_only_the_checked_range() -> None:
+    requirements = (Path(__file__).parent.parent / "requirements.txt").read_text().splitlines()
+    assert f"signalwire-sdk{sdk_adapter.CHECKED_SDK_VERSIONS}" in requirements
 
 
 @pytest.mark.parametrize("version", ["3.8.0", "4.0.0", "3.7.4", "3.6.9", "3.7.5rc1", "unknown"])

@@ -369,7 +369,7 @@ def build_app(agent: MfaAgent) -> FastAPI:
         finally:
             await runtime.close()
 
-    app.router.lifespan_context = lifespan
+    sdk_adapter.use_lifespan(app, lifespan)
     app.add_middleware(AgentIdFromQuery)
     auth = BasicAuth(*sdk_adapter.basic_auth_credentials(agent))
     # mount() keeps the SDK's catch-all route last, so these routes are reachable.

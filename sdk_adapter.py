@@ -20,8 +20,8 @@ module:
   swaps its `add_security_headers` function middleware for `SecurityHeaders`
   (reading `_ssl_enabled`/`ssl_enabled` as the SDK does), `answer_unknown_paths_with_404`
   wraps its catch-all route `handle_all_routes` (which serves `SDK_CATCH_ALL_PATHS`
-  and `_routing_callbacks`), and `remove_route`/`add_innermost_middleware` edit
-  `app.router.routes` and `app.user_middleware`.
+  and `_routing_callbacks`), and `remove_route`/`add_innermost_middleware`/`use_lifespan`
+  edit `app.router.routes`, `app.user_middleware` and `app.router.lifespan_context`.
 - What the SDK answers on its own: `sdk_unauthorized()` (its 401),
   `sdk_could_not_read()` (its answers to an unreadable SWAIG body), and
   `basic_auth_credentials()` (the shape `get_basic_auth_credentials` returns).
@@ -40,6 +40,7 @@ import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -73,7 +74,7 @@ OVERRIDDEN = {
     "_tool_token_rejection": ("function_name", "token", "call_id", "conversation_id"),
     "_build_webhook_url": ("endpoint", "query_params"),
 }
-# The private (and quirky public) methods of AgentBase this module calls.
+# The methods of AgentBase this module calls, or relies on (the catch-all route calls `_dispatch_unmatched`).
 CALLED = ("_detect_proxy_from_request", "_check_basic_auth", "_check_content_type", "_dispatch_unmatched")
 CALLED_PUBLIC = ("define_tools", "get_basic_auth_credentials", "get_app")
 
@@ -352,6 +353,11 @@ def replace_security_headers_middleware(app: FastAPI, agent: AgentBase) -> None:
     if index is None:
         raise SdkMismatch("the SDK's security headers middleware was not found; check sdk_adapter.py")
     app.user_middleware[index] = Middleware(SecurityHeaders, agent=agent)
+
+
+def use_lifespan(app: FastAPI, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]) -> None:
+    """Run ``lifespan`` around the app's life; the SDK's app has none of its own to keep."""
+    app.router.lifespan_context = lifespan
 
 
 def add_innermost_middleware(app: FastAPI, middleware: Middleware) -> None:

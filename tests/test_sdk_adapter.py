@@ -14,7 +14,8 @@ import importlib.metadata
 import inspect
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -451,3 +452,22 @@ async def test_the_app_is_built_after_get_app_so_routes_and_middleware_can_still
     answer = await _request(app, "GET", "/health")
     assert answer.status == 200
     assert seen == ["/health"]
+
+
+async def test_the_sdk_app_has_no_lifespan_of_its_own_to_keep() -> None:
+    app = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True).get_app()
+    assert app.router.on_startup == [] and app.router.on_shutdown == []
+    async with app.router.lifespan_context(app) as state:
+        assert not state
+    ran: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        ran.append("start")
+        yield
+        ran.append("stop")
+
+    sdk_adapter.use_lifespan(app, lifespan)
+    async with app.router.lifespan_context(app):
+        assert ran == ["start"]
+    assert ran == ["start", "stop"]

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import re
 import secrets
@@ -38,26 +37,21 @@ if sys.version_info < REQUIRED_PYTHON:
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
-from signalwire import AgentBase
-from signalwire.core.security.session_manager import SessionManager
-from signalwire.core.swaig_function import SWAIGFunction
-from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.routing import BaseRoute, Match
 
+# The module, not its names: `swaig-test` serves any agent class it finds in this file's namespace.
+import sdk_adapter
 from api import build_api_router
 from api.auth import BasicAuth, unauthorized_response
-from api.errors import body_too_large_response, error_response
+from api.errors import body_too_large_response
 from config import Settings, config_errors
 from config.logs import announce, configure_logging
 from config.settings import AGENT_ID_PATTERN
 from conversation import configure_conversation
 from engine.discoveries import bind_to_call
 from engine.errors import StoreUnavailable
-from engine.keys import KeyRing
 from engine.runtime import NotStarted, Runtime
 from functions import STORE_DOWN, MfaFunctions
 from functions.includes import (
@@ -80,15 +74,6 @@ log = logging.getLogger("mfa")
 # Both functions share one meta_data scope: send_mfa writes `mfa`, verify_mfa reads it.
 META_DATA_TOKEN = "mfa_verification"  # noqa: S105 - a scope name, not a secret
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)
-# What the SDK answers for a body it cannot process (500: a JSON body that is not an object).
-_UNREADABLE = {400, 413, 415, 422, 500}
-# What the SDK's middleware sets on every response (signalwire/core/mixins/web_mixin.py).
-SECURITY_HEADERS = (
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "strict-origin-when-cross-origin"),
-)
-HSTS = "max-age=31536000; includeSubDomains"
 UNREADABLE_REQUEST = (
     "Nothing was done: the request could not be read. "
     "Apologize and say verification is not available right now."
@@ -103,10 +88,11 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
-class MfaAgent(AgentBase):
+class MfaAgent(sdk_adapter.SdkAgent):
     """A voice agent that verifies the caller's phone with a one-time code."""
 
     def __init__(self, settings: Settings | None = None, *, runtime: Runtime | None = None) -> None:
+        sdk_adapter.check_sdk()
         # No arguments is how `swaig-test agent.py` builds it: settings from the environment.
         self.settings = settings or Settings()
         self.runtime = runtime or Runtime(self.settings)
@@ -126,17 +112,16 @@ class MfaAgent(AgentBase):
             suppress_logs=True,
         )
         # Function tokens are signed with the key ring's secret, the same on every instance.
-        self.runtime.keys.on_change(self._sign_tokens_with)
+        self.runtime.keys.on_change(lambda keys: self.use_token_secret(keys.swaig_secret))
         texts = LANGUAGES[self.settings.mfa_language]
         person = self.settings.mfa_transfer_to is not None
         self._register_functions(MfaFunctions(self.runtime), texts, person=person)
         # After the functions, so the steps can name them.
         configure_conversation(self, texts, person=person)
-        for name in ("send_mfa", "verify_mfa", *(["transfer_to_person"] if person else [])):
-            function = self._tool_registry.get_function(name)
-            # The SDK's own check validates nothing with the current jsonschema-rs and retries a
-            # failed import on every request (~100 µs); functions/ validates with pydantic instead.
-            function.validate_args = _arguments_checked_by_handler  # type: ignore[union-attr,method-assign]
+        # functions/ validates the arguments with pydantic; the SDK's own check does nothing useful.
+        self.skip_sdk_argument_validation(
+            ["send_mfa", "verify_mfa", *(["transfer_to_person"] if person else [])]
+        )
 
     def _register_functions(self, functions: MfaFunctions, texts: Texts, *, person: bool) -> None:
         self.define_tool(
@@ -195,74 +180,59 @@ class MfaAgent(AgentBase):
                 meta_data_token=META_DATA_TOKEN,
             )
 
-    async def _handle_swaig_request(self, request: Request, response: Response) -> Response | dict[str, Any]:
+    async def answer_swaig(self, request: Request, sdk: sdk_adapter.SdkSwaig) -> sdk_adapter.SwaigAnswer:
         # The SDK answers a body it cannot read with 4xx or 500; the platform must always get
         # HTTP 200 with something the model can say (401 stays 401), and a 5xx would only
         # make it send the same unreadable body again.
-        answer = await self._swaig_with_includes(request, response)
-        if isinstance(answer, Response) and answer.status_code in _UNREADABLE:
-            log.warning("unreadable SWAIG request answered with a spoken refusal (%s)", answer.status_code)
+        answer = await self._swaig_with_includes(request, sdk)
+        if sdk_adapter.sdk_could_not_read(answer):
+            status = answer.status_code if isinstance(answer, Response) else None
+            log.warning("unreadable SWAIG request answered with a spoken refusal (%s)", status)
             return {"response": UNREADABLE_REQUEST}
         return answer
 
-    # -- SDK internals: function tokens (checked against signalwire-sdk 3.7.5) ------------
-    # The SDK signs each call's function tokens with `_session_manager.secret_key` (a
-    # `SessionManager`) when it renders the SWML, and checks them in `_tool_token_rejection`
-    # on every SWAIG request. These two methods are the only places this project touches them.
+    # -- function tokens ------------------------------------------------------------------
+    # The SDK signs each call's function tokens when it renders the SWML and checks them on
+    # every SWAIG request (sdk_adapter.py); the key ring's secret signs them.
 
-    def _sign_tokens_with(self, keys: KeyRing) -> None:
-        """Sign with the secret the key ring holds now; it calls this again after every change."""
-        self._session_manager.secret_key = keys.swaig_secret
-
-    def _tool_token_rejection(
-        self,
-        function_name: str,
-        token: str | None,
-        call_id: str | None,
-        conversation_id: str | None = None,
-    ) -> dict[str, Any] | None:
+    def token_admitted(self, function_name: str, token: str | None, call_id: str | None) -> bool:
         if _admitted_by_discovery.get() == (function_name, token, call_id):
-            return None  # a token naming its discovery, which serves this call (_admit_by_discovery)
+            return True  # a token naming its discovery, which serves this call (_admit_by_discovery)
         # A token signed with the secret this instance used before it adopted the store's
         # (engine/keys.py) is still good for a while: a call in progress keeps its SWML's URLs.
-        if token and call_id:
-            for secret in self.runtime.keys.previous_swaig_secrets():
-                if SessionManager(secret_key=secret).validate_tool_token(function_name, token, call_id):
-                    return None
-        # A token is honoured only for the call it was issued for. The SDK also takes one
-        # issued for the body's `conversation_id` (its chat sessions, which this agent does
-        # not serve): a token for call A would then run under any made-up call_id that names
-        # A as its conversation, and each made-up call would get fresh per-call limits.
-        return super()._tool_token_rejection(function_name, token, call_id)
+        return bool(
+            token
+            and call_id
+            and self.signed_with_any(
+                function_name, token, call_id, self.runtime.keys.previous_swaig_secrets()
+            )
+        )
 
-    def _build_webhook_url(self, endpoint: str, query_params: dict[str, str] | None = None) -> str:
+    def webhook_query(self, endpoint: str) -> dict[str, str]:
         # A call whose SWML was fetched with ?agent_id=X keeps reporting under X.
         agent_id = request_agent_id.get()
-        if endpoint == "swaig" and agent_id:
-            query_params = {**(query_params or {}), "agent_id": agent_id}
-        return super()._build_webhook_url(endpoint, query_params)
+        return {"agent_id": agent_id} if endpoint == "swaig" and agent_id else {}
 
-    # -- SDK internals: SWAIG includes (checked against signalwire-sdk 3.7.5) -------------
+    # -- SWAIG includes -----------------------------------------------------------------------
     # Other agents include send_mfa and verify_mfa (`SWAIG.includes`); functions/includes.py
     # says what they get. The SDK answers no discovery (a body without `function` gets its
-    # 400), so these methods answer it with the SDK's own parts: each function's `to_swaig`
-    # definition, `_session_manager` tokens, and `_build_webhook_url` URLs after the same
-    # `_detect_proxy_from_request` as for our SWML (SWML_PROXY_URL_BASE, proxy headers). And
-    # they admit a request whose token names its discovery, before `_tool_token_rejection`.
+    # 400), so these methods answer it with the SDK's own parts: each function's definition,
+    # function tokens, and URLs built as for our SWML (SWML_PROXY_URL_BASE, proxy headers).
+    # And they admit a request whose token names its discovery, before the SDK's token check.
 
-    async def _swaig_with_includes(self, request: Request, response: Response) -> Response | dict[str, Any]:
+    async def _swaig_with_includes(
+        self, request: Request, sdk: sdk_adapter.SdkSwaig
+    ) -> sdk_adapter.SwaigAnswer:
         """The SDK's answer to a SWAIG request, after includes had their turn."""
-        if not (
-            request.method == "POST" and self._check_basic_auth(request) and self._check_content_type(request)
-        ):
-            return await super()._handle_swaig_request(request, response)
+        if not self.is_swaig_post(request):
+            return await sdk()
         body = await _json_object(request)  # kept by the request: the SDK reads it again for free
         discovery = parse_discovery(body)
         if discovery is not None:
             return self._definitions(request, discovery)
         discovery_id = request.query_params.get(INCLUDE_PARAM)
         if discovery_id is None:
-            return await super()._handle_swaig_request(request, response)
+            return await sdk()
         try:
             admitted = await self._admit_by_discovery(request, body, discovery_id)
         except (StoreUnavailable, NotStarted):
@@ -270,27 +240,26 @@ class MfaAgent(AgentBase):
         marked = request_from_include.set(True)
         passed = _admitted_by_discovery.set(admitted)
         try:
-            return await super()._handle_swaig_request(request, response)
+            return await sdk()
         finally:
             _admitted_by_discovery.reset(passed)
             request_from_include.reset(marked)
 
     def _definitions(self, request: Request, discovery: Discovery) -> Response:
         """What a discovery gets: our definitions, each URL with a token for its call or itself."""
-        self._detect_proxy_from_request(request)
-        ours = {tool.name: tool for tool in self.define_tools() if isinstance(tool, SWAIGFunction)}
+        self.read_proxy_from(request)
+        ours = self.own_functions()
         discovery_id = new_discovery_id()
         subject = discovery.call_id or discovery_subject(discovery_id)
         # The include's agent id, else the URL's own (?agent_id=), else AGENT_ID.
         agent_id = request_agent_id.set(discovery.agent_id or request_agent_id.get())
         try:
-            definitions = []
-            for name in chosen(discovery, list(ours)):
-                definition = ours[name].to_swaig(base_url="")
-                token = self._session_manager.create_tool_token(name, subject)
-                query = {INCLUDE_PARAM: discovery_id, "__token": token}
-                definition["web_hook_url"] = self._build_webhook_url("swaig", query)
-                definitions.append(definition)
+            definitions = [
+                self.definition(
+                    ours[name], {INCLUDE_PARAM: discovery_id, "__token": self.create_token(name, subject)}
+                )
+                for name in chosen(discovery, list(ours))
+            ]
         finally:
             request_agent_id.reset(agent_id)
         log.info(
@@ -318,8 +287,7 @@ class MfaAgent(AgentBase):
             and self._signed_by_us(function, token, discovery_subject(discovery_id))
         ):
             return None
-        ttl = self._session_manager.token_expiry_secs
-        if not await bind_to_call(self.runtime.store, discovery_id, call_id, ttl=ttl):
+        if not await bind_to_call(self.runtime.store, discovery_id, call_id, ttl=self.token_lifetime):
             log.warning("discovery %s serves another call; refused it for call %s", discovery_id, call_id)
             return None
         return function, token, call_id
@@ -327,15 +295,8 @@ class MfaAgent(AgentBase):
     def _signed_by_us(self, function: str, token: str, subject: str) -> bool:
         """Whether ``token`` is ours for ``function`` and ``subject``, under the current secret or
         one the key ring still accepts."""
-        secrets_in_use = (self._session_manager.secret_key, *self.runtime.keys.previous_swaig_secrets())
-        return any(
-            SessionManager(secret_key=secret).validate_tool_token(function, token, subject)
-            for secret in secrets_in_use
-        )
-
-
-def _arguments_checked_by_handler(args: dict[str, Any]) -> tuple[bool, list[str]]:
-    return True, []
+        secrets_in_use = (self.token_secret, *self.runtime.keys.previous_swaig_secrets())
+        return self.signed_with_any(function, token, subject, secrets_in_use)
 
 
 async def _json_object(request: Request) -> dict[str, Any] | None:
@@ -365,106 +326,6 @@ class AgentIdFromQuery:
         await self.app(scope, receive, send)
 
 
-class SecurityHeaders:
-    """The SDK's security headers on every HTTP response, set by a plain ASGI middleware.
-
-    The SDK adds the same headers with an ``@app.middleware("http")`` function, which
-    Starlette runs through ``BaseHTTPMiddleware``: a task group and a memory stream per
-    request, about a tenth of the agent's CPU under load (bench/README.md). This one
-    only rewrites the response's start message.
-    """
-
-    def __init__(self, app: ASGIApp, agent: AgentBase) -> None:
-        self.app = app
-        self.agent = agent
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Scope) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS:
-                    headers[name] = value
-                if _ssl_enabled(self.agent):
-                    headers["Strict-Transport-Security"] = HSTS
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _ssl_enabled(agent: AgentBase) -> bool:
-    # The SDK's own test, per response, since SSL may be switched on after the app is built.
-    return bool(getattr(agent, "_ssl_enabled", False) or getattr(agent, "ssl_enabled", False))
-
-
-def _replace_security_headers_middleware(app: FastAPI, agent: AgentBase) -> None:
-    """Put `SecurityHeaders` where the SDK's function middleware was, in the same place."""
-    for index, middleware in enumerate(app.user_middleware):
-        cls: object = middleware.cls
-        dispatch_name = getattr(middleware.kwargs.get("dispatch"), "__name__", "")
-        if cls is BaseHTTPMiddleware and dispatch_name == "add_security_headers":
-            app.user_middleware[index] = Middleware(SecurityHeaders, agent=agent)
-            return
-    raise RuntimeError("the SDK's security headers middleware was not found; check agent.py against the SDK")
-
-
-# What the SDK's catch-all route (`handle_all_routes`, signalwire-sdk 3.7.5: web_mixin.py
-# `_dispatch_unmatched`) serves below the agent's route "/"; for any other path it answers
-# HTTP 200 {"error": "Path not found"}, which a client cannot tell from an answer.
-_SDK_CATCH_ALL_PATHS = frozenset({"", "swaig", "post_prompt", "check_for_input", "debug", "debug_events"})
-
-
-def _answer_unknown_paths_with_404(app: FastAPI, agent: AgentBase) -> None:
-    """Wrap the SDK's catch-all routes: a path it serves goes on; any other gets our 404,
-    whatever the method (the routes now take every method, so none falls to a bare 405)."""
-    catch_alls = [
-        route
-        for route in app.router.routes
-        if isinstance(route, APIRoute) and route.endpoint.__name__ == "handle_all_routes"
-    ]
-    if not catch_alls:
-        raise RuntimeError("the SDK's catch-all route was not found; check agent.py against the SDK")
-    callbacks = {path.strip("/") for path in getattr(agent, "_routing_callbacks", None) or {}}
-    served = _SDK_CATCH_ALL_PATHS | callbacks
-    # GET and POST are two routes of one path: a method either takes is served by that one.
-    methods = frozenset(method for route in catch_alls for method in route.methods or ())
-    for route in catch_alls:
-        route.app = _only_paths(route.app, served, methods)
-    catch_alls[-1].methods = set(_ANY_METHOD)
-
-
-_ANY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-def _only_paths(app: ASGIApp, served: frozenset[str], methods: frozenset[str]) -> ASGIApp:
-    async def serve_or_refuse(scope: Scope, receive: Any, send: Any) -> None:
-        if str(scope["path"]).strip("/") not in served:
-            response = error_response(404, "not_found", "There is nothing at this path.")
-        elif scope["method"] not in methods:
-            allowed = {"Allow": ", ".join(sorted(methods))}
-            message = "This path does not take that method."
-            response = error_response(405, "method_not_allowed", message, allowed)
-        else:
-            await app(scope, receive, send)
-            return
-        await response(scope, receive, send)
-
-    return serve_or_refuse
-
-
-def _sdk_unauthorized() -> Response:
-    # What the SDK's own routes answer without the right credentials (web_mixin.py, swml_service.py).
-    return Response(
-        json.dumps({"error": "Unauthorized"}),
-        status_code=401,
-        headers={"WWW-Authenticate": "Basic"},
-        media_type="application/json",
-    )
-
-
 class RouteRefusals:
     """The edge's refusals (`server.Refusals`) in the shape of the route asked for.
 
@@ -482,7 +343,7 @@ class RouteRefusals:
         self.max_body_bytes = max_body_bytes
 
     def unauthorized(self, scope: Scope) -> Response:
-        return unauthorized_response() if self._is_api(scope) else _sdk_unauthorized()
+        return unauthorized_response() if self._is_api(scope) else sdk_adapter.sdk_unauthorized()
 
     def too_large(self, scope: Scope) -> Response:
         if str(scope["path"]).strip("/") == "swaig":
@@ -498,7 +359,7 @@ def build_app(agent: MfaAgent) -> FastAPI:
     """The SDK's app with our lifespan, middleware and routes, behind the server's edge."""
     app = agent.get_app()
     runtime = agent.runtime
-    _replace_security_headers_middleware(app, agent)
+    sdk_adapter.replace_security_headers_middleware(app, agent)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -508,12 +369,11 @@ def build_app(agent: MfaAgent) -> FastAPI:
         finally:
             await runtime.close()
 
-    app.router.lifespan_context = lifespan
+    sdk_adapter.use_lifespan(app, lifespan)
     app.add_middleware(AgentIdFromQuery)
-    user, password = agent.get_basic_auth_credentials()[:2]
-    auth = BasicAuth(user, password)
+    auth = BasicAuth(*sdk_adapter.basic_auth_credentials(agent))
     # mount() keeps the SDK's catch-all route last, so these routes are reachable.
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/ready"]
+    sdk_adapter.remove_route(app, "/ready")
     routers = [
         readiness_router(runtime, auth),
         build_api_router(runtime, auth),
@@ -521,13 +381,13 @@ def build_app(agent: MfaAgent) -> FastAPI:
     ]
     for router in routers:
         agent.mount(router)
-    _answer_unknown_paths_with_404(app, agent)
+    sdk_adapter.answer_unknown_paths_with_404(app, agent)
     # Innermost of the middleware: its answers still get the security headers (and CORS).
     max_body = runtime.settings.mfa_max_body_bytes
     api_routes = tuple(route for router in routers for route in router.routes)
     refusals = RouteRefusals(api_routes=api_routes, max_body_bytes=max_body)
-    app.user_middleware.append(
-        Middleware(RequestEdge, accepts=auth.accepts, max_body_bytes=max_body, refusals=refusals)
+    sdk_adapter.add_innermost_middleware(
+        app, Middleware(RequestEdge, accepts=auth.accepts, max_body_bytes=max_body, refusals=refusals)
     )
     return app
 
@@ -624,14 +484,15 @@ def serve(argv: list[str] | None = None) -> None:
     options = arguments.parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    sdk_adapter.check_sdk()
     if options.check:
         raise SystemExit(check(settings))
     if settings.log_level != "DEBUG":
-        # The SDK logs two INFO lines per function request: 4% of the CPU under load (bench/).
+        # The SDK logs two INFO lines per function request, a cost that shows under load (bench/).
         logging.getLogger("signalwire").setLevel(logging.WARNING)
     agent = MfaAgent(settings)
     app = build_app(agent)
-    user, password = agent.get_basic_auth_credentials()[:2]
+    user, password = sdk_adapter.basic_auth_credentials(agent)
     say = settings.log_format
     announce(f"Phone verification agent listening on http://{settings.host}:{settings.port}/", say)
     if agent.generated_password:
@@ -643,10 +504,10 @@ def serve(argv: list[str] | None = None) -> None:
     config = uvicorn_config(app, settings)  # fails here, with the reason, on a uvicorn it does not know
     # Everything built so far (the SDK, the app and their modules) lives as long as
     # the process: keep it out of the garbage collector's full passes, which otherwise
-    # stop the event loop for 120-150 ms each under load. And collect the youngest
+    # stop the event loop for a long time under load. And collect the youngest
     # generation every 10,000 allocations instead of 700: a request's objects are
     # mostly freed by then, so they are not traced and promoted again and again
-    # (17% less CPU per call, 3 MiB more memory; bench/README.md).
+    # (less CPU per call for a little more memory; bench/README.md has the figures).
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 10)

@@ -114,8 +114,8 @@ LAYERS: list[tuple[str, str]] = [
     ("sqlite3 (event-loop side)", r"\(sqlite3/"),
     ("phonenumbers", r"\(phonenumbers/"),
     (
-        "our code (agent.py, functions/, engine/, api/, web/)",
-        r"\((agent\.py|functions/|engine/|api/|web/|config/)",
+        "our code (agent.py, sdk_adapter.py, functions/, engine/, api/, web/)",
+        r"\((agent\.py|sdk_adapter\.py|functions/|engine/|api/|web/|config/)",
     ),
 ]
 

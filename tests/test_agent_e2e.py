@@ -255,7 +255,7 @@ SECURITY_HEADERS = {
 
 
 async def test_every_response_carries_the_sdks_security_headers(world: World) -> None:
-    # agent.py sets them with its own middleware in place of the SDK's; none may be lost.
+    # sdk_adapter.py sets them with its own middleware in place of the SDK's; none may be lost.
     platform = world.platform()
     await platform.start_call()
     base, auth = world.agent.base_url, world.agent.auth

@@ -1,0 +1,473 @@
+"""The SDK internals `sdk_adapter.py` leans on are still there, and still behave as it relies on.
+
+One test per internal: each fails if the SDK changes it underneath, so a new SDK release
+is tried here before `sdk_adapter.CHECKED_SDK_VERSIONS` is widened to take it. They
+drive a fresh `AgentBase` (or a bare `SdkAgent`), not the verification agent, so a
+failure names the SDK and nothing of ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.metadata
+import inspect
+import json
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from signalwire import AgentBase
+from signalwire.core.function_result import FunctionResult
+from signalwire.core.security.session_manager import SessionManager
+from signalwire.core.swaig_function import SWAIGFunction
+from starlette.middleware import Middleware
+from starlette.requests import Request
+
+import sdk_adapter
+
+AUTH = ("probe", "probe-password")
+REFUSED = "the security token for this function is invalid or expired"
+
+
+class Probe(sdk_adapter.SdkAgent):
+    """The smallest agent on the adapter: one secure function, hooks set by each test."""
+
+    def __init__(self) -> None:
+        super().__init__(name="probe", route="/", basic_auth=AUTH, suppress_logs=True)
+        self.answer: dict[str, Any] | None = None
+        self.admit = False
+        self.query: dict[str, str] = {}
+        self.define_tool(
+            name="echo",
+            description="Echo",
+            parameters={"x": {"type": "string", "description": "anything"}},
+            handler=self._echo,
+            secure=True,
+        )
+
+    async def _echo(self, args: dict[str, Any], raw_data: dict[str, Any]) -> FunctionResult:
+        return FunctionResult("ran")
+
+    async def answer_swaig(self, request: Request, sdk: sdk_adapter.SdkSwaig) -> sdk_adapter.SwaigAnswer:
+        return self.answer if self.answer is not None else await sdk()
+
+    def token_admitted(self, function_name: str, token: str | None, call_id: str | None) -> bool:
+        return self.admit
+
+    def webhook_query(self, endpoint: str) -> dict[str, str]:
+        return self.query if endpoint == "swaig" else {}
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _auth_header(auth: tuple[str, str] = AUTH) -> tuple[str, str]:
+    return ("authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+
+
+def _scope(method: str, path: str, headers: Iterable[tuple[str, str]], query: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("agent.example", 3000),
+    }
+
+
+async def _request(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    body: bytes = b"",
+    headers: Iterable[tuple[str, str]] = (),
+    query: str = "",
+) -> Answer:
+    """One HTTP request straight into an ASGI app."""
+    messages: list[dict[str, Any]] = []
+    done = asyncio.Event()
+    body_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    await app(_scope(method, path, headers, query), receive, send)
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    received = {name.decode().lower(): value.decode() for name, value in start["headers"]}
+    content = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return Answer(start["status"], received, content)
+
+
+def _swaig_body(call_id: str = "call-1", **extra: Any) -> bytes:
+    return json.dumps(
+        {
+            "function": "echo",
+            "argument": {"parsed": [{"x": "1"}], "raw": '{"x": "1"}'},
+            "call_id": call_id,
+            **extra,
+        }
+    ).encode()
+
+
+async def _swaig(app: Any, body: bytes, query: str = "") -> Answer:
+    headers = [_auth_header(), ("content-type", "application/json")]
+    return await _request(app, "POST", "/swaig", body=body, headers=headers, query=query)
+
+
+async def _function_url(agent: AgentBase, call_id: str = "call-1") -> str:
+    """The `web_hook_url` the SDK renders into the SWML for `echo`."""
+    swml = json.loads(agent._render_swml(call_id))
+    ai = next(verb["ai"] for verb in swml["sections"]["main"] if "ai" in verb)
+    function = next(f for f in ai["SWAIG"]["functions"] if f["function"] == "echo")
+    url: str = function["web_hook_url"]
+    return url
+
+
+def _params(method: Any) -> tuple[str, ...]:
+    return tuple(inspect.signature(method).parameters)[1:]
+
+
+# -- the version range ---------------------------------------------------------------------
+
+
+def test_the_installed_sdk_is_one_the_adapter_was_checked_against() -> None:
+    sdk_adapter.check_sdk()
+    assert sdk_adapter.CHECKED_SDK_VERSIONS == ">=3.7.5,<3.8"
+    assert importlib.metadata.version("signalwire-sdk") == sdk_adapter.installed_sdk_version()
+
+
+def test_requirements_install_only_the_checked_range() -> None:
+    requirements = (Path(__file__).parent.parent / "requirements.txt").read_text().splitlines()
+    assert f"signalwire-sdk{sdk_adapter.CHECKED_SDK_VERSIONS}" in requirements
+
+
+@pytest.mark.parametrize("version", ["3.8.0", "4.0.0", "3.7.4", "3.6.9", "3.7.5rc1", "unknown"])
+def test_start_up_stops_with_one_line_on_an_sdk_outside_the_range(
+    monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    monkeypatch.setattr(sdk_adapter, "installed_sdk_version", lambda: version)
+    with pytest.raises(SystemExit) as stopped:
+        sdk_adapter.check_sdk()
+    line = str(stopped.value.code)
+    assert "\n" not in line
+    assert f"signalwire-sdk {version} is installed" in line
+    assert ">=3.7.5,<3.8" in line
+
+
+@pytest.mark.parametrize("version", ["3.7.5", "3.7.6", "3.7.10", "3.7.5.post1"])
+def test_a_release_within_the_range_is_taken(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+    monkeypatch.setattr(sdk_adapter, "installed_sdk_version", lambda: version)
+    sdk_adapter.check_sdk()
+
+
+def test_start_up_stops_with_one_line_without_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> str:
+        raise importlib.metadata.PackageNotFoundError("signalwire-sdk")
+
+    monkeypatch.setattr(sdk_adapter, "installed_sdk_version", missing)
+    with pytest.raises(SystemExit, match=r"^sdk error: signalwire-sdk is not installed; .*>=3\.7\.5,<3\.8$"):
+        sdk_adapter.check_sdk()
+
+
+def test_start_up_stops_with_one_line_when_an_internal_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SessionManager, "create_tool_token", None)
+    with pytest.raises(SystemExit) as stopped:
+        sdk_adapter.check_sdk()
+    assert str(stopped.value.code).count("\n") == 0
+    assert "SessionManager has no create_tool_token()" in str(stopped.value.code)
+
+
+def test_start_up_stops_when_an_overridden_method_changes_its_parameters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def changed(self: AgentBase, endpoint: str, query: dict[str, str], fragment: str) -> str:
+        return ""
+
+    monkeypatch.setattr(AgentBase, "_build_webhook_url", changed)
+    changed_line = r"_build_webhook_url\(\) no longer takes \(endpoint, query_params\)"
+    with pytest.raises(SystemExit, match=changed_line):
+        sdk_adapter.check_sdk()
+
+
+# -- the overridden methods --------------------------------------------------------------------
+
+
+async def test_handle_swaig_request_is_where_the_sdk_answers_every_swaig_request() -> None:
+    assert _params(AgentBase._handle_swaig_request) == ("request", "response")
+    agent = Probe()
+    app = agent.get_app()
+    refused = await _swaig(app, _swaig_body(), query="__token=wrong")
+    assert REFUSED in refused.json()["response"]
+    agent.answer = {"response": "ours"}
+    assert (await _swaig(app, _swaig_body())).json() == {"response": "ours"}
+    # The catch-all's paths too (a doubled slash is not the router's).
+    assert (await _request(app, "POST", "//swaig/", body=_swaig_body(), headers=[_auth_header()])).json() == {
+        "response": "ours"
+    }
+
+
+async def test_tool_token_rejection_decides_every_function_call_and_takes_the_conversation_id() -> None:
+    parameters = ("function_name", "token", "call_id", "conversation_id")
+    assert _params(AgentBase._tool_token_rejection) == parameters
+    agent = Probe()
+    app = agent.get_app()
+    token = agent.create_token("echo", "call-1")
+
+    assert REFUSED in (await _swaig(app, _swaig_body())).json()["response"]
+    assert (await _swaig(app, _swaig_body(), query=f"__token={token}")).json()["response"] == "ran"
+    # The SDK takes a token for the conversation under another call id; the adapter does not.
+    assert AgentBase._tool_token_rejection(agent, "echo", token, "call-2", "call-1") is None
+    forged = _swaig_body(call_id="call-2", conversation_id="call-1")
+    assert REFUSED in (await _swaig(app, forged, query=f"__token={token}")).json()["response"]
+    # What the agent admits runs without the SDK's say.
+    agent.admit = True
+    assert (await _swaig(app, _swaig_body())).json()["response"] == "ran"
+
+
+async def test_build_webhook_url_makes_the_function_urls_of_the_swml() -> None:
+    assert _params(AgentBase._build_webhook_url) == ("endpoint", "query_params")
+    agent = Probe()
+    agent.query = {"agent_id": "front-desk"}
+    url = await _function_url(agent)
+    query = parse_qs(urlsplit(url).query)
+    assert urlsplit(url).path.rstrip("/") == "/swaig"
+    assert query["agent_id"] == ["front-desk"]
+    assert "__token" in query
+    assert "q=1" in agent._build_webhook_url("swaig", {"q": "1"})
+
+
+# -- function tokens ----------------------------------------------------------------------------
+
+
+async def test_session_manager_signs_the_swml_tokens_with_its_secret_key() -> None:
+    assert "secret_key" in inspect.signature(SessionManager).parameters
+    agent = Probe()
+    agent.use_token_secret("first-secret")
+    assert agent.token_secret == "first-secret"
+    assert agent._session_manager.secret_key == "first-secret"
+    token = parse_qs(urlsplit(await _function_url(agent)).query)["__token"][0]
+
+    assert agent.signed_with_any("echo", token, "call-1", ["first-secret"])
+    assert not agent.signed_with_any("echo", token, "call-1", ["another-secret"])
+    assert not agent.signed_with_any("echo", token, "call-2", ["first-secret"])
+    assert SessionManager(secret_key="first-secret").validate_tool_token("echo", token, "call-1")
+    assert agent.signed_with_any("echo", agent.create_token("echo", "x"), "x", ["first-secret"])
+    assert agent.token_lifetime == 3600  # AgentBase's token_expiry_secs default
+
+
+# -- SWAIG functions and requests -------------------------------------------------------------
+
+
+async def test_validate_args_is_what_the_sdk_calls_on_each_registered_function() -> None:
+    agent = Probe()
+    function = agent._tool_registry.get_function("echo")
+    assert isinstance(function, SWAIGFunction)
+    assert _params(SWAIGFunction.validate_args) == ("args",)
+    called: list[dict[str, Any]] = []
+
+    def recording(args: dict[str, Any]) -> tuple[bool, list[str]]:
+        called.append(args)
+        return True, []
+
+    function.validate_args = recording  # type: ignore[method-assign]
+    agent.admit = True
+    assert (await _swaig(agent.get_app(), _swaig_body())).json()["response"] == "ran"
+    assert called == [{"x": "1"}]
+
+    agent.skip_sdk_argument_validation(["echo"])
+    assert function.validate_args({"x": 5}) == (True, [])
+
+
+def test_define_tools_and_to_swaig_give_each_function_its_definition() -> None:
+    assert "base_url" in inspect.signature(SWAIGFunction.to_swaig).parameters
+    agent = Probe()
+    functions = agent.own_functions()
+    assert list(functions) == ["echo"]
+    definition = agent.definition(functions["echo"], {"include": "d1"})
+    assert definition["function"] == "echo"
+    assert definition["description"] == "Echo"
+    assert definition["parameters"]["properties"] == {"x": {"type": "string", "description": "anything"}}
+    assert urlsplit(definition["web_hook_url"]).path.rstrip("/") == "/swaig"
+    assert parse_qs(urlsplit(definition["web_hook_url"]).query)["include"] == ["d1"]
+
+
+def test_detect_proxy_from_request_builds_urls_for_the_address_the_request_came_through() -> None:
+    agent = Probe()
+    headers = [("host", "agent.internal:3000"), ("x-forwarded-host", "mfa.example.com")]
+    request = Request(_scope("POST", "/swaig", [*headers, ("x-forwarded-proto", "https")], ""))
+    agent.read_proxy_from(request)
+    url = agent.definition(agent.own_functions()["echo"], {})["web_hook_url"]
+    assert urlsplit(url).scheme == "https"
+    assert urlsplit(url).hostname == "mfa.example.com"
+
+
+def test_check_basic_auth_and_check_content_type_judge_a_swaig_post() -> None:
+    agent = Probe()
+
+    def post(*headers: tuple[str, str], method: str = "POST") -> Request:
+        return Request(_scope(method, "/swaig", headers, ""))
+
+    json_type = ("content-type", "application/json")
+    assert agent.is_swaig_post(post(_auth_header(), json_type))
+    assert agent.is_swaig_post(post(_auth_header()))  # no content type is taken as JSON
+    assert not agent.is_swaig_post(post(_auth_header(("probe", "wrong")), json_type))
+    assert not agent.is_swaig_post(post(json_type))
+    assert not agent.is_swaig_post(post(_auth_header(), ("content-type", "text/plain")))
+    assert not agent.is_swaig_post(post(_auth_header(), json_type, method="GET"))
+
+
+def test_get_basic_auth_credentials_starts_with_the_user_and_password() -> None:
+    agent = Probe()
+    assert agent.get_basic_auth_credentials()[:2] == AUTH
+    assert sdk_adapter.basic_auth_credentials(agent) == AUTH
+
+
+async def test_the_sdk_answers_an_unreadable_swaig_body_with_a_status_the_adapter_knows() -> None:
+    app = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True).get_app()
+    for body in (b"not json", b"[1, 2]", b"{}"):
+        answer = await _swaig(app, body)
+        assert answer.status != 200, body
+        assert sdk_adapter.sdk_could_not_read(sdk_adapter.Response(status_code=answer.status)), body
+
+
+async def test_the_sdk_answers_401_as_sdk_unauthorized_does() -> None:
+    app = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True).get_app()
+    ours = sdk_adapter.sdk_unauthorized()
+    for method, path in (("GET", "/"), ("POST", "/swaig"), ("POST", "//swaig/")):
+        answer = await _request(app, method, path, headers=[_auth_header(("probe", "wrong"))])
+        assert answer.status == ours.status_code == 401, path
+        assert answer.body == ours.body, path
+        assert answer.headers["www-authenticate"] == ours.headers["www-authenticate"], path
+        assert answer.headers["content-type"] == ours.headers["content-type"], path
+
+
+# -- the SDK's app ----------------------------------------------------------------------------
+
+
+async def test_the_security_headers_middleware_is_found_and_replaced_by_the_same_headers() -> None:
+    for ssl in (False, True):
+        sdk_agent = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True)
+        sdk_agent.ssl_enabled = ssl
+        sdk_app = sdk_agent.get_app()
+        assert sdk_adapter.find_security_headers_middleware(sdk_app) is not None
+        theirs = (await _request(sdk_app, "GET", "/health")).headers
+
+        agent = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True)
+        app = agent.get_app()
+        sdk_adapter.replace_security_headers_middleware(app, agent)
+        assert sdk_adapter.find_security_headers_middleware(app) is None
+        agent.ssl_enabled = ssl  # read per response, as the SDK's does
+        ours = (await _request(app, "GET", "/health")).headers
+
+        for name, value in sdk_adapter.SECURITY_HEADERS:
+            assert theirs[name.lower()] == ours[name.lower()] == value
+        assert theirs.get("strict-transport-security") == ours.get("strict-transport-security")
+        assert ours.get("strict-transport-security") == (sdk_adapter.HSTS if ssl else None)
+
+
+def test_ssl_enabled_is_the_attribute_the_sdk_reads() -> None:
+    agent = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True)
+    assert isinstance(agent.ssl_enabled, bool)
+    assert not sdk_adapter.ssl_enabled(agent)
+    agent.ssl_enabled = True
+    assert sdk_adapter.ssl_enabled(agent)
+
+
+async def test_the_catch_all_route_is_handle_all_routes_and_serves_exactly_the_listed_paths() -> None:
+    agent = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True)
+    app = agent.get_app()
+    catch_alls = sdk_adapter.catch_all_routes(app)
+    assert [route.path for route in catch_alls] == ["/{full_path:path}"] * 2
+    assert app.router.routes[-len(catch_alls) :] == catch_alls
+    assert {method for route in catch_alls for method in route.methods or ()} == {"GET", "POST"}
+    # Every path _dispatch_unmatched serves, read from its source: the listed ones, no more.
+    source = inspect.getsource(AgentBase._dispatch_unmatched)
+    assert set(re.findall(r'clean_path == "([a-z_]+)"', source)) | {""} == sdk_adapter.SDK_CATCH_ALL_PATHS
+    unknown = await _request(app, "GET", "/nothing-here", headers=[_auth_header()])
+    assert (unknown.status, unknown.json()) == (200, {"error": "Path not found"})
+
+    sdk_adapter.answer_unknown_paths_with_404(app, agent)
+    unknown = await _request(app, "GET", "/nothing-here", headers=[_auth_header()])
+    assert unknown.status == 404
+
+
+async def test_routing_callbacks_are_served_by_the_catch_all() -> None:
+    agent = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True)
+    agent.register_routing_callback(lambda request, body: None, path="/sip")
+    assert "/sip" in agent._routing_callbacks
+    app = agent.get_app()
+    sdk_adapter.answer_unknown_paths_with_404(app, agent)
+    answer = await _request(app, "POST", "/sip/", body=b"{}", headers=[_auth_header()])
+    assert answer.status == 200
+    assert "sections" in answer.json()
+
+
+async def test_the_app_is_built_after_get_app_so_routes_and_middleware_can_still_change() -> None:
+    agent = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True)
+    app = agent.get_app()
+    assert any(getattr(route, "path", None) == "/ready" for route in app.router.routes)
+    sdk_adapter.remove_route(app, "/ready")
+    assert not any(getattr(route, "path", None) == "/ready" for route in app.router.routes)
+
+    seen: list[str] = []
+
+    class Innermost:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            seen.append(scope["path"])
+            await self.app(scope, receive, send)
+
+    sdk_adapter.add_innermost_middleware(app, Middleware(Innermost))
+    assert app.user_middleware[-1].cls is Innermost
+    answer = await _request(app, "GET", "/health")
+    assert answer.status == 200
+    assert seen == ["/health"]
+
+
+async def test_the_sdk_app_has_no_lifespan_of_its_own_to_keep() -> None:
+    app = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True).get_app()
+    assert app.router.on_startup == [] and app.router.on_shutdown == []
+    async with app.router.lifespan_context(app) as state:
+        assert not state
+    ran: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        ran.append("start")
+        yield
+        ran.append("stop")
+
+    sdk_adapter.use_lifespan(app, lifespan)
+    async with app.router.lifespan_context(app):
+        assert ran == ["start"]
+    assert ran == ["start", "stop"]

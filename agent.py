@@ -49,8 +49,6 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.routing import BaseRoute, Match
 
 from api import build_api_router
-from api.auth import BasicAuth, unauthorized_response
-from api.errors import body_too_large_response, error_response
 from config import Settings, config_errors
 from config.logs import announce, configure_logging
 from config.settings import AGENT_ID_PATTERN
@@ -70,9 +68,11 @@ from functions.includes import (
     new_discovery_id,
     parse_discovery,
 )
-from functions.platform import request_agent_id, request_from_include
 from languages import LANGUAGES, Texts
 from server import RequestEdge, uvicorn_config
+from server.auth import BasicAuth, unauthorized_response
+from server.context import request_agent_id, request_from_include
+from server.errors import body_too_large_response, error_response
 from web import build_live_router
 
 log = logging.getLogger("mfa")

@@ -25,7 +25,7 @@ from api.verifications import NUMBER_MAX_LENGTH
 from api.workflow import CHALLENGE_EVENT, WORKFLOW_NAME, Instance, PhoneVerificationWorkflow, RuntimeStatus
 from engine.errors import InvalidRequest
 from engine.runtime import Runtime
-from functions.platform import request_agent_id
+from server.context import request_agent_id
 
 INSTANCES = "/runtime/webhooks/durabletask/instances"
 STATUS_RETRY_AFTER = "5"  # seconds; what Durable asks of clients polling a running instance

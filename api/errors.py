@@ -3,11 +3,10 @@
 The shape itself (`server.errors`) sits below, with the server's edge, which
 refuses some requests in it before any route runs.
 
-Engine refusals (`engine.errors`) keep their own code and status; `ApiError`
-covers what only the HTTP interfaces can get wrong (an unknown workflow
-instance, an event for a finished one). `ApiRoute` renders both, plus
-request validation and authentication failures, for the routes in `api/`
-only: the SDK's routes keep their own answers.
+Engine refusals (`engine.errors`, and the workflow's in `engine.workflow`) keep
+their own code and status. `ApiRoute` renders them, plus request validation and
+authentication failures, for the routes in `api/` only: the SDK's routes keep
+their own answers.
 """
 
 from __future__ import annotations
@@ -24,18 +23,7 @@ from engine.errors import ProviderUnavailable, RateLimited, VerificationError
 from server.errors import ErrorBody, error_response
 
 
-class ApiError(Exception):
-    """A refusal of the HTTP API itself (not of the engine)."""
-
-    code = "api_error"
-    http_status = 400
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def _retry_after(error: VerificationError | ApiError) -> int | None:
+def _retry_after(error: VerificationError) -> int | None:
     return error.retry_after if isinstance(error, RateLimited | ProviderUnavailable) else None
 
 
@@ -67,7 +55,7 @@ class ApiRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (VerificationError, ApiError) as error:
+            except VerificationError as error:
                 return error_response(
                     error.http_status, error.code, error.message, retry_after=_retry_after(error)
                 )

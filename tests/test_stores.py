@@ -478,6 +478,21 @@ async def test_records_round_trip_until_their_ttl_passes(store: Store) -> None:
     await eventually(forgotten)
 
 
+async def test_a_deleted_record_is_gone_and_only_it(store: Store) -> None:
+    await store.put_record("orchestration", "i1", {"verification_id": "v1"}, ttl=60)
+    await store.put_record("orchestration", "i2", {"verification_id": "v2"}, ttl=60)
+    await store.put_record("call", "i1", {"verified": True}, ttl=60)
+
+    await store.delete_record("orchestration", "i1")
+    await store.delete_record("orchestration", "never-kept")  # nothing there: nothing happens
+
+    assert await store.get_record("orchestration", "i1") is None
+    assert await store.get_record("orchestration", "i2") == {"verification_id": "v2"}
+    assert await store.get_record("call", "i1") == {"verified": True}
+    await store.put_record("orchestration", "i1", {"verification_id": "v3"}, ttl=60)
+    assert await store.get_record("orchestration", "i1") == {"verification_id": "v3"}
+
+
 # -- outbox -----------------------------------------------------------------
 
 

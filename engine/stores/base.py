@@ -239,6 +239,10 @@ class Store(ABC):
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
         """The document, or None if absent or expired."""
 
+    @abstractmethod
+    async def delete_record(self, kind: str, record_id: str) -> None:
+        """Forget the document at once (nothing happens if there is none)."""
+
     # -- durable outbox -----------------------------------------------------
     @abstractmethod
     async def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> None:

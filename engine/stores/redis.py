@@ -655,6 +655,10 @@ class RedisStore(Store):
         data: dict[str, Any] = json.loads(value)
         return data
 
+    async def delete_record(self, kind: str, record_id: str) -> None:
+        with _unavailable():
+            await self._client.delete(self._key("record", kind, record_id))
+
     # -- durable outbox -----------------------------------------------------
     def _outbox(self, queue: str) -> list[str]:
         return [self._key("outbox", queue, part) for part in ("due", "payload", "attempts")]

@@ -771,6 +771,9 @@ class SqliteStore(Store):
         data: dict[str, Any] = json.loads(rows[0][0])
         return data
 
+    async def delete_record(self, kind: str, record_id: str) -> None:
+        await self._execute("DELETE FROM record WHERE kind = ? AND id = ?", (kind, record_id))
+
     # -- durable outbox -----------------------------------------------------
     async def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> None:
         await self._execute(

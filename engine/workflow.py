@@ -21,7 +21,7 @@ from typing import Any
 from engine.codes import UnreadableCode, normalise_spoken
 from engine.errors import InvalidRequest, VerificationError, VerificationNotFound
 from engine.models import Origin, Status, Verification
-from engine.stores.base import RETAIN_FINISHED_SECONDS, Store
+from engine.stores.base import RETAIN_FINISHED_SECONDS, RecordStore
 from engine.verifications import CodeShape, VerificationEngine
 
 WORKFLOW_NAME = "E4_SmsPhoneVerification"
@@ -93,7 +93,7 @@ _RUNTIME_STATUS = {
 class PhoneVerificationWorkflow:
     """Starts instances, feeds them events, reports, terminates and purges them."""
 
-    def __init__(self, engine: VerificationEngine, records: Store, shape: CodeShape) -> None:
+    def __init__(self, engine: VerificationEngine, records: RecordStore, shape: CodeShape) -> None:
         self.engine = engine
         self.records = records
         # The engine's message and alphabet, with the workflow's length, window and tries.

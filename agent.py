@@ -44,8 +44,6 @@ from starlette.routing import BaseRoute, Match
 # The module, not its names: `swaig-test` serves any agent class it finds in this file's namespace.
 import sdk_adapter
 from api import build_api_router
-from api.auth import BasicAuth, unauthorized_response
-from api.errors import body_too_large_response
 from config import Settings, config_errors
 from config.logs import announce, configure_logging
 from config.settings import AGENT_ID_PATTERN
@@ -64,9 +62,11 @@ from functions.includes import (
     new_discovery_id,
     parse_discovery,
 )
-from functions.platform import request_agent_id, request_from_include
 from languages import LANGUAGES, Texts
 from server import RequestEdge, uvicorn_config
+from server.auth import BasicAuth, unauthorized_response
+from server.context import request_agent_id, request_from_include
+from server.errors import body_too_large_response
 from web import build_live_router
 
 log = logging.getLogger("mfa")

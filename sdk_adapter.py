@@ -52,7 +52,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from api.errors import error_response
+from server.errors import error_response
 
 # The SDK releases every internal below was read and tested against: from CHECKED_FROM
 # up to, not including, CHECKED_BELOW. Widen it only after tests/test_sdk_adapter.py

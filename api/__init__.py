@@ -7,12 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from api.auth import BasicAuth
 from api.errors import ApiRoute
 from api.openapi import openapi_document
 from api.orchestrators import build_orchestrators_router
 from api.verifications import build_verifications_router
 from engine.runtime import Runtime
+from server.auth import BasicAuth
 
 
 def build_api_router(runtime: Runtime, auth: BasicAuth) -> APIRouter:

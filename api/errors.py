@@ -1,83 +1,29 @@
 """Every error the HTTP API answers, in one shape: ``{"error": {"code", "message"}}``.
 
-Engine refusals (`engine.errors`) keep their own code and status; `ApiError`
-covers what only the HTTP interfaces can get wrong (an unknown workflow
-instance, an event for a finished one). `ApiRoute` renders both, plus
-request validation and authentication failures, for the routes in `api/`
-only: the SDK's routes keep their own answers.
+The shape itself (`server.errors`) sits below, with the server's edge, which
+refuses some requests in it before any route runs.
+
+Engine refusals (`engine.errors`, and the workflow's in `engine.workflow`) keep
+their own code and status. `ApiRoute` renders them, plus request validation and
+authentication failures, for the routes in `api/` only: the SDK's routes keep
+their own answers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from engine.errors import ProviderUnavailable, RateLimited, VerificationError
-
-# What a 503 (or a 429 of unknown length) suggests when nothing says how long to wait.
-RETRY_SOON_SECONDS = 5
+from server.errors import ErrorBody, error_response
 
 
-class ErrorDetail(BaseModel):
-    """A stable machine-readable ``code`` and a message safe to show anyone.
-
-    429 and 503 add ``retry_after``, the seconds to wait (the ``Retry-After`` header
-    says the same, but a client reading only the body must not have to guess).
-    """
-
-    code: str
-    message: str
-    retry_after: int | None = Field(None, ge=1, description="429 and 503 only: seconds to wait.")
-
-
-class ErrorBody(BaseModel):
-    """What every error response of this API carries."""
-
-    error: ErrorDetail
-
-
-class ApiError(Exception):
-    """A refusal of the HTTP API itself (not of the engine)."""
-
-    code = "api_error"
-    http_status = 400
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    headers: Mapping[str, str] | None = None,
-    *,
-    retry_after: int | None = None,
-) -> Response:
-    """A response in the `ErrorBody` shape; a 429 or 503 always says when to try again."""
-    if status in (429, 503):
-        retry_after = retry_after or RETRY_SOON_SECONDS
-        headers = {**(headers or {}), "Retry-After": str(retry_after)}
-    else:
-        retry_after = None
-    body = ErrorBody(error=ErrorDetail(code=code, message=message, retry_after=retry_after))
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=dict(headers or {}))
-
-
-def body_too_large_response(limit: int) -> Response:
-    """The 413 for a body over the server's cap (MFA_MAX_BODY_BYTES)."""
-    return error_response(413, "body_too_large", f"The request body is larger than {limit} bytes.")
-
-
-def _retry_after(error: VerificationError | ApiError) -> int | None:
+def _retry_after(error: VerificationError) -> int | None:
     return error.retry_after if isinstance(error, RateLimited | ProviderUnavailable) else None
 
 
@@ -109,7 +55,7 @@ class ApiRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (VerificationError, ApiError) as error:
+            except VerificationError as error:
                 return error_response(
                     error.http_status, error.code, error.message, retry_after=_retry_after(error)
                 )

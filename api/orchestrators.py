@@ -22,10 +22,10 @@ from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, Validatio
 
 from api.errors import ApiRoute, error_responses
 from api.verifications import NUMBER_MAX_LENGTH
-from api.workflow import CHALLENGE_EVENT, WORKFLOW_NAME, Instance, PhoneVerificationWorkflow, RuntimeStatus
 from engine.errors import InvalidRequest
 from engine.runtime import Runtime
-from functions.platform import request_agent_id
+from engine.workflow import CHALLENGE_EVENT, WORKFLOW_NAME, Instance, RuntimeStatus
+from server.context import request_agent_id
 
 INSTANCES = "/runtime/webhooks/durabletask/instances"
 STATUS_RETRY_AFTER = "5"  # seconds; what Durable asks of clients polling a running instance
@@ -141,7 +141,6 @@ _LOCATION = {
 def build_orchestrators_router(runtime: Runtime) -> APIRouter:
     """The walkthrough's routes (authentication is added by the caller)."""
     router = APIRouter(tags=["phone verification workflow"], route_class=ApiRoute)
-    workflow = PhoneVerificationWorkflow(runtime)
 
     @router.post(
         f"/orchestrators/{WORKFLOW_NAME}",
@@ -158,7 +157,7 @@ def build_orchestrators_router(runtime: Runtime) -> APIRouter:
     async def start_phone_verification(request: Request, response: Response) -> InstanceLinks:
         number = await _json_body(request, PhoneNumberBody)
         agent_id = request_agent_id.get() or runtime.settings.agent_id
-        instance = await workflow.start(number, agent_id=agent_id)
+        instance = await runtime.workflow.start(number, agent_id=agent_id)
         url = _instance_url(request, instance.id)
         response.headers["Location"] = url
         return InstanceLinks(
@@ -187,7 +186,7 @@ def build_orchestrators_router(runtime: Runtime) -> APIRouter:
         },
     )
     async def get_instance_status(instance_id: InstanceId, request: Request) -> Response:
-        instance = await workflow.status(instance_id)
+        instance = await runtime.workflow.status(instance_id)
         body = InstanceStatus.of(instance).model_dump(mode="json")
         if instance.runtime_status is RuntimeStatus.RUNNING:
             headers = {"Location": _instance_url(request, instance.id), "Retry-After": STATUS_RETRY_AFTER}
@@ -209,7 +208,7 @@ def build_orchestrators_router(runtime: Runtime) -> APIRouter:
     )
     async def raise_event(instance_id: InstanceId, event_name: EventName, request: Request) -> Response:
         data = await _json_body(request, ChallengeBody)
-        await workflow.raise_event(instance_id, event_name, data)
+        await runtime.workflow.raise_event(instance_id, event_name, data)
         return Response(status_code=202)
 
     @router.post(
@@ -224,7 +223,7 @@ def build_orchestrators_router(runtime: Runtime) -> APIRouter:
         instance_id: InstanceId,
         reason: Annotated[str | None, Query(max_length=256, description="Why; shown as the output.")] = None,
     ) -> Response:
-        await workflow.terminate(instance_id, reason)
+        await runtime.workflow.terminate(instance_id, reason)
         return Response(status_code=202)
 
     @router.delete(
@@ -234,7 +233,7 @@ def build_orchestrators_router(runtime: Runtime) -> APIRouter:
         responses=error_responses(404, 412, 422),
     )
     async def purge_instance(instance_id: InstanceId) -> PurgeResult:
-        await workflow.purge(instance_id)
+        await runtime.workflow.purge(instance_id)
         return PurgeResult(instancesDeleted=1)
 
     return router

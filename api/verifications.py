@@ -17,7 +17,7 @@ from engine.codes import UnreadableCode, normalise_spoken
 from engine.errors import InvalidRequest
 from engine.models import Channel, CheckOutcome, Origin, Status, Verification
 from engine.runtime import Runtime
-from functions.platform import request_agent_id
+from server.context import request_agent_id
 
 # Longer than any number however it is punctuated; the engine parses and checks it
 # (`engine.phone`, the one parser of destinations for every interface).

@@ -14,7 +14,7 @@ import phonenumbers
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from engine.codes import fits_one_segment
+from config.sms import fits_one_segment
 
 # What an agent id may be, wherever one is given (AGENT_ID, ?agent_id=, an include's meta_data).
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -203,7 +203,8 @@ class Settings(BaseSettings):
             # An unsigned event is one any caller of the receiver's URL could forge.
             raise ValueError("MFA_WEBHOOK_URLS needs MFA_WEBHOOK_SECRET (the key that signs each event)")
         longest_code = max(self.mfa_token_length, self.mfa_workflow_token_length)
-        if self.mfa_message is not None and not fits_one_segment(self.mfa_message, longest_code):
+        # The text as the SMS carries it: the message, a space, the code (engine.codes.sms_body).
+        if self.mfa_message is not None and not fits_one_segment(f"{self.mfa_message} {'0' * longest_code}"):
             raise ValueError(
                 "MFA_MESSAGE with the code must fit one SMS segment "
                 "(160 GSM-7 characters, or 70 with any other character)"

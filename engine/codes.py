@@ -12,13 +12,6 @@ DIGITS = string.digits
 # Alphanumeric codes leave out characters that sound or look alike (0/O, 1/I/L).
 ALPHAS = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 
-# GSM 03.38 basic character set: a message of only these fits 160 per segment.
-_GSM7 = set(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM7_EXTENDED = set("^{}\\[~]|€")  # each takes two septets
-
 
 def new_code(length: int, allow_alphas: bool = False) -> str:
     """A fresh code from the OS's CSPRNG."""
@@ -40,15 +33,6 @@ def code_matches(key: bytes, verification_id: str, code: str, digest: str) -> bo
 def sms_body(message: str, code: str) -> str:
     """The text a caller receives: the configured message, then the code."""
     return f"{message} {code}"
-
-
-def fits_one_segment(message: str, code_length: int) -> bool:
-    """Whether the message with a code of this length fits one SMS segment."""
-    body = sms_body(message, "0" * code_length)
-    if all(char in _GSM7 or char in _GSM7_EXTENDED for char in body):
-        septets = sum(2 if char in _GSM7_EXTENDED else 1 for char in body)
-        return septets <= 160
-    return len(body.encode("utf-16-le")) // 2 <= 70
 
 
 _WORDS = {

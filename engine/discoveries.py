@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.stores.base import ClaimState, Store
+from engine.stores.base import ClaimState, ClaimStore
 
 # Long enough to write the binding after taking the claim; a crashed instance's
 # unfinished claim frees itself after this.
@@ -29,7 +29,7 @@ def _key(discovery_id: str) -> str:
     return f"discovery:{discovery_id}"
 
 
-async def bind_to_call(store: Store, discovery_id: str, call_id: str, *, ttl: float) -> bool:
+async def bind_to_call(store: ClaimStore, discovery_id: str, call_id: str, *, ttl: float) -> bool:
     """Whether ``call_id`` is the call this discovery serves: the first to ask, kept ``ttl`` seconds.
 
     ``ttl`` is how long the discovery's tokens are good for. Raises StoreUnavailable

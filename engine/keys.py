@@ -40,7 +40,7 @@ from typing import Protocol
 
 from config.settings import Settings
 from engine.errors import StoreUnavailable
-from engine.stores.base import Store
+from engine.stores.base import KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class KeyRing:
         return (key,)
 
     # -- agreeing with the store ---------------------------------------------
-    async def sync(self, store: Store) -> None:
+    async def sync(self, store: KeyStore) -> None:
         """Put this instance's keys back where the store holds none, then use what it holds.
 
         One round trip. Raises StoreUnavailable when the store cannot be reached;
@@ -207,7 +207,7 @@ class KeyRing:
             for listener in self._listeners:
                 listener(self)
 
-    async def keep_in_sync(self, store: Store, stop: asyncio.Event) -> None:
+    async def keep_in_sync(self, store: KeyStore, stop: asyncio.Event) -> None:
         """`sync` every SYNC_SECONDS until ``stop`` is set (a background task of the runtime)."""
         reachable = True
         while not stop.is_set():

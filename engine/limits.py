@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from engine.errors import CallLocked, RateLimited
 from engine.keys import NumberKey
-from engine.stores.base import Store
+from engine.stores.base import WindowStore
 from engine.stores.windows import EXACT_UP_TO, Window
 
 DAY = 24 * 3600.0
@@ -67,7 +67,7 @@ class _Check:
 class Limits:
     """Checks and records the limits around sends and checks of codes."""
 
-    def __init__(self, store: Store, settings: LimitSettings, keys: NumberKey) -> None:
+    def __init__(self, store: WindowStore, settings: LimitSettings, keys: NumberKey) -> None:
         self._store = store
         self._settings = settings
         self._keys = keys

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from engine.errors import ProviderRejected, ProviderUnavailable
 from engine.signalwire_rest import SignalWireRest
-from engine.stores.base import Store
+from engine.stores.base import RecordStore
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ LOOKUP_PATH = "/api/relay/rest/lookup/phone_number/{number}?include=carrier"
 class LineTypes:
     """Looks numbers up (through ``rest``) and remembers each answer in ``store`` for a day."""
 
-    def __init__(self, rest: SignalWireRest, store: Store, digest: Callable[[str], str]) -> None:
+    def __init__(self, rest: SignalWireRest, store: RecordStore, digest: Callable[[str], str]) -> None:
         self._rest = rest
         self._store = store
         self._digest = digest  # a keyed hash of a number: store keys never hold one

@@ -18,7 +18,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from engine.stores.base import ClaimState, Store
+from engine.stores.base import ClaimState, ClaimStore
 
 REPEAT_WINDOW = 30.0  # the same request within 30 s is the platform repeating it
 RUNNING_TTL = 15.0  # longer than any provider call; a crashed owner frees the key after this
@@ -38,7 +38,7 @@ class StillRunning(Exception):
 class Repeats:
     """Runs each distinct request once and answers its repeats from the first."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: ClaimStore) -> None:
         self._store = store
         # Same-instance repeats are woken directly instead of polling the store.
         self._local: dict[str, asyncio.Future[dict[str, Any]]] = {}

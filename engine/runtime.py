@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -35,6 +36,7 @@ from engine.repeats import Repeats
 from engine.signalwire_rest import SignalWireRest, new_http_session
 from engine.stores import Store, open_store
 from engine.verifications import CodeShape, VerificationEngine
+from engine.workflow import PhoneVerificationWorkflow
 from languages import LANGUAGES
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Runtime:
         self.keys = KeyRing.from_settings(settings)
         self._engine: VerificationEngine | None = None
         self._repeats: Repeats | None = None
+        self._workflow: PhoneVerificationWorkflow | None = None
         self._store: Store | None = None
         self._http: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
@@ -75,6 +78,12 @@ class Runtime:
         if self._repeats is None:
             raise NotStarted("the runtime has not started")
         return self._repeats
+
+    @property
+    def workflow(self) -> PhoneVerificationWorkflow:
+        if self._workflow is None:
+            raise NotStarted("the runtime has not started")
+        return self._workflow
 
     @property
     def store(self) -> Store:
@@ -125,18 +134,19 @@ class Runtime:
             self.keys,
         )
         self._repeats = Repeats(store)
+        shape = CodeShape(
+            token_length=settings.mfa_token_length,
+            valid_for=settings.mfa_valid_for,
+            max_attempts=settings.mfa_max_attempts,
+            allow_alphas=settings.mfa_allow_alphas,
+            message=settings.mfa_message or LANGUAGES[settings.mfa_language].sms_message,
+        )
         self._engine = VerificationEngine(
             store=store,
             provider=provider,
             publisher=self.publisher,
             limits=limits,
-            shape=CodeShape(
-                token_length=settings.mfa_token_length,
-                valid_for=settings.mfa_valid_for,
-                max_attempts=settings.mfa_max_attempts,
-                allow_alphas=settings.mfa_allow_alphas,
-                message=settings.mfa_message or LANGUAGES[settings.mfa_language].sms_message,
-            ),
+            shape=shape,
             allowed_regions=settings.mfa_allowed_countries,
             from_number=settings.mfa_from_number,
             breaker=CircuitBreaker(clock=self.clock),
@@ -144,6 +154,17 @@ class Runtime:
             if rest and settings.mfa_line_type_check
             else None,
             clock=self.clock,
+        )
+        # The walkthrough's workflow: the same message and alphabet, its own length, window and tries.
+        self._workflow = PhoneVerificationWorkflow(
+            self._engine,
+            store,
+            dataclasses.replace(
+                shape,
+                token_length=settings.mfa_workflow_token_length,
+                valid_for=settings.mfa_workflow_window,
+                max_attempts=settings.mfa_workflow_tries,
+            ),
         )
         self._stop.clear()
         self.spawn(self._engine.run_expiry_timer(self._stop))
@@ -211,5 +232,6 @@ class Runtime:
             await self._http.close()
         self._engine = None
         self._repeats = None
+        self._workflow = None
         self._store = None
         self._http = None

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from engine.breaker import CircuitBreaker
 from engine.errors import (
@@ -44,12 +45,17 @@ from engine.models import (
 )
 from engine.phone import Destination, checked_destination
 from engine.providers.base import Answer, Provider, SendRequest
-from engine.stores.base import Attempt, AttemptGate, Record, Store
+from engine.stores.base import Attempt, AttemptGate, Record, VerificationStore, WindowStore
 
 log = logging.getLogger(__name__)
 
 CALL_RECORD = "call"
 CALL_RECORD_TTL = 24 * 3600.0
+
+
+class EngineStore(VerificationStore, WindowStore, Protocol):
+    """What the engine keeps: its verifications, and the windows it gives an event back to
+    (a failure budget refunded for a right code, a send that failed)."""
 
 
 @dataclass
@@ -97,7 +103,7 @@ class VerificationEngine:
     def __init__(
         self,
         *,
-        store: Store,
+        store: EngineStore,
         provider: Provider,
         publisher: EventPublisher,
         limits: Limits,
@@ -419,11 +425,6 @@ class VerificationEngine:
         event = Event(type="mfa.transferred", origin="call", agent_id=agent_id, call_id=call_id)
         await self.publisher.publish(event)
         return event
-
-    async def is_call_verified(self, call_id: str) -> bool:
-        """Whether a correct code was checked on this call (the server's record, not the model's)."""
-        record = await self.store.get_record(CALL_RECORD, call_id)
-        return bool(record and record.get("verified"))
 
     async def _expire(self, verification_id: str) -> Verification | None:
         expired = await self.store.transition(verification_id, Status.EXPIRED, self.clock())

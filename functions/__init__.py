@@ -22,12 +22,11 @@ from functions.platform import (
     WayOn,
     parse_arguments,
     parse_request,
-    request_agent_id,
-    request_from_include,
 )
 from functions.send_mfa import SendMfaArgs, send_mfa
 from functions.transfer import transfer_to_person
 from functions.verify_mfa import VerifyMfaArgs, verify_mfa
+from server.context import request_agent_id, request_from_include
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +20,6 @@ from signalwire.core.function_result import FunctionResult
 from engine.models import Event
 
 log = logging.getLogger(__name__)
-
-# Set per request by the app from the SWAIG URL's `agent_id` query parameter.
-request_agent_id: ContextVar[str | None] = ContextVar("request_agent_id", default=None)
-# Set per request by the agent when the SWAIG URL is one an include's discovery gave out
-# (functions/includes.py): the call belongs to another agent, with its own steps.
-request_from_include: ContextVar[bool] = ContextVar("request_from_include", default=False)
 
 CALL_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 

@@ -4,6 +4,10 @@
   head, and a cap on the connections one client address holds (in uvicorn's protocols);
 - `server.edge`: per request, credentials before any body is read, and a cap on
   the body (an ASGI middleware, wired in by `agent.build_app`);
+- `server.auth`: the Basic credentials every route but /health needs, and their 401;
+- `server.errors`: the one error shape every route of ours answers in;
+- `server.context`: what one request carries down to its handler (the agent id, whether
+  the call came through an include);
 - `uvicorn_config`: the one way this project configures uvicorn, used by
   `agent.serve()` and by the tests, so the tests exercise the same server.
 """

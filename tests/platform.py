@@ -27,6 +27,7 @@ from agent import MfaAgent, build_app
 from config import Settings
 from engine.models import Event
 from engine.runtime import Runtime
+from engine.verifications import CALL_RECORD
 from server import uvicorn_config
 
 USER = "tester"
@@ -73,6 +74,12 @@ def signalwire_settings(tmp_path: Any, port: int, **overrides: Any) -> Settings:
         **overrides,
     }
     return settings_for(tmp_path, **values)
+
+
+async def call_is_verified(runtime: Runtime, call_id: str) -> bool:
+    """Whether the store holds the call's verified record (what the engine keeps, not the model)."""
+    record = await runtime.store.get_record(CALL_RECORD, call_id)
+    return bool(record and record.get("verified"))
 
 
 def record_events(runtime: Runtime) -> list[Event]:

@@ -23,6 +23,7 @@ from tests.platform import (
     FakePlatform,
     RunningAgent,
     actions,
+    call_is_verified,
     changed_step,
     record_events,
     serve_agent,
@@ -152,8 +153,8 @@ async def test_only_a_correct_code_verifies_nothing_the_model_passes(world: Worl
     attacker.meta_data[attacker.tokens["verify_mfa"]] = forged
     answer = await attacker.call("verify_mfa", token=world.code())  # even with the victim's code
     assert "No code has been sent" in answer["response"]
-    assert not await world.agent.runtime.engine.is_call_verified(attacker.call_id)
-    assert not await world.agent.runtime.engine.is_call_verified(victim.call_id)
+    assert not await call_is_verified(world.agent.runtime, attacker.call_id)
+    assert not await call_is_verified(world.agent.runtime, victim.call_id)
 
 
 async def test_guessing_at_one_number_is_bounded_by_its_daily_failure_budget(world: World) -> None:

@@ -21,6 +21,7 @@ from tests.platform import (
     FakePlatform,
     RunningAgent,
     actions,
+    call_is_verified,
     changed_step,
     free_port,
     serve_agent,
@@ -96,7 +97,7 @@ async def test_a_code_is_sent_to_the_caller_and_verified(world: World) -> None:
     assert actions(verified, "set_global_data") == [{"mfa_verified": True}]
     assert changed_step(verified) == "verified"
     assert [event["type"] for event in user_events(verified)] == ["mfa.verified"]
-    assert await world.agent.runtime.engine.is_call_verified(platform.call_id)
+    assert await call_is_verified(world.agent.runtime, platform.call_id)
 
 
 async def test_a_wrong_code_says_how_many_tries_are_left_then_the_right_one_verifies(world: World) -> None:

@@ -22,6 +22,7 @@ from tests.platform import (
     FakePlatform,
     RunningAgent,
     actions,
+    call_is_verified,
     read_outbox,
     record_events,
     serve_agent,
@@ -81,7 +82,7 @@ async def test_a_code_sent_earlier_still_verifies_after_a_resend(
         answer = await call.platform.call("verify_mfa", token=first)  # the first text arrived late
 
         assert actions(answer, "set_meta_data") == [{"verified": True}], answer
-        assert await call.agent.runtime.engine.is_call_verified(call.platform.call_id)
+        assert await call_is_verified(call.agent.runtime, call.platform.call_id)
 
 
 @pytest.mark.parametrize("provider", ["local", "signalwire"])

@@ -6,14 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from config.sms import fits_one_segment
 from engine.codes import (
     ALPHAS,
     UnreadableCode,
     code_digest,
     code_matches,
-    fits_one_segment,
     new_code,
     normalise_spoken,
+    sms_body,
 )
 
 
@@ -77,8 +78,12 @@ def test_the_digest_matches_only_its_code_and_verification() -> None:
 
 
 def test_one_segment_rule_counts_gsm_and_unicode() -> None:
-    assert fits_one_segment("Your code is", 6)
-    assert fits_one_segment("x" * 153, 6)
-    assert not fits_one_segment("x" * 154, 6)
-    assert fits_one_segment("Código:", 6)  # ó is not GSM-7 but the whole fits in 70
-    assert not fits_one_segment("Ваш код подтверждения для входа в приложение банка: пожалуйста, введите", 6)
+    def fits(message: str, code_length: int) -> bool:
+        return fits_one_segment(sms_body(message, "0" * code_length))
+
+    assert fits("Your code is", 6)
+    assert fits("x" * 153, 6)
+    assert not fits("x" * 154, 6)
+    assert fits("Código:", 6)  # ó is not GSM-7 but the whole fits in 70
+    assert not fits("Ваш код подтверждения для входа в приложение банка: пожалуйста, введите", 6)
+    assert fits("^" * 76, 6) and not fits("^" * 77, 6)  # an extended character takes two septets

@@ -41,7 +41,7 @@ import aiohttp
 import pytest
 
 from agent import UNREADABLE_REQUEST
-from api.errors import body_too_large_response
+from server.errors import body_too_large_response
 from tests.deployment import (
     PREPARE,
     SITE_TEMPLATE,

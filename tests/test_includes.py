@@ -32,6 +32,7 @@ from tests.platform import (
     FakePlatform,
     RunningAgent,
     actions,
+    call_is_verified,
     changed_step,
     free_port,
     last_code,
@@ -156,7 +157,7 @@ async def test_a_host_agent_verifies_its_caller_with_the_included_functions(
         assert platform.meta_data["mfa_verification"]["verified"] is True
         assert platform.global_data == {"mfa_verified": True}
         assert [event["type"] for event in user_events(verified)] == ["mfa.verified"]
-        assert await agent.runtime.engine.is_call_verified(platform.call_id)
+        assert await call_is_verified(agent.runtime, platform.call_id)
 
         # The host has its own prompt and steps: nothing moves it to ours.
         for answer in (sent, verified):

@@ -1,4 +1,7 @@
-"""The Store contract (engine/stores/base.py), run against SQLite and Redis alike.
+"""The store's contract (engine/stores/base.py), run against SQLite and Redis alike.
+
+One section per job (one Protocol each); every test names the job it exercises, and
+the `store` fixture opens each backend fresh for it.
 
 Times are a fixed fake clock; only the TTL tests wait, briefly, on the real one.
 """
@@ -20,11 +23,17 @@ from engine.errors import StoreUnavailable
 from engine.models import Status, Verification
 from engine.stores import (
     AttemptGate,
+    BroadcastStore,
     ClaimState,
+    ClaimStore,
+    OutboxStore,
     Record,
+    RecordStore,
     RedisStore,
     SqliteStore,
     Store,
+    VerificationStore,
+    WindowStore,
     open_store,
 )
 from engine.stores import sqlite as sqlite_module
@@ -51,7 +60,7 @@ def make_verification(**changes: Any) -> Verification:
     return Verification(**(fields | changes))
 
 
-async def created(store: Store, **changes: Any) -> Verification:
+async def created(store: VerificationStore, **changes: Any) -> Verification:
     verification = make_verification(**changes)
     await store.create_verification(verification)
     return verification
@@ -66,10 +75,10 @@ async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
     pytest.fail("the condition did not hold within 3 s")
 
 
-# -- verifications ----------------------------------------------------------
+# -- verifications (VerificationStore) --------------------------------------
 
 
-async def test_create_then_get_returns_the_same_verification(store: Store) -> None:
+async def test_create_then_get_returns_the_same_verification(store: VerificationStore) -> None:
     full = await created(store, call_id="call-1", provider_ref="ref-1", code_digest="d" * 64, channel="call")
     bare = await created(store)
 
@@ -77,20 +86,20 @@ async def test_create_then_get_returns_the_same_verification(store: Store) -> No
     assert await store.get_verification(bare.id) == bare
 
 
-async def test_creating_an_existing_id_is_refused(store: Store) -> None:
+async def test_creating_an_existing_id_is_refused(store: VerificationStore) -> None:
     verification = await created(store)
 
     with pytest.raises(ValueError, match="already exists"):
         await store.create_verification(verification)
 
 
-async def test_unknown_ids_are_none(store: Store) -> None:
+async def test_unknown_ids_are_none(store: VerificationStore) -> None:
     assert await store.get_verification("nope") is None
     assert await store.begin_attempt("nope", NOW) is None
     assert await store.transition("nope", Status.APPROVED, NOW) is None
 
 
-async def test_attempts_are_counted_up_to_max_then_refused(store: Store) -> None:
+async def test_attempts_are_counted_up_to_max_then_refused(store: VerificationStore) -> None:
     verification = await created(store, max_attempts=3)
 
     for expected in (1, 2, 3):
@@ -109,7 +118,7 @@ async def test_attempts_are_counted_up_to_max_then_refused(store: Store) -> None
     assert (stored.status, stored.attempts) == (Status.PENDING, 3)
 
 
-async def test_an_attempt_after_expiry_expires_it_once(store: Store) -> None:
+async def test_an_attempt_after_expiry_expires_it_once(store: VerificationStore) -> None:
     verification = await created(store, expires_at=NOW + 600)
 
     expired = await store.begin_attempt(verification.id, NOW + 600)
@@ -124,7 +133,9 @@ async def test_an_attempt_after_expiry_expires_it_once(store: Store) -> None:
     assert await store.due_for_expiry(NOW + 1000) == []
 
 
-async def test_an_attempt_from_another_call_finds_nothing_and_counts_nothing(store: Store) -> None:
+async def test_an_attempt_from_another_call_finds_nothing_and_counts_nothing(
+    store: VerificationStore,
+) -> None:
     verification = await created(store, call_id="call-1")
 
     assert await store.begin_attempt(verification.id, NOW, call_id="call-2") is None
@@ -143,7 +154,9 @@ def budgets_of(limit: int) -> Callable[[str, str | None], tuple[Window, ...]]:
     return budgets
 
 
-async def test_an_attempt_from_another_interface_finds_nothing_and_counts_nothing(store: Store) -> None:
+async def test_an_attempt_from_another_interface_finds_nothing_and_counts_nothing(
+    store: VerificationStore,
+) -> None:
     verification = await created(store, call_id="call-1", origin="call")
 
     assert await store.begin_attempt(verification.id, NOW, origin="api") is None
@@ -153,7 +166,9 @@ async def test_an_attempt_from_another_interface_finds_nothing_and_counts_nothin
     assert attempt is not None and attempt.gate is AttemptGate.COUNTED
 
 
-async def test_an_attempt_counts_a_failure_in_every_budget_before_the_code_is_judged(store: Store) -> None:
+async def test_an_attempt_counts_a_failure_in_every_budget_before_the_code_is_judged(
+    store: VerificationStore,
+) -> None:
     budgets = budgets_of(2)
     verification = await created(store, call_id="call-1", max_attempts=5)
 
@@ -192,7 +207,7 @@ async def test_a_send_meets_the_failures_that_attempts_counted(store: Store) -> 
     assert await store.hit([tested, sends], NOW + 12) is None
 
 
-async def test_parallel_attempts_never_pass_a_budget(store: Store) -> None:
+async def test_parallel_attempts_never_pass_a_budget(store: VerificationStore) -> None:
     budgets = budgets_of(5)
     codes = [await created(store, call_id="call-1", max_attempts=3) for _ in range(4)]
 
@@ -216,7 +231,7 @@ async def test_an_attempt_on_a_verified_call_is_not_counted(store: Store) -> Non
     assert attempt.verification.attempts == 1
 
 
-async def test_a_calls_live_codes_are_listed_newest_first(store: Store) -> None:
+async def test_a_calls_live_codes_are_listed_newest_first(store: VerificationStore) -> None:
     first = await created(store, call_id="call-1", created_at=NOW, expires_at=NOW + 600)
     second = await created(store, call_id="call-1", created_at=NOW + 10, expires_at=NOW + 610)
     short = await created(store, call_id="call-1", created_at=NOW + 20, expires_at=NOW + 30)
@@ -232,11 +247,11 @@ async def test_a_calls_live_codes_are_listed_newest_first(store: Store) -> None:
     assert await store.pending_for_call("no-such-call", NOW) == []
 
 
-async def test_only_one_of_many_concurrent_transitions_wins(store: Store) -> None:
+async def test_only_one_of_many_concurrent_transitions_wins(store: VerificationStore) -> None:
     verification = await created(store)
 
     results = await asyncio.gather(
-        *(store.transition(verification.id, Status.APPROVED, NOW + 1, provider_ref=str(i)) for i in range(50))
+        *(store.transition(verification.id, Status.APPROVED, NOW + 1) for _ in range(50))
     )
 
     winners = [result for result in results if result is not None]
@@ -258,19 +273,15 @@ async def test_a_record_given_to_a_transition_is_kept_only_by_the_one_that_happe
     assert await store.get_record("call", "call-1") == {"verified": True, "by": "first"}
 
 
-async def test_transition_keeps_the_provider_ref_unless_given(store: Store) -> None:
+async def test_a_transition_keeps_the_provider_ref(store: VerificationStore) -> None:
     kept = await created(store, provider_ref="original")
-    replaced = await created(store, provider_ref="original")
 
     ended = await store.transition(kept.id, Status.CANCELED, NOW)
     assert ended is not None
     assert ended.provider_ref == "original"
-    ended = await store.transition(replaced.id, Status.APPROVED, NOW, provider_ref="new")
-    assert ended is not None
-    assert ended.provider_ref == "new"
 
 
-async def test_concurrent_attempts_count_exactly_max_attempts(store: Store) -> None:
+async def test_concurrent_attempts_count_exactly_max_attempts(store: VerificationStore) -> None:
     verification = await created(store, max_attempts=3)
 
     attempts = await asyncio.gather(*(store.begin_attempt(verification.id, NOW) for _ in range(50)))
@@ -284,7 +295,7 @@ async def test_concurrent_attempts_count_exactly_max_attempts(store: Store) -> N
     assert stored.attempts == 3
 
 
-async def test_a_refunded_attempt_can_be_made_again(store: Store) -> None:
+async def test_a_refunded_attempt_can_be_made_again(store: VerificationStore) -> None:
     verification = await created(store, max_attempts=1)
     budgets = budgets_of(1)
     await store.begin_attempt(verification.id, NOW, budgets=budgets)
@@ -300,7 +311,7 @@ async def test_a_refunded_attempt_can_be_made_again(store: Store) -> None:
     assert attempt.gate is AttemptGate.COUNTED
 
 
-async def test_a_refund_does_not_touch_an_ended_verification(store: Store) -> None:
+async def test_a_refund_does_not_touch_an_ended_verification(store: VerificationStore) -> None:
     verification = await created(store)
     await store.begin_attempt(verification.id, NOW)
     await store.transition(verification.id, Status.APPROVED, NOW)
@@ -312,7 +323,7 @@ async def test_a_refund_does_not_touch_an_ended_verification(store: Store) -> No
     assert stored.attempts == 1
 
 
-async def test_expiry_schedule_lists_pending_verifications_by_expiry(store: Store) -> None:
+async def test_expiry_schedule_lists_pending_verifications_by_expiry(store: VerificationStore) -> None:
     assert await store.next_expiry() is None
     third = await created(store, expires_at=NOW + 30)
     first = await created(store, expires_at=NOW + 10)
@@ -325,7 +336,7 @@ async def test_expiry_schedule_lists_pending_verifications_by_expiry(store: Stor
     assert await store.due_for_expiry(NOW + 100, limit=2) == [first.id, second.id]
 
 
-async def test_ending_a_verification_takes_it_off_the_schedule(store: Store) -> None:
+async def test_ending_a_verification_takes_it_off_the_schedule(store: VerificationStore) -> None:
     first = await created(store, expires_at=NOW + 10)
     second = await created(store, expires_at=NOW + 20)
 
@@ -338,20 +349,20 @@ async def test_ending_a_verification_takes_it_off_the_schedule(store: Store) -> 
     assert await store.due_for_expiry(NOW + 100) == []
 
 
-# -- counters and limits ----------------------------------------------------
+# -- counting windows (WindowStore) ---------------------------------------
 
 
 def window(key: str, limit: int, seconds: float = 60, *, exact: bool = True) -> Window:
     return Window(key, limit, seconds, exact=exact)
 
 
-async def retry_after(store: Store, windows: list[Window], now: float) -> float:
+async def retry_after(store: WindowStore, windows: list[Window], now: float) -> float:
     """0 if the hit was counted, else the seconds it says to wait."""
     refused = await store.hit(windows, now)
     return 0.0 if refused is None else refused.retry_after
 
 
-async def test_an_exact_window_slides(store: Store) -> None:
+async def test_an_exact_window_slides(store: WindowStore) -> None:
     number = [window("number", 3)]
     for offset in (0, 10, 20):
         assert await retry_after(store, number, NOW + offset) == 0
@@ -365,14 +376,14 @@ async def test_an_exact_window_slides(store: Store) -> None:
     assert await retry_after(store, [window("other", 3)], NOW + 61) == 0
 
 
-async def test_hits_at_the_same_instant_all_count(store: Store) -> None:
+async def test_hits_at_the_same_instant_all_count(store: WindowStore) -> None:
     agent = [window("agent", 2)]
     assert await retry_after(store, agent, NOW) == 0
     assert await retry_after(store, agent, NOW) == 0
     assert await retry_after(store, agent, NOW) == pytest.approx(60)
 
 
-async def test_a_hit_counts_in_every_window_or_in_none(store: Store) -> None:
+async def test_a_hit_counts_in_every_window_or_in_none(store: WindowStore) -> None:
     call, number = window("call", 5), window("number", 1)
     assert await store.hit([call, number], NOW) is None
 
@@ -385,7 +396,7 @@ async def test_a_hit_counts_in_every_window_or_in_none(store: Store) -> None:
     assert await store.hit([call], NOW + 6) == Refused(index=0, retry_after=pytest.approx(54))
 
 
-async def test_unhit_takes_back_the_newest_event(store: Store) -> None:
+async def test_unhit_takes_back_the_newest_event(store: WindowStore) -> None:
     call, agent = window("call", 1), window("agent", 1, exact=False)
     assert await store.hit([call, agent], NOW) is None
     assert await store.hit([call, agent], NOW + 1) is not None
@@ -399,7 +410,7 @@ async def test_unhit_takes_back_the_newest_event(store: Store) -> None:
 BUCKET = (NOW // 60 + 1) * 60
 
 
-async def test_a_bucketed_window_weighs_the_previous_bucket(store: Store) -> None:
+async def test_a_bucketed_window_weighs_the_previous_bucket(store: WindowStore) -> None:
     agent = [window("agent", 10, exact=False)]
     for _ in range(10):
         assert await retry_after(store, agent, BUCKET) == 0
@@ -417,7 +428,7 @@ async def test_a_bucketed_window_weighs_the_previous_bucket(store: Store) -> Non
     assert await retry_after(store, agent, BUCKET + 150) == pytest.approx(30)
 
 
-async def test_a_bucketed_window_counts_every_event_of_its_bucket(store: Store) -> None:
+async def test_a_bucketed_window_counts_every_event_of_its_bucket(store: WindowStore) -> None:
     agent = [window("agent", 100_000, exact=False)]
     for offset in range(300):
         assert await retry_after(store, agent, BUCKET + offset * 0.1) == 0
@@ -427,10 +438,10 @@ async def test_a_bucketed_window_counts_every_event_of_its_bucket(store: Store) 
     )
 
 
-# -- repeated requests ------------------------------------------------------
+# -- repeated requests (ClaimStore) ---------------------------------------
 
 
-async def test_claim_runs_then_completes(store: Store) -> None:
+async def test_claim_runs_then_completes(store: ClaimStore) -> None:
     assert (await store.claim("request", ttl=30)).state is ClaimState.NEW
     assert (await store.claim("request", ttl=30)).state is ClaimState.RUNNING
 
@@ -441,7 +452,7 @@ async def test_claim_runs_then_completes(store: Store) -> None:
     assert done.result == {"response": "sent", "n": 1}
 
 
-async def test_a_released_claim_is_new_again(store: Store) -> None:
+async def test_a_released_claim_is_new_again(store: ClaimStore) -> None:
     await store.claim("request", ttl=30)
 
     await store.release("request")
@@ -449,7 +460,7 @@ async def test_a_released_claim_is_new_again(store: Store) -> None:
     assert (await store.claim("request", ttl=30)).state is ClaimState.NEW
 
 
-async def test_an_abandoned_claim_is_free_after_its_ttl(store: Store) -> None:
+async def test_an_abandoned_claim_is_free_after_its_ttl(store: ClaimStore) -> None:
     assert (await store.claim("request", ttl=SHORT_TTL)).state is ClaimState.NEW
     assert (await store.claim("request", ttl=SHORT_TTL)).state is ClaimState.RUNNING
 
@@ -459,10 +470,10 @@ async def test_an_abandoned_claim_is_free_after_its_ttl(store: Store) -> None:
     await eventually(free)
 
 
-# -- records ----------------------------------------------------------------
+# -- records (RecordStore) ------------------------------------------------
 
 
-async def test_records_round_trip_until_their_ttl_passes(store: Store) -> None:
+async def test_records_round_trip_until_their_ttl_passes(store: RecordStore) -> None:
     assert await store.get_record("call", "c1") is None
 
     await store.put_record("call", "c1", {"verified": True, "tries": [1, 2]}, ttl=60)
@@ -478,10 +489,25 @@ async def test_records_round_trip_until_their_ttl_passes(store: Store) -> None:
     await eventually(forgotten)
 
 
-# -- outbox -----------------------------------------------------------------
+async def test_a_deleted_record_is_gone_and_only_it(store: RecordStore) -> None:
+    await store.put_record("orchestration", "i1", {"verification_id": "v1"}, ttl=60)
+    await store.put_record("orchestration", "i2", {"verification_id": "v2"}, ttl=60)
+    await store.put_record("call", "i1", {"verified": True}, ttl=60)
+
+    await store.delete_record("orchestration", "i1")
+    await store.delete_record("orchestration", "never-kept")  # nothing there: nothing happens
+
+    assert await store.get_record("orchestration", "i1") is None
+    assert await store.get_record("orchestration", "i2") == {"verification_id": "v2"}
+    assert await store.get_record("call", "i1") == {"verified": True}
+    await store.put_record("orchestration", "i1", {"verification_id": "v3"}, ttl=60)
+    assert await store.get_record("orchestration", "i1") == {"verification_id": "v3"}
 
 
-async def test_outbox_hands_out_due_items_under_a_lease(store: Store) -> None:
+# -- outbox (OutboxStore) -------------------------------------------------
+
+
+async def test_outbox_hands_out_due_items_under_a_lease(store: OutboxStore) -> None:
     await store.enqueue("webhooks", "a", "payload-a", due_at=NOW)
     await store.enqueue("webhooks", "b", "payload-b", due_at=NOW + 10)
     await store.enqueue("webhooks", "a", "duplicate", due_at=NOW - 100)  # ignored: already queued
@@ -499,7 +525,7 @@ async def test_outbox_hands_out_due_items_under_a_lease(store: Store) -> None:
     assert await store.backlog("webhooks") == 2
 
 
-async def test_outbox_respects_the_limit(store: Store) -> None:
+async def test_outbox_respects_the_limit(store: OutboxStore) -> None:
     for index in range(5):
         await store.enqueue("webhooks", f"item-{index}", "{}", due_at=NOW + index)
 
@@ -510,7 +536,7 @@ async def test_outbox_respects_the_limit(store: Store) -> None:
     assert [item.id for item in second] == ["item-2", "item-3", "item-4"]
 
 
-async def test_outbox_retry_counts_attempts_and_ack_removes(store: Store) -> None:
+async def test_outbox_retry_counts_attempts_and_ack_removes(store: OutboxStore) -> None:
     await store.enqueue("webhooks", "a", "payload-a", due_at=NOW)
     await store.claim_due("webhooks", now=NOW, lease=30, limit=10)
 
@@ -528,7 +554,7 @@ async def test_outbox_retry_counts_attempts_and_ack_removes(store: Store) -> Non
     assert await store.backlog("webhooks") == 0
 
 
-# -- server keys ------------------------------------------------------------
+# -- server keys (KeyStore) -----------------------------------------------
 
 
 async def test_server_keys_keep_the_first_proposal(store: Store, make_store: Callable[[], Store]) -> None:
@@ -563,10 +589,10 @@ async def test_instances_racing_to_keep_a_server_key_agree(make_store: Callable[
     assert len({answer["race"] for answer in answers}) == 1
 
 
-# -- event fan-out ----------------------------------------------------------
+# -- event fan-out (BroadcastStore) ---------------------------------------
 
 
-async def test_broadcast_reaches_every_listener(store: Store) -> None:
+async def test_broadcast_reaches_every_listener(store: BroadcastStore) -> None:
     async with aclosing(store.listen()) as first, aclosing(store.listen()) as second:
         # Right after listen(), without waiting: nothing broadcast from now on is lost.
         await store.broadcast("hello")

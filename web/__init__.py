@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.auth import BasicAuth
 from engine.runtime import Runtime
+from server.auth import BasicAuth
 from web.live import build_routes
 
 

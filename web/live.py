@@ -36,13 +36,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect, status
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from api.auth import BasicAuth
 from config.settings import AGENT_ID_PATTERN
 from engine.errors import StoreUnavailable
 from engine.events.live import MAX_SUBSCRIPTIONS, LiveHub, Subscriber
 from engine.events.metrics import CONTENT_TYPE_LATEST
 from engine.events.webhooks import QUEUE as WEBHOOK_QUEUE
 from engine.runtime import Runtime
+from server.auth import BasicAuth
 
 log = logging.getLogger(__name__)
 

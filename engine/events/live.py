@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from engine.errors import StoreUnavailable
 from engine.events.metrics import Metrics
 from engine.models import Event
-from engine.stores.base import Store
+from engine.stores.base import BroadcastStore
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,13 @@ class LiveHub:
     def __init__(self, metrics: Metrics, *, queue_size: int = QUEUE_SIZE) -> None:
         self.metrics = metrics
         self.queue_size = queue_size
-        self._store: Store | None = None
+        self._store: BroadcastStore | None = None
         self._by_agent: dict[str, set[Subscriber]] = {}
         self._history: OrderedDict[str, deque[str]] = OrderedDict()
         self._clients: set[Subscriber] = set()
 
     # -- publishing side ----------------------------------------------------
-    def attach(self, store: Store) -> None:
+    def attach(self, store: BroadcastStore) -> None:
         """The store to broadcast through (set by `attach_event_sinks` at each start)."""
         self._store = store
 
@@ -85,7 +85,7 @@ class LiveHub:
             return
         await self._store.broadcast(event.model_dump_json())
 
-    async def run(self, store: Store, stop: asyncio.Event, messages: AsyncIterator[str]) -> None:
+    async def run(self, store: BroadcastStore, stop: asyncio.Event, messages: AsyncIterator[str]) -> None:
         """The listener loop: deliver every broadcast until ``stop``; listen again if the store drops.
 
         ``messages`` is a `store.listen()` opened before the first event could be

@@ -47,7 +47,7 @@ import aiohttp
 from engine.errors import StoreUnavailable
 from engine.events.metrics import Metrics
 from engine.models import Event
-from engine.stores.base import OutboxItem, Store
+from engine.stores.base import OutboxItem, OutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class WebhookOutbox:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         http: aiohttp.ClientSession,
         urls: Sequence[str],
         secret: bytes | None,

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
 
-from engine.models import Channel, Status, Verification
+from engine.models import Channel, Verification
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,6 @@ class Provider(ABC):
     @abstractmethod
     async def verify(self, verification: Verification, code: str) -> Answer:
         """Check ``code`` against the verification's code."""
-
-    async def status(self, verification: Verification) -> Status:
-        """Where the provider thinks the verification stands; the store's record by default."""
-        return verification.status
 
     async def cancel(self, verification: Verification) -> None:  # noqa: B027 - optional hook
         """Tell the provider to forget the code. The engine refuses checks either way."""

@@ -1,4 +1,4 @@
-"""Where the engine keeps its state: the Store contract and its SQLite and Redis implementations."""
+"""Where the engine keeps its state: one interface per job, and the SQLite and Redis backends."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
     AttemptGate,
+    BroadcastStore,
     Claim,
     ClaimState,
+    ClaimStore,
+    KeyStore,
+    Lifecycle,
     OutboxItem,
+    OutboxStore,
     Record,
+    RecordStore,
     Store,
+    VerificationStore,
+    WindowStore,
 )
 from engine.stores.redis import RedisStore
 from engine.stores.sqlite import SqliteStore
@@ -21,13 +29,21 @@ __all__ = [
     "RETAIN_FINISHED_SECONDS",
     "Attempt",
     "AttemptGate",
+    "BroadcastStore",
     "Claim",
     "ClaimState",
+    "ClaimStore",
+    "KeyStore",
+    "Lifecycle",
     "OutboxItem",
+    "OutboxStore",
     "Record",
+    "RecordStore",
     "RedisStore",
     "SqliteStore",
     "Store",
+    "VerificationStore",
+    "WindowStore",
     "open_store",
 ]
 

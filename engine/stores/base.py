@@ -1,6 +1,11 @@
-"""The store interface: every piece of state the engine keeps, behind one contract.
+"""The store's interfaces: every piece of state the engine keeps, one job per interface.
 
-Two implementations keep it: SQLite (one instance, the default) and Redis
+Each consumer names the job it uses: the limiter `WindowStore`, repeated
+requests `ClaimStore`, webhooks `OutboxStore`, the live page `BroadcastStore`,
+the key ring `KeyStore`, the verification engine `VerificationStore` and
+`WindowStore`, the workflow and the line-type lookup `RecordStore`. `Store` is
+all of them, with `Lifecycle`: what a backend implements and what the runtime
+opens. Two backends implement it: SQLite (one instance, the default) and Redis
 (several instances). Every method that decides something does so atomically
 in the store (a transaction in SQLite, a Lua script in Redis), so two
 requests or two instances can never both win the same race.
@@ -12,11 +17,10 @@ key expiry to forget data (a TTL is always given explicitly).
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from engine.models import Status, Verification
 from engine.stores.windows import Refused, Window
@@ -71,6 +75,8 @@ class Attempt:
 
 
 class ClaimState(StrEnum):
+    """Who holds a claimed key (see `ClaimStore.claim`)."""
+
     NEW = "new"  # the caller owns the key now and must `complete` or `release` it
     RUNNING = "running"  # someone else owns it and has not finished
     DONE = "done"  # finished; `result` holds the stored answer
@@ -78,6 +84,8 @@ class ClaimState(StrEnum):
 
 @dataclass(frozen=True)
 class Claim:
+    """The answer of `ClaimStore.claim`: the state, and the stored result once DONE."""
+
     state: ClaimState
     result: dict[str, Any] | None = None
 
@@ -92,24 +100,22 @@ class OutboxItem:
     due_at: float
 
 
-class Store(ABC):
-    """Everything the engine keeps. Implementations raise StoreUnavailable when unreachable."""
+class Lifecycle(Protocol):
+    """Opening, closing and asking a store whether it answers."""
 
-    # -- lifecycle ----------------------------------------------------------
-    @abstractmethod
     async def open(self) -> None:
         """Connect, create tables/scripts. Called once at start-up."""
 
-    @abstractmethod
     async def close(self) -> None:
         """Release connections. Safe to call twice."""
 
-    @abstractmethod
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers now (readiness)."""
 
-    # -- server keys --------------------------------------------------------
-    @abstractmethod
+
+class KeyStore(Protocol):
+    """The server keys every instance shares (engine/keys.py)."""
+
     async def server_keys(self, proposed: Mapping[str, bytes]) -> dict[str, bytes]:
         """Keep each proposed key whose name the store holds none for, and return
         what the store holds for every name: one atomic step, one round trip.
@@ -119,16 +125,16 @@ class Store(ABC):
         its data the next call puts the caller's keys back (engine/keys.py).
         """
 
-    # -- verifications ------------------------------------------------------
-    @abstractmethod
+
+class VerificationStore(Protocol):
+    """Verifications: created, counted, ended and expired, each decision atomic."""
+
     async def create_verification(self, verification: Verification) -> None:
         """Record a new verification (status `pending`). Ids are unique."""
 
-    @abstractmethod
     async def get_verification(self, verification_id: str) -> Verification | None:
         """The verification, or None if unknown or forgotten."""
 
-    @abstractmethod
     async def begin_attempt(
         self,
         verification_id: str,
@@ -159,24 +165,15 @@ class Store(ABC):
           pass a budget), gate COUNTED.
         """
 
-    @abstractmethod
     async def pending_for_call(self, call_id: str, now: float) -> list[Verification]:
         """The call's `pending` verifications not expired at ``now``, newest first."""
 
-    @abstractmethod
     async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
         """Undo one counted attempt whose code could not be checked (provider down),
         and take back its event in ``budgets``, in one step."""
 
-    @abstractmethod
     async def transition(
-        self,
-        verification_id: str,
-        to: Status,
-        now: float,
-        *,
-        provider_ref: str | None = None,
-        record: Record | None = None,
+        self, verification_id: str, to: Status, now: float, *, record: Record | None = None
     ) -> Verification | None:
         """Move a `pending` verification to ``to``; None if it was not `pending`.
 
@@ -188,16 +185,16 @@ class Store(ABC):
         readable for RETAIN_FINISHED_SECONDS.
         """
 
-    @abstractmethod
     async def due_for_expiry(self, now: float, limit: int = 100) -> list[str]:
         """Ids of `pending` verifications whose ``expires_at`` has passed."""
 
-    @abstractmethod
     async def next_expiry(self) -> float | None:
         """The earliest ``expires_at`` among `pending` verifications, or None."""
 
-    # -- counters and limits ------------------------------------------------
-    @abstractmethod
+
+class WindowStore(Protocol):
+    """Counting windows: rate limits and failure budgets (engine/stores/windows.py)."""
+
     async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
         """Record one event in every counted window if each window has room, and
         return None; else record nothing and return the first window without
@@ -207,13 +204,14 @@ class Store(ABC):
         An exact window's events are shared with `begin_attempt`'s budgets: a
         window of the same key counts the same events."""
 
-    @abstractmethod
     async def unhit(self, windows: Sequence[Window], now: float) -> None:
         """Take back the event that ``hit(windows, now)`` recorded in each counted window
         (a send that then failed, a failure budget given back for a right code)."""
 
-    # -- repeated requests --------------------------------------------------
-    @abstractmethod
+
+class ClaimStore(Protocol):
+    """Keys a request claims so a repeat of it is answered, not run again."""
+
     async def claim(self, key: str, ttl: float) -> Claim:
         """Take ``key`` for a request, or report who has it.
 
@@ -222,49 +220,67 @@ class Store(ABC):
         RUNNING: another owner is still working. DONE: the stored result.
         """
 
-    @abstractmethod
     async def complete(self, key: str, result: dict[str, Any], ttl: float) -> None:
         """Store the owner's result under ``key`` for ``ttl`` seconds."""
 
-    @abstractmethod
     async def release(self, key: str) -> None:
         """Forget ``key`` (the request failed in a way a new try may repeat)."""
 
-    # -- generic records ----------------------------------------------------
-    @abstractmethod
-    async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl: float) -> None:
-        """Keep a small JSON document (e.g. a call's verified flag, an orchestration)."""
 
-    @abstractmethod
+class RecordStore(Protocol):
+    """Small JSON documents kept for a while under a kind and an id."""
+
+    async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl: float) -> None:
+        """Keep a small JSON document (e.g. a call's verified flag, a workflow instance)."""
+
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
         """The document, or None if absent or expired."""
 
-    # -- durable outbox -----------------------------------------------------
-    @abstractmethod
+    async def delete_record(self, kind: str, record_id: str) -> None:
+        """Forget the document at once (nothing happens if there is none)."""
+
+
+class OutboxStore(Protocol):
+    """Durable queues of messages to deliver (webhook deliveries)."""
+
     async def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> None:
         """Add an item; an id already queued is ignored (de-duplication)."""
 
-    @abstractmethod
     async def claim_due(self, queue: str, now: float, lease: float, limit: int) -> list[OutboxItem]:
         """Items due by ``now``, each hidden from other claimers for ``lease`` seconds."""
 
-    @abstractmethod
     async def ack(self, queue: str, item_id: str) -> None:
         """The item was delivered: remove it."""
 
-    @abstractmethod
     async def retry_later(self, queue: str, item_id: str, due_at: float) -> None:
         """Delivery failed: count the attempt and make it due again at ``due_at``."""
 
-    @abstractmethod
     async def backlog(self, queue: str) -> int:
         """How many items wait in the queue."""
 
-    # -- event fan-out ------------------------------------------------------
-    @abstractmethod
+
+class BroadcastStore(Protocol):
+    """Fan-out of messages to every instance sharing the store (the live page's events)."""
+
     async def broadcast(self, message: str) -> None:
         """Send a message to every instance's `listen` (itself included)."""
 
-    @abstractmethod
     def listen(self) -> AsyncIterator[str]:
         """Every message broadcast from now on, by any instance sharing the store."""
+
+
+class Store(
+    Lifecycle,
+    KeyStore,
+    VerificationStore,
+    WindowStore,
+    ClaimStore,
+    RecordStore,
+    OutboxStore,
+    BroadcastStore,
+    Protocol,
+):
+    """Every job at once: what a backend implements (SQLite, Redis) and the runtime opens.
+
+    Implementations raise StoreUnavailable when the store cannot be reached.
+    """

@@ -171,15 +171,14 @@ return 0
 
 _TRANSITION = """
 -- KEYS: verification, expiry schedule [, a record to keep with it].
--- ARGV: id, to, now, retain_ms, provider_ref ('' to leave it) [, the record's JSON, its ttl_ms].
+-- ARGV: id, to, now, retain_ms [, the record's JSON, its ttl_ms].
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
   -- Also drops the schedule entry of a verification that Redis already forgot.
   redis.call('ZREM', KEYS[2], ARGV[1])
   return false
 end
 redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ua', ARGV[3])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'pr', ARGV[5]) end
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7]) end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('HGETALL', KEYS[1])
@@ -547,22 +546,10 @@ class RedisStore(Store):
             await self._script.refund_attempt(keys=keys)
 
     async def transition(
-        self,
-        verification_id: str,
-        to: Status,
-        now: float,
-        *,
-        provider_ref: str | None = None,
-        record: Record | None = None,
+        self, verification_id: str, to: Status, now: float, *, record: Record | None = None
     ) -> Verification | None:
         keys = [self._key("v", verification_id), self._key("expiry")]
-        args: list[str | int | float] = [
-            verification_id,
-            to.value,
-            _num(now),
-            _ms(RETAIN_FINISHED_SECONDS),
-            provider_ref or "",
-        ]
+        args: list[str | int | float] = [verification_id, to.value, _num(now), _ms(RETAIN_FINISHED_SECONDS)]
         if record is not None:
             keys.append(self._key("record", record.kind, record.id))
             args += [_json(record.data), _ms(record.ttl)]
@@ -654,6 +641,10 @@ class RedisStore(Store):
             return None
         data: dict[str, Any] = json.loads(value)
         return data
+
+    async def delete_record(self, kind: str, record_id: str) -> None:
+        with _unavailable():
+            await self._client.delete(self._key("record", kind, record_id))
 
     # -- durable outbox -----------------------------------------------------
     def _outbox(self, queue: str) -> list[str]:

@@ -82,7 +82,7 @@ _SELECT_VERIFICATION = f"SELECT {_COLUMNS} FROM verification WHERE id = ? AND fo
 # One UPDATE ... WHERE status = 'pending': the first caller matches, the others find nothing.
 _END_VERIFICATION = (
     "UPDATE verification"  # noqa: S608
-    " SET status = ?, updated_at = ?, provider_ref = coalesce(?, provider_ref), forget_at = ?"
+    " SET status = ?, updated_at = ?, forget_at = ?"
     " WHERE id = ? AND status = 'pending' AND forget_at > ?"
     f" RETURNING {_COLUMNS}"
 )
@@ -553,7 +553,7 @@ class SqliteStore(Store):
             if verification.status is not Status.PENDING:
                 return Attempt(AttemptGate.NOT_PENDING, verification)
             if verification.is_expired(now):
-                ended = self._end(db, verification_id, Status.EXPIRED, now, None)
+                ended = self._end(db, verification_id, Status.EXPIRED, now)
                 assert ended is not None  # read as pending inside this very transaction
                 return Attempt(AttemptGate.EXPIRED, ended, changed=True)
             if verification.attempts >= verification.max_attempts:
@@ -595,24 +595,18 @@ class SqliteStore(Store):
         await self._write(refund)
 
     async def transition(
-        self,
-        verification_id: str,
-        to: Status,
-        now: float,
-        *,
-        provider_ref: str | None = None,
-        record: Record | None = None,
+        self, verification_id: str, to: Status, now: float, *, record: Record | None = None
     ) -> Verification | None:
         if record is None:
             # One UPDATE ... RETURNING: atomic without a transaction around it.
             return await self._run(
-                lambda db: self._end(db, verification_id, to, now, provider_ref),
+                lambda db: self._end(db, verification_id, to, now),
                 write=True,
                 transaction=False,
             )
 
         def end_and_record(db: sqlite3.Connection) -> Verification | None:
-            ended = self._end(db, verification_id, to, now, provider_ref)
+            ended = self._end(db, verification_id, to, now)
             if ended is not None:
                 _put_record(db, record)
             return ended
@@ -620,13 +614,11 @@ class SqliteStore(Store):
         return await self._write(end_and_record)
 
     @staticmethod
-    def _end(
-        db: sqlite3.Connection, verification_id: str, to: Status, now: float, provider_ref: str | None
-    ) -> Verification | None:
+    def _end(db: sqlite3.Connection, verification_id: str, to: Status, now: float) -> Verification | None:
         wall = time.time()
         row = db.execute(
             _END_VERIFICATION,
-            (to.value, now, provider_ref, wall + RETAIN_FINISHED_SECONDS, verification_id, wall),
+            (to.value, now, wall + RETAIN_FINISHED_SECONDS, verification_id, wall),
         ).fetchone()
         return None if row is None else _verification(row)
 
@@ -770,6 +762,9 @@ class SqliteStore(Store):
             return None
         data: dict[str, Any] = json.loads(rows[0][0])
         return data
+
+    async def delete_record(self, kind: str, record_id: str) -> None:
+        await self._execute("DELETE FROM record WHERE kind = ? AND id = ?", (kind, record_id))
 
     # -- durable outbox -----------------------------------------------------
     async def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> None:

@@ -13,14 +13,14 @@ import hmac
 
 from fastapi import HTTPException, Request, Response
 
-from api.errors import error_response
+from server.errors import error_response
 
 UNAUTHORIZED = {"code": "unauthorized", "message": "Valid credentials are required."}
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="mfa"'}
 
 
 def unauthorized_response() -> Response:
-    """The API's 401: its error shape and a Basic challenge."""
+    """The 401 of our routes: their error shape and a Basic challenge."""
     return error_response(401, UNAUTHORIZED["code"], UNAUTHORIZED["message"], CHALLENGE)
 
 

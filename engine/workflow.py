@@ -7,33 +7,28 @@ verification with the workflow's code length, lifetime and tries, its expiry
 timer, its attempt counting and its events. An instance is a small record in
 the store that points at its verification; its runtime status is read from
 the verification every time, so it survives restarts and any instance of the
-agent can answer for it.
+agent can answer for it. The HTTP contract (`api.orchestrators`) only
+translates to and from this.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from api.errors import ApiError
-from api.verifications import readable_code
-from engine.errors import VerificationNotFound
+from engine.codes import UnreadableCode, normalise_spoken
+from engine.errors import InvalidRequest, VerificationError, VerificationNotFound
 from engine.models import Origin, Status, Verification
-from engine.runtime import Runtime
-from engine.stores.base import RETAIN_FINISHED_SECONDS
-from engine.verifications import CodeShape
+from engine.stores.base import RETAIN_FINISHED_SECONDS, RecordStore
+from engine.verifications import CodeShape, VerificationEngine
 
 WORKFLOW_NAME = "E4_SmsPhoneVerification"
 CHALLENGE_EVENT = "SmsChallengeResponse"
 RECORD_KIND = "orchestration"
 # The workflow acts only on the verifications it started.
 ORIGIN: Origin = "workflow"
-# A purged instance is overwritten with this for a moment (the store has no delete).
-_PURGED = {"purged": True}
-_PURGED_TTL = 1.0
 
 
 class RuntimeStatus(StrEnum):
@@ -44,22 +39,30 @@ class RuntimeStatus(StrEnum):
     TERMINATED = "Terminated"
 
 
-class InstanceNotFound(ApiError):
+class InstanceNotFound(VerificationError):
+    """No such instance (or it was purged)."""
+
     code = "not_found"
     http_status = 404
 
 
-class InstanceFinished(ApiError):
+class InstanceFinished(VerificationError):
+    """An event or a terminate for an instance that has finished."""
+
     code = "instance_finished"
     http_status = 410
 
 
-class InstanceRunning(ApiError):
+class InstanceRunning(VerificationError):
+    """A purge of an instance still running."""
+
     code = "instance_running"
     http_status = 412
 
 
-class UnknownEvent(ApiError):
+class UnknownEvent(VerificationError):
+    """An event this workflow never waits for."""
+
     code = "unknown_event"
     http_status = 400
 
@@ -90,23 +93,15 @@ _RUNTIME_STATUS = {
 class PhoneVerificationWorkflow:
     """Starts instances, feeds them events, reports, terminates and purges them."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    @property
-    def shape(self) -> CodeShape:
-        """The engine's message and alphabet, with the workflow's length, window and tries."""
-        settings = self.runtime.settings
-        return dataclasses.replace(
-            self.runtime.engine.shape,
-            token_length=settings.mfa_workflow_token_length,
-            valid_for=settings.mfa_workflow_window,
-            max_attempts=settings.mfa_workflow_tries,
-        )
+    def __init__(self, engine: VerificationEngine, records: RecordStore, shape: CodeShape) -> None:
+        self.engine = engine
+        self.records = records
+        # The engine's message and alphabet, with the workflow's length, window and tries.
+        self.shape = shape
 
     async def start(self, phone_number: str, *, agent_id: str) -> Instance:
         """Send a code to the number and record the instance waiting for it."""
-        started = await self.runtime.engine.start(
+        started = await self.engine.start(
             phone_number, "sms", agent_id=agent_id, origin=ORIGIN, shape=self.shape
         )
         verification = started.verification
@@ -127,7 +122,7 @@ class PhoneVerificationWorkflow:
             raise InstanceFinished("The instance has finished; it takes no more events.")
         if event_name.casefold() != CHALLENGE_EVENT.casefold():
             raise UnknownEvent(f"This workflow waits only for the {CHALLENGE_EVENT} event.")
-        result = await self.runtime.engine.check(verification.id, self._code(data), origin=ORIGIN)
+        result = await self.engine.check(verification.id, self._code(data), origin=ORIGIN)
         return _instance(instance_id, record, result.verification)
 
     async def terminate(self, instance_id: str, reason: str | None) -> Instance:
@@ -136,7 +131,7 @@ class PhoneVerificationWorkflow:
         verification = await self._verification(record)
         if verification.status is not Status.PENDING:
             raise InstanceFinished("The instance has already finished.")
-        verification = await self.runtime.engine.cancel(verification.id, origin=ORIGIN)
+        verification = await self.engine.cancel(verification.id, origin=ORIGIN)
         if verification.status is not Status.CANCELED:
             raise InstanceFinished("The instance finished before it could be terminated.")
         record = {**record, "reason": reason}
@@ -153,30 +148,33 @@ class PhoneVerificationWorkflow:
         else:
             if verification.status is Status.PENDING:
                 raise InstanceRunning("Only a finished instance can be purged; terminate it first.")
-        await self.runtime.store.put_record(RECORD_KIND, instance_id, _PURGED, _PURGED_TTL)
+        await self.records.delete_record(RECORD_KIND, instance_id)
 
     def _code(self, data: int | str) -> str:
         if isinstance(data, int):
             # JSON has no number 0123: a numeric code arrives without its leading zeros.
             return str(data).zfill(self.shape.token_length)
-        return readable_code(data, self.shape.allow_alphas)
+        try:
+            return normalise_spoken(data, self.shape.allow_alphas)
+        except UnreadableCode:
+            raise InvalidRequest("That is not a code.") from None
 
     async def _record(self, instance_id: str) -> dict[str, Any]:
-        record = await self.runtime.store.get_record(RECORD_KIND, instance_id)
-        if record is None or record.get("purged"):
+        record = await self.records.get_record(RECORD_KIND, instance_id)
+        if record is None:
             raise InstanceNotFound("No such instance.")
         return record
 
     async def _verification(self, record: dict[str, Any]) -> Verification:
         try:
-            return await self.runtime.engine.get(str(record["verification_id"]), origin=ORIGIN)
+            return await self.engine.get(str(record["verification_id"]), origin=ORIGIN)
         except VerificationNotFound:
             raise InstanceNotFound("No such instance.") from None
 
     async def _put(self, instance_id: str, record: dict[str, Any]) -> None:
         # The verification stays readable for RETAIN_FINISHED_SECONDS after it ends, so it
         # outlives the record: a status query never finds an instance without its verification.
-        await self.runtime.store.put_record(RECORD_KIND, instance_id, record, RETAIN_FINISHED_SECONDS)
+        await self.records.put_record(RECORD_KIND, instance_id, record, RETAIN_FINISHED_SECONDS)
 
 
 def _instance(instance_id: str, record: dict[str, Any], verification: Verification) -> Instance:

@@ -7,6 +7,7 @@ import hmac
 import re
 import secrets
 import string
+from dataclasses import dataclass
 
 DIGITS = string.digits
 # Alphanumeric codes leave out characters that sound or look alike (0/O, 1/I/L).
@@ -37,14 +38,29 @@ def code_matches(key: bytes, verification_id: str, code: str, digest: str) -> bo
     return hmac.compare_digest(code_digest(key, verification_id, code), digest)
 
 
-def sms_body(message: str, code: str) -> str:
-    """The text a caller receives: the configured message, then the code."""
-    return f"{message} {code}"
+@dataclass(frozen=True)
+class Message:
+    """What a caller receives: the configured text (``template``) and the code, kept apart.
+
+    A delivery builds what it sends from the two, so nothing ever has to find
+    the code again inside a finished text.
+    """
+
+    template: str
+    code: str
+
+    def text(self) -> str:
+        """The SMS body: the template, then the code."""
+        return f"{self.template} {self.code}"
+
+    def speech(self) -> str:
+        """The same for text-to-speech: the code's characters apart, so each is read on its own."""
+        return f"{self.template} {' '.join(self.code)}"
 
 
 def fits_one_segment(message: str, code_length: int) -> bool:
     """Whether the message with a code of this length fits one SMS segment."""
-    body = sms_body(message, "0" * code_length)
+    body = Message(message, "0" * code_length).text()
     if all(char in _GSM7 or char in _GSM7_EXTENDED for char in body):
         septets = sum(2 if char in _GSM7_EXTENDED else 1 for char in body)
         return septets <= 160

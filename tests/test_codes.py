@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from engine.codes import (
     ALPHAS,
+    Message,
     UnreadableCode,
     code_digest,
     code_matches,
@@ -74,6 +75,12 @@ def test_the_digest_matches_only_its_code_and_verification() -> None:
     assert not code_matches(key, "v1", "123457", digest)
     assert not code_matches(key, "v2", "123456", digest)
     assert "123456" not in digest
+
+
+def test_a_message_is_built_from_its_template_and_code_never_parsed() -> None:
+    message = Message("Your code is", "4B7")
+    assert message.text() == "Your code is 4B7"
+    assert message.speech() == "Your code is 4 B 7"
 
 
 def test_one_segment_rule_counts_gsm_and_unicode() -> None:

@@ -22,6 +22,7 @@ from tests.platform import (
     FakePlatform,
     RunningAgent,
     actions,
+    delivered_codes,
     read_outbox,
     record_events,
     serve_agent,
@@ -45,7 +46,7 @@ class Call:
     def codes(self) -> list[str]:
         if self.fake is not None:
             return [self.fake.code_for(message["id"]) for message in self.fake.sent]
-        return [str(m["body"]).rsplit(" ", 1)[-1] for m in read_outbox(self.agent.settings)]
+        return delivered_codes(self.agent.settings)
 
 
 @contextlib.asynccontextmanager

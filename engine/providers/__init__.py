@@ -1,8 +1,10 @@
 """Providers: who makes, delivers and checks a code (see base.py).
 
 ``MFA_PROVIDER`` names one of ``PROVIDERS``; the runtime builds it once, from
-the ``ProviderParts`` it has. A new provider is its module here (a ``Provider``
-subclass, see base.py) and one line in ``PROVIDERS``.
+the ``ProviderParts`` it has. A new provider is its module here, a ``Provider``
+subclass (base.py) whose constructor takes the ``ProviderParts``, and one line
+in ``PROVIDERS`` (``"name": NewProvider``). The two below keep narrower
+constructors, which tests call directly, and so have a builder each.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import hmac
 import re
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DIGITS = string.digits
 # Alphanumeric codes leave out characters that sound or look alike (0/O, 1/I/L).
@@ -47,7 +47,7 @@ class Message:
     """
 
     template: str
-    code: str
+    code: str = field(repr=False)  # so a logged message never shows it
 
     def text(self) -> str:
         """The SMS body: the template, then the code."""

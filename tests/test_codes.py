@@ -81,6 +81,7 @@ def test_a_message_is_built_from_its_template_and_code_never_parsed() -> None:
     message = Message("Your code is", "4B7")
     assert message.text() == "Your code is 4B7"
     assert message.speech() == "Your code is 4 B 7"
+    assert "4B7" not in repr(message)
 
 
 def test_one_segment_rule_counts_gsm_and_unicode() -> None:

@@ -203,7 +203,7 @@ class Settings(BaseSettings):
             # An unsigned event is one any caller of the receiver's URL could forge.
             raise ValueError("MFA_WEBHOOK_URLS needs MFA_WEBHOOK_SECRET (the key that signs each event)")
         longest_code = max(self.mfa_token_length, self.mfa_workflow_token_length)
-        # The text as the SMS carries it: the message, a space, the code (engine.codes.sms_body).
+        # The text as the SMS carries it: the message, a space, the code (engine.codes.Message.text).
         if self.mfa_message is not None and not fits_one_segment(f"{self.mfa_message} {'0' * longest_code}"):
             raise ValueError(
                 "MFA_MESSAGE with the code must fit one SMS segment "

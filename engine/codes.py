@@ -7,6 +7,7 @@ import hmac
 import re
 import secrets
 import string
+from dataclasses import dataclass, field
 
 DIGITS = string.digits
 # Alphanumeric codes leave out characters that sound or look alike (0/O, 1/I/L).
@@ -30,9 +31,24 @@ def code_matches(key: bytes, verification_id: str, code: str, digest: str) -> bo
     return hmac.compare_digest(code_digest(key, verification_id, code), digest)
 
 
-def sms_body(message: str, code: str) -> str:
-    """The text a caller receives: the configured message, then the code."""
-    return f"{message} {code}"
+@dataclass(frozen=True)
+class Message:
+    """What a caller receives: the configured text (``template``) and the code, kept apart.
+
+    A delivery builds what it sends from the two, so nothing ever has to find
+    the code again inside a finished text.
+    """
+
+    template: str
+    code: str = field(repr=False)  # so a logged message never shows it
+
+    def text(self) -> str:
+        """The SMS body: the template, then the code."""
+        return f"{self.template} {self.code}"
+
+    def speech(self) -> str:
+        """The same for text-to-speech: the code's characters apart, so each is read on its own."""
+        return f"{self.template} {' '.join(self.code)}"
 
 
 _WORDS = {

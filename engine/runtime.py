@@ -19,9 +19,6 @@ import aiohttp
 
 from config.settings import Settings
 from engine.breaker import CircuitBreaker
-from engine.delivery import Delivery
-from engine.delivery.outbox import OutboxDelivery
-from engine.delivery.signalwire_messaging import SignalWireMessaging
 from engine.events import attach_event_sinks
 from engine.events.live import LiveHub
 from engine.events.metrics import Metrics
@@ -29,9 +26,8 @@ from engine.events.publisher import EventPublisher
 from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
 from engine.lookup import LineTypes
+from engine.providers import PROVIDERS, ProviderParts
 from engine.providers.base import Provider
-from engine.providers.local import LocalProvider
-from engine.providers.signalwire import SignalWireMfaProvider
 from engine.repeats import Repeats
 from engine.signalwire_rest import SignalWireRest, new_http_session
 from engine.stores import Store, open_store
@@ -195,23 +191,9 @@ class Runtime:
         )
 
     def _provider(self, rest: SignalWireRest | None) -> Provider:
-        settings = self.settings
-        if settings.mfa_provider == "signalwire":
-            assert rest is not None
-            log.info("codes are sent by SignalWire's MFA API at %s", settings.signalwire_space)
-            return SignalWireMfaProvider(rest)
-        delivery: Delivery
-        if settings.mfa_delivery == "signalwire":
-            assert rest is not None and settings.signalwire_project_id and settings.mfa_from_number
-            delivery = SignalWireMessaging(rest, settings.signalwire_project_id, settings.mfa_from_number)
-            log.info("codes are made here and sent through SignalWire messaging")
-        else:
-            delivery = OutboxDelivery(settings.mfa_outbox)
-            log.warning(
-                "codes are made here and written to %s (development delivery, no SMS is sent)",
-                settings.mfa_outbox.resolve(),
-            )
-        return LocalProvider(self.keys, delivery)
+        name = self.settings.mfa_provider
+        assert name is not None  # settings choose one when they load
+        return PROVIDERS[name](ProviderParts(self.settings, rest, self.keys))
 
     async def close(self) -> None:
         self._stop.set()

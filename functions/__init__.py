@@ -23,6 +23,7 @@ from functions.platform import (
     parse_arguments,
     parse_request,
 )
+from functions.replies import not_answering
 from functions.send_mfa import SendMfaArgs, send_mfa
 from functions.transfer import transfer_to_person
 from functions.verify_mfa import VerifyMfaArgs, verify_mfa
@@ -40,10 +41,7 @@ _BUSY = Reply(
     "The previous request is still being processed.",
     "Tell the caller it is taking a moment, then try the same function again.",
 )
-STORE_DOWN = Reply(
-    "Nothing was done: the verification service is not answering right now.",
-    "Tell the caller there is a short delay, then try again in a moment.",
-)
+STORE_DOWN = not_answering("Nothing was done", "try again")
 
 
 class MfaFunctions:

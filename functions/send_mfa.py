@@ -23,7 +23,8 @@ from engine.errors import (
 from engine.phone import same_number
 from engine.verifications import VerificationEngine
 from functions.platform import BadRequest, Reply, SwaigRequest, spoken_wait
-from functions.steps import AWAIT_CODE, LOCKED
+from functions.replies import call_locked, not_answering
+from functions.steps import AWAIT_CODE
 
 _CHANNEL_WORDS = {"sms": "sms", "text": "sms", "call": "call", "voice": "call"}
 
@@ -91,14 +92,7 @@ async def send_mfa(
     except DestinationRefused as refusal:
         return Reply(f"Nothing was sent: {refusal.message}", "Tell the caller, briefly."), False
     except CallLocked:
-        return (
-            Reply(
-                "Nothing was sent: this call has had too many wrong codes, so verification is locked.",
-                "Tell the caller verification is locked for this call.",
-                offers_person=True,
-            ).with_action("change_step", LOCKED),
-            False,
-        )
+        return call_locked("Nothing was sent."), False
     except RateLimited as limited:
         return (
             Reply(
@@ -110,13 +104,7 @@ async def send_mfa(
             False,
         )
     except (ProviderUnavailable, StoreUnavailable):
-        return (
-            Reply(
-                "Nothing was sent: the verification service is not answering right now.",
-                "Tell the caller there is a short delay, then try send_mfa again in a moment.",
-            ),
-            False,
-        )
+        return not_answering("Nothing was sent", "try send_mfa again"), False
     except ProviderRejected:
         return (
             Reply(

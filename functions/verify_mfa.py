@@ -16,9 +16,14 @@ from engine.models import CheckOutcome, CheckResult
 from engine.reading import SeveralCodesFound, read_code
 from engine.verifications import VerificationEngine
 from functions.platform import BadRequest, Reply, SwaigRequest, spoken_wait
+from functions.replies import call_locked, not_answering
 from functions.steps import LOCKED, VERIFIED
 
 _NEW_CODE = "Offer to send a new code with send_mfa."
+# Nothing was checked: the caller says the code once more, or types it.
+_SAY_AGAIN = (
+    "Ask the caller to say {what}, one character at a time, or to type it on the keypad and press pound."
+)
 
 
 class VerifyMfaArgs(BaseModel):
@@ -72,8 +77,7 @@ async def verify_mfa(
             Reply(
                 "No attempt was used: what the caller said holds more than one number, so the code "
                 "could not be told apart.",
-                "Ask the caller to say only the code, one character at a time, or to type it on the "
-                "keypad and press pound.",
+                _SAY_AGAIN.format(what="only the code"),
             )
         ) from None
     except UnreadableCode:
@@ -81,8 +85,7 @@ async def verify_mfa(
         raise BadRequest(
             Reply(
                 f"No attempt was used: that could not be read as a {shape.token_length}-{kind} code.",
-                "Ask the caller to say the code again, one character at a time, or to type it on the "
-                "keypad and press pound.",
+                _SAY_AGAIN.format(what="the code again"),
             )
         ) from None
     try:
@@ -91,11 +94,10 @@ async def verify_mfa(
         return _no_code_yet(), False
     except (ProviderUnavailable, StoreUnavailable):
         return (
-            Reply(
-                "The code was not checked: the verification service is not answering right now. "
-                "No attempt was used.",
-                "Tell the caller there is a short delay, then call verify_mfa again with the same code "
-                "in a moment.",
+            not_answering(
+                "The code was not checked",
+                "call verify_mfa again with the same code",
+                also="No attempt was used.",
             ),
             False,
         )
@@ -152,8 +154,4 @@ def _reply_for(result: CheckResult) -> Reply:
         )
     if outcome is CheckOutcome.CANCELED:
         return Reply("That code was canceled.", _NEW_CODE, offers_person=True)
-    return Reply(
-        "Verification is locked for this call: too many wrong codes.",
-        "Tell the caller you cannot verify them on this call.",
-        offers_person=True,
-    ).with_action("change_step", LOCKED)
+    return call_locked()

@@ -10,8 +10,11 @@ import pytest
 import pytest_asyncio
 import redis
 
+from engine.codes import Message
+from engine.delivery.outbox import OutboxDelivery
+from engine.delivery.signalwire_messaging import SignalWireMessaging
 from engine.stores import RedisStore, SqliteStore, Store
-from tests.platform import free_port
+from tests.platform import DELIVERED, Delivered, free_port
 from tests.processes import RedisServer, redis_answers
 
 # == Store fixtures (engine/stores): a Redis to test against, and every store opened fresh ==
@@ -65,6 +68,30 @@ async def store(make_store: Callable[[], Store]) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+# == Delivery (engine/delivery): what in-process agents delivered, with each code apart ==
+
+
+@pytest.fixture(autouse=True)
+def delivered(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Delivered]]:
+    """Records every message the deliveries hand on (after they succeed), for `tests.platform.last_code`."""
+    write_outbox = OutboxDelivery.deliver
+    send_through_signalwire = SignalWireMessaging.deliver
+
+    async def outbox(self: OutboxDelivery, to: str, channel: str, message: Message) -> None:
+        await write_outbox(self, to, channel, message)
+        DELIVERED.append(Delivered(self.path.resolve(), to, channel, message))
+
+    async def signalwire(self: SignalWireMessaging, to: str, channel: str, message: Message) -> None:
+        await send_through_signalwire(self, to, channel, message)
+        DELIVERED.append(Delivered("signalwire", to, channel, message))
+
+    monkeypatch.setattr(OutboxDelivery, "deliver", outbox)
+    monkeypatch.setattr(SignalWireMessaging, "deliver", signalwire)
+    DELIVERED.clear()
+    yield DELIVERED
+    DELIVERED.clear()
 
 
 # == App fixtures: a Redis store URL of its own for each test that runs whole agents ==

@@ -18,6 +18,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,6 +26,7 @@ import uvicorn
 
 from agent import MfaAgent, build_app
 from config import Settings
+from engine.codes import Message
 from engine.models import Event
 from engine.runtime import Runtime
 from engine.verifications import CALL_RECORD
@@ -275,6 +277,38 @@ def read_outbox(settings: Settings) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """One message an in-process agent delivered, as its delivery got it: the code stays apart.
+
+    ``via`` is the outbox file it was written to, or ``"signalwire"`` for SignalWire messaging.
+    """
+
+    via: Path | str
+    to: str
+    channel: str
+    message: Message
+
+
+# This test's messages, in the order they were delivered; kept by the spy in tests/conftest.py.
+DELIVERED: list[Delivered] = []
+
+
+def delivered_codes(settings: Settings) -> list[str]:
+    """The codes of every message written to ``settings``' outbox in this test, oldest first."""
+    outbox = settings.mfa_outbox.resolve()
+    return [sent.message.code for sent in DELIVERED if sent.via == outbox]
+
+
 def last_code(settings: Settings) -> str:
-    """The code in the newest outbox message (the body ends with it)."""
-    return str(read_outbox(settings)[-1]["body"].rsplit(" ", 1)[-1])
+    """The code of the newest message written to ``settings``' outbox in this test."""
+    return delivered_codes(settings)[-1]
+
+
+def code_in_outbox_body(body: str) -> str:
+    """The code in an outbox line's body, read as the README tells a developer to: its last word.
+
+    Only for an agent in another process, whose deliveries the test cannot see
+    (an agent in this process: `last_code`).
+    """
+    return body.rsplit(" ", 1)[-1]

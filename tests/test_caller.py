@@ -23,6 +23,7 @@ from tests.platform import (
     RunningAgent,
     actions,
     call_is_verified,
+    delivered_codes,
     read_outbox,
     record_events,
     serve_agent,
@@ -46,7 +47,7 @@ class Call:
     def codes(self) -> list[str]:
         if self.fake is not None:
             return [self.fake.code_for(message["id"]) for message in self.fake.sent]
-        return [str(m["body"]).rsplit(" ", 1)[-1] for m in read_outbox(self.agent.settings)]
+        return delivered_codes(self.agent.settings)
 
 
 @contextlib.asynccontextmanager

@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 from config.sms import fits_one_segment
 from engine.codes import (
     ALPHAS,
+    Message,
     UnreadableCode,
     code_digest,
     code_matches,
     new_code,
     normalise_spoken,
-    sms_body,
 )
 
 
@@ -77,9 +77,16 @@ def test_the_digest_matches_only_its_code_and_verification() -> None:
     assert "123456" not in digest
 
 
+def test_a_message_is_built_from_its_template_and_code_never_parsed() -> None:
+    message = Message("Your code is", "4B7")
+    assert message.text() == "Your code is 4B7"
+    assert message.speech() == "Your code is 4 B 7"
+    assert "4B7" not in repr(message)
+
+
 def test_one_segment_rule_counts_gsm_and_unicode() -> None:
     def fits(message: str, code_length: int) -> bool:
-        return fits_one_segment(sms_body(message, "0" * code_length))
+        return fits_one_segment(Message(message, "0" * code_length).text())
 
     assert fits("Your code is", 6)
     assert fits("x" * 153, 6)

@@ -26,7 +26,7 @@ import redis.asyncio
 
 from engine.keys import CODE_KEY, GRACE_SECONDS, LIMITS_KEY, SWAIG_KEY, KeyRing
 from engine.stores import RedisStore
-from tests.platform import FakeClock, FakePlatform, actions, free_port
+from tests.platform import FakeClock, FakePlatform, actions, code_in_outbox_body, free_port
 from tests.processes import AgentProcess, RedisServer
 from tests.test_durability import on_instance
 
@@ -199,7 +199,7 @@ async def until_keys_stored(url: str) -> None:
 
 def code_sent_to(outbox: Path, number: str) -> str:
     messages = [json.loads(line) for line in outbox.read_text().splitlines()]
-    return str([m for m in messages if m["to"] == number][-1]["body"].rsplit(" ", 1)[-1])
+    return code_in_outbox_body([m for m in messages if m["to"] == number][-1]["body"])
 
 
 async def send_on_verify_on(

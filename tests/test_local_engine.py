@@ -13,11 +13,14 @@ from config import Settings
 from engine.codes import ALPHAS, code_digest, normalise_spoken
 from engine.models import CheckOutcome, Event, Status
 from engine.runtime import Runtime
+from languages import LANGUAGES
 from tests.fakes.signalwire_api import make_fake_signalwire
 from tests.platform import (
+    Delivered,
     FakeClock,
     FakePlatform,
     actions,
+    code_in_outbox_body,
     last_code,
     read_outbox,
     record_events,
@@ -56,6 +59,7 @@ async def test_the_local_engine_serves_a_call_like_signalwire_does(tmp_path: Any
         assert message["to"] == CALLER and message["channel"] == "sms"
         code = last_code(settings)
         assert len(code) == 6 and code.isdigit()
+        assert code_in_outbox_body(message["body"]) == code  # the outbox's documented format
         wrong = await platform.call("verify_mfa", token="000000" if code != "000000" else "111111")
         assert "2 tries left" in wrong["response"]
         verified = await platform.call("verify_mfa", token=" ".join(code))
@@ -166,7 +170,7 @@ async def test_expiry_is_raised_by_the_timer_even_across_a_restart(tmp_path: Any
 
 
 async def test_local_codes_can_go_out_through_signalwire_messaging(
-    aiohttp_server: Any, tmp_path: Any
+    aiohttp_server: Any, tmp_path: Any, delivered: list[Delivered]
 ) -> None:
     fake = make_fake_signalwire()
     server = await aiohttp_server(fake.app)
@@ -178,7 +182,9 @@ async def test_local_codes_can_go_out_through_signalwire_messaging(
         started = await runtime.engine.start(CALLER, "sms", agent_id="mfa", origin="api")
         message = fake.messages[-1]
         assert message["to"] == CALLER and message["from"] == "+12025550100"
-        code = message["body"].rsplit(" ", 1)[-1]
+        code = delivered[-1].message.code
+        template = settings.mfa_message or LANGUAGES[settings.mfa_language].sms_message
+        assert message["body"] == f"{template} {code}"  # the SMS text, as it always was
         assert fake.sent == []  # the MFA API was not used
         result = await runtime.engine.check(started.verification.id, code, origin="api")
         assert result.outcome is CheckOutcome.APPROVED

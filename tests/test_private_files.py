@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.codes import Message
 from engine.delivery.outbox import OutboxDelivery
 from engine.runtime import Runtime
 from engine.stores import SqliteStore
@@ -39,7 +40,7 @@ async def test_a_new_store_and_outbox_are_private(tmp_path: Path) -> None:
     assert mode(tmp_path / "data" / "store") == 0o700
 
     outbox = tmp_path / "messages" / "outbox.jsonl"
-    await OutboxDelivery(outbox).deliver("+12025550143", "sms", "Your code is 123456")
+    await OutboxDelivery(outbox).deliver("+12025550143", "sms", Message("Your code is", "123456"))
     assert mode(outbox) == 0o600
     assert mode(outbox.parent) == 0o700
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
 from config import Settings, config_errors
+from engine.providers import PROVIDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,6 +25,11 @@ def errors(**values: object) -> list[str]:
 def test_defaults_pick_the_local_engine_without_credentials() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.mfa_provider == "local" and settings.port == 3000 and settings.agent_id == "mfa"
+
+
+def test_every_provider_the_settings_accept_has_a_builder() -> None:
+    literal, _none = get_args(Settings.model_fields["mfa_provider"].annotation)
+    assert set(get_args(literal)) == set(PROVIDERS)
 
 
 def test_credentials_pick_signalwire_and_loopback_spaces_use_http() -> None:

@@ -14,6 +14,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
+from engine.codes import Message
 from engine.delivery.signalwire_messaging import SignalWireMessaging, call_twiml
 from engine.errors import ProviderRejected, ProviderUnavailable
 from engine.models import Verification
@@ -329,9 +330,11 @@ async def test_a_refused_check_is_not_repeated_when_no_time_is_left(env: Env) ->
 
 # Messaging (the LaML API).
 
+MESSAGE = Message("Your verification code is", "123456")
+
 
 async def test_an_sms_posts_to_from_and_body(env: Env) -> None:
-    await env.messaging().deliver(NUMBER, "sms", "Your verification code is 123456")
+    await env.messaging().deliver(NUMBER, "sms", MESSAGE)
 
     assert env.fake.requests == [("POST", MESSAGES)]
     [message] = env.fake.messages
@@ -343,7 +346,7 @@ async def test_an_sms_posts_to_from_and_body(env: Env) -> None:
 
 
 async def test_a_call_reads_the_code_digit_by_digit_twice(env: Env) -> None:
-    await env.messaging().deliver(NUMBER, "call", "Your verification code is 123456")
+    await env.messaging().deliver(NUMBER, "call", MESSAGE)
 
     assert env.fake.requests == [("POST", CALLS)]
     [message] = env.fake.messages
@@ -353,15 +356,15 @@ async def test_a_call_reads_the_code_digit_by_digit_twice(env: Env) -> None:
 
 
 def test_the_call_text_is_xml_escaped() -> None:
-    assert call_twiml("Code <&> 'A1'") == (
-        "<Response><Say>Code &lt;&amp;&gt; &apos;A 1&apos;. "
-        "Code &lt;&amp;&gt; &apos;A 1&apos;.</Say></Response>"
+    assert call_twiml(Message("Code <&> 'quoted':", "A1")) == (
+        "<Response><Say>Code &lt;&amp;&gt; &apos;quoted&apos;: A 1. "
+        "Code &lt;&amp;&gt; &apos;quoted&apos;: A 1.</Say></Response>"
     )
 
 
 async def test_a_refused_message_is_invalid_without_the_number(env: Env) -> None:
     with pytest.raises(ProviderRejected) as raised:
-        await env.messaging().deliver("15551234567", "sms", "Your verification code is 123456")
+        await env.messaging().deliver("15551234567", "sms", MESSAGE)
     assert raised.value.kind == "invalid"
     assert "error 21211" in raised.value.message
     assert "5551234567" not in str(raised.value)
@@ -374,13 +377,13 @@ async def test_a_refused_message_is_invalid_without_the_number(env: Env) -> None
 async def test_message_faults_are_unavailable(env: Env, fault: str, kind: str) -> None:
     env.fake.fail_next(fault)
     with pytest.raises(ProviderUnavailable) as raised:
-        await env.messaging().deliver(NUMBER, "sms", "Your verification code is 123456")
+        await env.messaging().deliver(NUMBER, "sms", MESSAGE)
     assert raised.value.kind == kind
 
 
 async def test_an_unknown_channel_is_rejected(env: Env) -> None:
     with pytest.raises(ProviderRejected):
-        await env.messaging().deliver(NUMBER, "fax", "Your verification code is 123456")
+        await env.messaging().deliver(NUMBER, "fax", MESSAGE)
     assert env.fake.requests == []
 
 

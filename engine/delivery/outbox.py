@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from engine.codes import Message
 from engine.models import utc_now_iso
 from engine.private_files import PRIVATE_FILE, make_private, private_folder
 
@@ -29,7 +30,8 @@ class OutboxDelivery:
         self._lock = asyncio.Lock()
         make_private(path)
 
-    async def deliver(self, to: str, channel: str, body: str) -> None:
+    async def deliver(self, to: str, channel: str, message: Message) -> None:
+        body = message.text()  # the SMS text, also for a call: the file stands in for the phone
         line = json.dumps({"to": to, "channel": channel, "body": body, "at": utc_now_iso()}) + "\n"
         async with self._lock:
             await asyncio.to_thread(self._append, line)

@@ -6,17 +6,14 @@ and checks the code, SignalWire only carries the text.
 
 from __future__ import annotations
 
-import re
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+from engine.codes import Message
 from engine.errors import ProviderRejected, ProviderUnavailable
 from engine.signalwire_rest import SignalWireRest
 
 LAML_PATH = "/api/laml/2010-04-01/Accounts/{project}"
-
-# The code is the body's last word (``engine.codes.sms_body``), maybe followed by punctuation.
-_LAST_WORD = re.compile(r"([A-Za-z0-9]+)(\W*)$")
 
 
 class SignalWireMessaging:
@@ -27,13 +24,13 @@ class SignalWireMessaging:
         self._from = from_number
         self._base = LAML_PATH.format(project=quote(project_id, safe=""))
 
-    async def deliver(self, to: str, channel: str, body: str) -> None:
+    async def deliver(self, to: str, channel: str, message: Message) -> None:
         if channel == "sms":
             path = f"{self._base}/Messages.json"
-            fields = {"To": to, "From": self._from, "Body": body}
+            fields = {"To": to, "From": self._from, "Body": message.text()}
         elif channel == "call":
             path = f"{self._base}/Calls.json"
-            fields = {"To": to, "From": self._from, "Twiml": call_twiml(body)}
+            fields = {"To": to, "From": self._from, "Twiml": call_twiml(message)}
         else:
             raise ProviderRejected(f"SignalWire cannot deliver over {channel!r}", kind="invalid")
         status, answer = await self._rest.post_form(path, fields)
@@ -41,7 +38,7 @@ class SignalWireMessaging:
             return
         if 400 <= status < 500:
             # Only the LaML error number (21211: bad "To", ...): its text may
-            # quote the number, and here the body we sent holds the code.
+            # quote the number, and the text we sent holds the code.
             error = answer.get("code")
             number = f", error {error}" if isinstance(error, int | str) and str(error).isdigit() else ""
             raise ProviderRejected(
@@ -52,16 +49,7 @@ class SignalWireMessaging:
         )
 
 
-def spoken(body: str) -> str:
-    """The body with the code's characters apart, so text-to-speech reads it one by one."""
-    match = _LAST_WORD.search(body)
-    if match is None:
-        return body
-    code, tail = match.groups()
-    return body[: match.start()] + " ".join(code) + tail
-
-
-def call_twiml(body: str) -> str:
+def call_twiml(message: Message) -> str:
     """LaML for a call that says the message and its code twice, then hangs up."""
-    text = escape(spoken(body).rstrip(" .!?"), {'"': "&quot;", "'": "&apos;"})
+    text = escape(message.speech(), {'"': "&quot;", "'": "&apos;"})
     return f"<Response><Say>{text}. {text}.</Say></Response>"

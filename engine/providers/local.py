@@ -10,7 +10,7 @@ same way for both providers, so the functions cannot tell the two apart.
 
 from __future__ import annotations
 
-from engine.codes import code_digest, code_matches, new_code, sms_body
+from engine.codes import Message, code_digest, code_matches, new_code
 from engine.delivery import Delivery
 from engine.keys import CodeKeys
 from engine.models import Verification
@@ -18,7 +18,7 @@ from engine.providers.base import Answer, Provider, SendRequest, Sent
 
 
 class LocalProvider(Provider):
-    """Makes a code, hands its text to a delivery, keeps only the digest."""
+    """Makes a code, hands it with the message to a delivery, keeps only the digest."""
 
     name = "local"
 
@@ -28,7 +28,7 @@ class LocalProvider(Provider):
 
     async def send(self, request: SendRequest) -> Sent:
         code = new_code(request.token_length, request.allow_alphas)
-        await self._delivery.deliver(request.to, request.channel, sms_body(request.message, code))
+        await self._delivery.deliver(request.to, request.channel, Message(request.message, code))
         return Sent(code_digest=code_digest(self._keys.code_key, request.verification_id, code))
 
     async def verify(self, verification: Verification, code: str) -> Answer:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_AFTER = 30  # seconds, when a 429 does not say (or says it as an HTTP date)
 # Connections in flight = request rate x provider delay: 250 at 125 requests/s with a 2 s
-# provider. A smaller pool queues requests until they time out (measured in bench/).
+# provider. A smaller pool would queue requests until they time out.
 POOL_SIZE = 1000
 KEEPALIVE_SECONDS = 30.0
 

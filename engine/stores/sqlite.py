@@ -1,8 +1,8 @@
 """The SQLite store: one instance, one file, every decision in one transaction.
 
 Statements run on the event loop, on a connection of its own: on a small local
-file each takes microseconds, less than handing it to a thread would cost (41
-against 142 us of CPU for a claim, measured). Nothing awaits inside a job, so
+file each takes microseconds, less than handing it to a thread would cost
+(bench/README.md, "What changed"). Nothing awaits inside a job, so
 the statements of two transactions can never interleave, and a decision's
 whole transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) is one job. What could
 hold up the event loop never runs there:

@@ -50,6 +50,7 @@ from config.settings import AGENT_ID_PATTERN
 from conversation import configure_conversation
 from engine.discoveries import bind_to_call
 from engine.errors import StoreUnavailable
+from engine.providers import PROVIDERS
 from engine.runtime import NotStarted, Runtime
 from functions import STORE_DOWN, MfaFunctions
 from functions.includes import (
@@ -414,11 +415,18 @@ def readiness_router(runtime: Runtime, auth: BasicAuth) -> APIRouter:
 def load_settings() -> Settings:
     """Settings, or one line per wrong variable and exit status 2."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as error:
         for line in config_errors(error):
             print(f"configuration error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    if settings.mfa_provider not in PROVIDERS:
+        print(
+            f"configuration error: MFA_PROVIDER: must be one of {', '.join(sorted(PROVIDERS))}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return settings
 
 
 def _usage() -> argparse.ArgumentParser:

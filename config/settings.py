@@ -50,7 +50,9 @@ class Settings(BaseSettings):
     signalwire_api_token: SecretStr | None = None
     signalwire_space: str | None = None
 
-    mfa_provider: Literal["signalwire", "local"] | None = None
+    # A name in the provider registry (engine.providers.PROVIDERS), checked when the agent
+    # starts, so a new provider needs no change here. Unset: signalwire with credentials.
+    mfa_provider: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     mfa_delivery: Literal["outbox", "signalwire"] = "outbox"
     mfa_from_number: str | None = None
     mfa_token_length: int = Field(6, ge=TOKEN_LENGTH[0], le=TOKEN_LENGTH[1])
@@ -97,6 +99,11 @@ class Settings(BaseSettings):
     mfa_max_connections_per_client: int = Field(256, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("mfa_provider", mode="before")
+    @classmethod
+    def _provider_name(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

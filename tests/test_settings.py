@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import get_args
 
 import pytest
 from pydantic import ValidationError
@@ -27,9 +26,22 @@ def test_defaults_pick_the_local_engine_without_credentials() -> None:
     assert settings.mfa_provider == "local" and settings.port == 3000 and settings.agent_id == "mfa"
 
 
-def test_every_provider_the_settings_accept_has_a_builder() -> None:
-    literal, _none = get_args(Settings.model_fields["mfa_provider"].annotation)
-    assert set(get_args(literal)) == set(PROVIDERS)
+def test_a_provider_is_one_the_registry_has(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "agent.py"), "--check"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "MFA_PROVIDER": "Twilio"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"configuration error: MFA_PROVIDER: must be one of {', '.join(sorted(PROVIDERS))}"
+    )
+    assert Settings(_env_file=None, mfa_provider=" LOCAL ").mfa_provider == "local"  # type: ignore[call-arg]
 
 
 def test_credentials_pick_signalwire_and_loopback_spaces_use_http() -> None:

@@ -53,7 +53,6 @@ ENGINE_REASONS = (
     "shared_cost",
     "non_geographic",
     "not_a_phone",
-    "landline_sms",
     # a limit (engine/limits.py)
     "call_locked",
     "sends_per_call",

@@ -47,7 +47,6 @@
     ["shared_cost", "Shared-cost number"],
     ["non_geographic", "Satellite or international service number"],
     ["not_a_phone", "Not a mobile or landline number"],
-    ["landline_sms", "Landline: cannot get a text (send by call)"],
     // A limit refused the send.
     ["call_locked", "This call is locked after too many wrong codes"],
     ["sends_per_call", "This call asked for too many codes"],

@@ -46,7 +46,7 @@ import sdk_adapter
 from api import build_api_router
 from config import Settings, config_errors
 from config.logs import announce, configure_logging
-from config.settings import AGENT_ID_PATTERN
+from config.settings import AGENT_ID
 from conversation import configure_conversation
 from engine.discoveries import bind_to_call
 from engine.errors import StoreUnavailable
@@ -74,7 +74,6 @@ log = logging.getLogger("mfa")
 
 # Both functions share one meta_data scope: send_mfa writes `mfa`, verify_mfa reads it.
 META_DATA_TOKEN = "mfa_verification"  # noqa: S105 - a scope name, not a secret
-_AGENT_ID = re.compile(AGENT_ID_PATTERN)
 UNREADABLE_REQUEST = (
     "Nothing was done: the request could not be read. "
     "Apologize and say verification is not available right now."
@@ -317,7 +316,7 @@ class AgentIdFromQuery:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and b"agent_id=" in scope.get("query_string", b""):
             values = parse_qs(scope["query_string"].decode("latin-1")).get("agent_id", [])
-            if values and _AGENT_ID.match(values[0]):
+            if values and AGENT_ID.match(values[0]):
                 token = request_agent_id.set(values[0])
                 try:
                     await self.app(scope, receive, send)

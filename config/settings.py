@@ -18,6 +18,7 @@ from config.sms import fits_one_segment
 
 # What an agent id may be, wherever one is given (AGENT_ID, ?agent_id=, an include's meta_data).
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+AGENT_ID = re.compile(AGENT_ID_PATTERN)
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 SIP_URI = re.compile(r"^sips?:[A-Za-z0-9_.!~*'()&=+$,;?/%-]+@[A-Za-z0-9.-]+(:\d{1,5})?$")
 HTTPS_URL = re.compile(r"^https://[^\s/]+(/\S*)?$")

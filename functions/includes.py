@@ -25,13 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.settings import AGENT_ID_PATTERN
+from config.settings import AGENT_ID
 from functions.platform import CALL_ID_PATTERN
 
 # The query parameter on every web_hook_url a discovery gives out: the discovery's id.
 INCLUDE_PARAM = "include"
 DISCOVERY_ID = re.compile(r"^[0-9a-f]{32}$")
-AGENT_ID = re.compile(AGENT_ID_PATTERN)
 CALL_ID = re.compile(CALL_ID_PATTERN)
 # Actions that move a call through our conversation's steps, which a host does not have.
 STEP_ACTIONS = frozenset({"change_step", "change_context", "context_switch"})

@@ -90,6 +90,20 @@ class Settings(BaseSettings):
     agent_id: str = Field("mfa", pattern=AGENT_ID_PATTERN)
     mfa_webhook_urls: Annotated[list[str], NoDecode] = []
     mfa_webhook_secret: SecretStr | None = None
+    # SignalWire's Signing Key (dashboard, API credentials): checks its delivery status callbacks.
+    signalwire_signing_key: SecretStr | None = None
+
+    # Insight: how long history stays, delivery follow-up, and the SMS pumping guard.
+    mfa_history_days: int = Field(30, ge=1, le=400)
+    mfa_fallback_to_call: bool = True
+    mfa_fraud_guard: bool = True
+    mfa_fraud_min_sends: int = Field(20, ge=1, le=100_000)
+    mfa_fraud_min_conversion: float = Field(0.2, ge=0.0, le=1.0)
+    # Prefixes (+44 7700) and ISO regions (GB) the guard never holds, and those it always refuses.
+    mfa_fraud_allow: Annotated[list[str], NoDecode] = []
+    mfa_fraud_block: Annotated[list[str], NoDecode] = []
+    # Sends per hour a country with no approved verification yet may have; each approval adds more.
+    mfa_fraud_new_country_sends: int = Field(10, ge=0, le=100_000)
 
     # Operational knobs with safe defaults.
     mfa_upstream_timeout: float = Field(8.0, gt=0, le=9.0)
@@ -113,7 +127,9 @@ class Settings(BaseSettings):
             return value
         return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
 
-    @field_validator("mfa_allowed_countries", "mfa_webhook_urls", mode="before")
+    @field_validator(
+        "mfa_allowed_countries", "mfa_webhook_urls", "mfa_fraud_allow", "mfa_fraud_block", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -127,6 +143,23 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown ISO region(s) {', '.join(unknown)}; use codes like US,CA,GB")
         return regions
+
+    @field_validator("mfa_fraud_allow", "mfa_fraud_block")
+    @classmethod
+    def _destinations(cls, value: list[str]) -> list[str]:
+        known = phonenumbers.SUPPORTED_REGIONS
+        entries = []
+        for entry in value:
+            compact = re.sub(r"[\s().-]", "", entry)
+            if compact.upper() in known:
+                entries.append(compact.upper())
+            elif re.fullmatch(r"\+[1-9]\d{0,14}", compact):
+                entries.append(compact)
+            else:
+                raise ValueError(
+                    f"{entry!r} is neither a number prefix such as +447700 nor an ISO region such as GB"
+                )
+        return entries
 
     @field_validator("mfa_webhook_urls")
     @classmethod

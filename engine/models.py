@@ -109,6 +109,9 @@ EventType = Literal[
     "mfa.locked",
     "mfa.canceled",
     "mfa.transferred",
+    "mfa.delivered",
+    "mfa.undelivered",
+    "mfa.fraud_suspected",
 ]
 
 
@@ -135,6 +138,8 @@ class Event(BaseModel):
     attempts_left: int | None = None
     status: Status | None = None
     reason: str | None = None
+    error_code: str | None = None  # mfa.undelivered: the carrier's error code, when it gave one
+    prefix: str | None = None  # mfa.fraud_suspected: the destination prefix held (not a number)
     at: str = Field(default_factory=utc_now_iso)
 
     @classmethod

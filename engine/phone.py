@@ -43,6 +43,7 @@ class Destination:
 
     e164: str
     landline: bool
+    region: str
 
 
 def checked_destination(raw: str, allowed_regions: Collection[str]) -> Destination:
@@ -77,7 +78,12 @@ def checked_destination(raw: str, allowed_regions: Collection[str]) -> Destinati
     if kind not in _RECEIVING_TYPES:
         raise DestinationRefused("Codes can only be sent to mobile numbers and landlines.", "not_a_phone")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return Destination(e164, landline=kind == PhoneNumberType.FIXED_LINE)
+    return Destination(e164, landline=kind == PhoneNumberType.FIXED_LINE, region=region or "")
+
+
+def is_region(code: str) -> bool:
+    """Whether ``code`` is an ISO region a number can belong to ("GB"; not "001", not "UK")."""
+    return code in phonenumbers.SUPPORTED_REGIONS
 
 
 def same_number(first: str, second: str) -> bool:

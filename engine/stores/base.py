@@ -3,7 +3,8 @@
 Each consumer names the job it uses: the limiter `WindowStore`, repeated
 requests `ClaimStore`, webhooks `OutboxStore`, the live page `BroadcastStore`,
 the key ring `KeyStore`, the verification engine `VerificationStore` and
-`WindowStore`, the workflow and the line-type lookup `RecordStore`. `Store` is
+`WindowStore`, the workflow and the line-type lookup `RecordStore`, the
+history's list and summary `HistoryStore`. `Store` is
 all of them, with `Lifecycle`: what a backend implements and what the runtime
 opens. Two backends implement it: SQLite (one instance, the default) and Redis
 (several instances). Every method that decides something does so atomically
@@ -23,6 +24,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from engine.models import Status, Verification
+from engine.stores.history import BucketTally, HistoryFilter, HistoryPage, Position, Span
 from engine.stores.windows import Refused, Window
 
 # How long a finished verification stays readable after it ended (or expired),
@@ -130,7 +132,12 @@ class VerificationStore(Protocol):
     """Verifications: created, counted, ended and expired, each decision atomic."""
 
     async def create_verification(self, verification: Verification) -> None:
-        """Record a new verification (status `pending`). Ids are unique."""
+        """Record a new verification (status `pending`). Ids are unique.
+
+        In the same step its history entry is written and its send counted in the
+        history's rollups (`HistoryStore`); every step below that changes its status
+        or attempts changes the entry with it.
+        """
 
     async def get_verification(self, verification_id: str) -> Verification | None:
         """The verification, or None if unknown or forgotten."""
@@ -190,6 +197,31 @@ class VerificationStore(Protocol):
 
     async def next_expiry(self) -> float | None:
         """The earliest ``expires_at`` among `pending` verifications, or None."""
+
+
+class HistoryStore(Protocol):
+    """Verifications as the history keeps them, for the retention the store was opened
+    with (engine/stores/history.py): listed newest first, and counted in rollups.
+
+    `VerificationStore`'s steps write both; these only read.
+    """
+
+    async def list_history(
+        self, query: HistoryFilter, now: float, *, after: Position | None = None, limit: int = 50
+    ) -> HistoryPage:
+        """Entries that ``query`` matches, sent within the retention at ``now``, newest
+        first ((created_at, id) descending), strictly after ``after`` in that order: at most
+        ``limit``, and where the next page starts when there are more.
+
+        The cost follows the page, not the history: an index per combination of
+        (agent id, origin, channel, country, status), merged newest first.
+        """
+
+    async def history_tallies(self, query: HistoryFilter, spans: Sequence[Span]) -> list[BucketTally]:
+        """The rollups of every bucket in ``spans`` (a bucket in two spans comes once),
+        summed per (channel, country) over what ``query`` leaves of the agent ids, origins,
+        channels and countries. ``query``'s status and times are the caller's to apply.
+        """
 
 
 class WindowStore(Protocol):
@@ -278,6 +310,7 @@ class Store(
     RecordStore,
     OutboxStore,
     BroadcastStore,
+    HistoryStore,
     Protocol,
 ):
     """Every job at once: what a backend implements (SQLite, Redis) and the runtime opens.

@@ -45,7 +45,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 
 from engine.errors import StoreUnavailable
-from engine.models import Status, Verification
+from engine.models import Channel, Origin, Status, Verification
 from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
@@ -56,6 +56,21 @@ from engine.stores.base import (
     OutboxItem,
     Record,
     Store,
+)
+from engine.stores.history import (
+    APPROVE_BIN_EDGES,
+    DEFAULT_RETENTION,
+    LEVELS,
+    BucketTally,
+    HistoryEntry,
+    HistoryFilter,
+    HistoryPage,
+    Position,
+    Span,
+    Tally,
+    bucket_start,
+    kept_for,
+    newest_first,
 )
 from engine.stores.windows import (
     Refused,
@@ -89,29 +104,97 @@ _SHORT = {
     "provider_ref": "pr",
     "code_digest": "cd",
     "origin": "og",
+    "country": "cc",
 }
 _LONG = {short: field for field, short in _SHORT.items()}
 _RUNNING = "running"  # a claim's value while its owner works; a finished one holds JSON
 
 _CREATE = """
--- KEYS: verification, expiry schedule, the call's codes (the verification again when on no call).
--- ARGV: id, expires_at, ttl_ms, schedule (1/0), on a call (1/0), field, value, ...
+-- KEYS: verification, expiry schedule, the call's codes (the verification again when on no call),
+-- then the history: the entry, the index of every entry, the index of the entry's combination,
+-- the set of combinations, and the send's bucket of each size (minute, hour, day).
+-- ARGV: id, expires_at, ttl_ms, schedule (1/0), on a call (1/0), then the history's:
+-- retention_ms, the indexes' cutoff (older members go), the entry's member, its combination,
+-- the rollup field of a send, each bucket's ttl_ms (3), how many history fields and values
+-- follow (n); then those n, then the verification's fields and values.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+local n = tonumber(ARGV[14])
+redis.call('HSET', KEYS[1], unpack(ARGV, 15 + n))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
 if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
   if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 end
+redis.call('HSET', KEYS[4], unpack(ARGV, 15, 14 + n))
+redis.call('PEXPIRE', KEYS[4], ARGV[6])
+for i = 5, 6 do
+  redis.call('ZADD', KEYS[i], 0, ARGV[8])
+  redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[7])
+  redis.call('PEXPIRE', KEYS[i], ARGV[6])
+end
+redis.call('SADD', KEYS[7], ARGV[9])
+redis.call('PEXPIRE', KEYS[7], ARGV[6])
+for i = 1, 3 do
+  redis.call('HINCRBY', KEYS[7 + i], ARGV[10], 1)
+  if redis.call('PTTL', KEYS[7 + i]) < 0 then redis.call('PEXPIRE', KEYS[7 + i], ARGV[10 + i]) end
+end
 return 1
 """
 
-_BEGIN_ATTEMPT = """
+# Prepended to the scripts that end a verification. The keys of an entry's indexes and
+# buckets follow from the entry's own fields, so they are named in the script, under the
+# prefix (this store runs on one Redis, not a Cluster).
+_END_HISTORY = """
+-- Ends a history entry that is still `pending` (one already forgotten, past the retention,
+-- is left alone): its member moves to the index of its new combination, its attempts are
+-- the verification's, and the outcome is counted in the buckets of its send.
+-- h: the entry's key; first: where ARGV holds the prefix, retention_ms, the indexes'
+-- cutoff and each bucket's ttl_ms (3).
+local EDGES = {__EDGES__}
+local SHORT = {approved = 'a', expired = 'e', max_attempts_reached = 'm', canceled = 'c'}
+local LEVELS = {60, 3600, 86400}
+local function end_history(h, status, now, attempts, first)
+  local entry = redis.call('HMGET', h, 'st', 'm', 'k', 'ca')
+  if entry[1] ~= 'pending' then return end
+  local prefix = ARGV[first]
+  redis.call('HSET', h, 'st', status, 'ea', now, 'at', attempts)
+  redis.call('ZREM', prefix .. 'hx:pending|' .. entry[3], entry[2])
+  local combo = status .. '|' .. entry[3]
+  local index = prefix .. 'hx:' .. combo
+  redis.call('ZADD', index, 0, entry[2])
+  redis.call('ZREMRANGEBYLEX', index, '-', ARGV[first + 2])
+  redis.call('PEXPIRE', index, ARGV[first + 1])
+  redis.call('SADD', prefix .. 'hx:combos', combo)
+  redis.call('PEXPIRE', prefix .. 'hx:combos', ARGV[first + 1])
+  local created = tonumber(entry[4])
+  local bin = nil
+  if status == 'approved' then
+    bin = #EDGES - 1
+    local seconds = tonumber(now) - created
+    for i = 1, #EDGES do
+      if seconds <= EDGES[i] then bin = i - 1; break end
+    end
+  end
+  for i = 1, 3 do
+    local level = LEVELS[i]
+    local start = string.format('%d', math.floor(created / level) * level)
+    local bucket = prefix .. 'hr:' .. level .. ':' .. start
+    redis.call('HINCRBY', bucket, entry[3] .. '|' .. SHORT[status], 1)
+    if bin then redis.call('HINCRBY', bucket, entry[3] .. '|t' .. bin, 1) end
+    if redis.call('PTTL', bucket) < 0 then redis.call('PEXPIRE', bucket, ARGV[first + 2 + i]) end
+  end
+end
+""".replace("__EDGES__", ", ".join(str(edge) for edge in APPROVE_BIN_EDGES))
+
+_BEGIN_ATTEMPT = (
+    _END_HISTORY
+    + """
 -- KEYS: verification, expiry schedule, the call's verified record (or the verification again when
--- not asked), then the event log of each failure budget.
+-- not asked), its history entry, then the event log of each failure budget.
 -- ARGV: id, now, retain_ms, call id ('' for any), origin ('' for any), '1' to test the record,
--- a unique member, then three per budget: limit, ttl_ms, the window's start (older events are gone).
+-- a unique member, the history's prefix, retention_ms, cutoff and three bucket ttl_ms, then three
+-- per budget: limit, ttl_ms, the window's start (older events are gone).
 -- Returns nil (not found / not ours), or {gate, the verification's fields, ...}: for over_budget
 -- the budget's index (0-based) and its oldest event's time, for counted each budget's count before.
 local key = KEYS[1]
@@ -124,13 +207,13 @@ if ARGV[5] ~= '' and origin ~= ARGV[5] then return false end
 if ARGV[6] == '1' and call ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
   return {'call_verified', redis.call('HGETALL', key)}
 end
-local budgets = (#ARGV - 7) / 3
+local budgets = (#ARGV - 13) / 3
 local counts = {}
 for i = 1, budgets do
-  local log = KEYS[3 + i]
-  redis.call('ZREMRANGEBYSCORE', log, '-inf', ARGV[7 + 3 * i])
+  local log = KEYS[4 + i]
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', ARGV[13 + 3 * i])
   counts[i] = redis.call('ZCARD', log)
-  if counts[i] >= tonumber(ARGV[5 + 3 * i]) then
+  if counts[i] >= tonumber(ARGV[11 + 3 * i]) then
     local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')[2]
     return {'over_budget', redis.call('HGETALL', key), i - 1, oldest}
   end
@@ -139,6 +222,7 @@ local function finish(to)
   redis.call('HSET', key, 'st', to, 'ua', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('PEXPIRE', key, ARGV[3])
+  end_history(KEYS[4], to, ARGV[2], redis.call('HGET', key, 'at'), 8)
 end
 local gate = 'counted'
 if status ~= 'pending' then
@@ -152,37 +236,48 @@ elseif tonumber(redis.call('HGET', key, 'at')) >= tonumber(redis.call('HGET', ke
 else
   redis.call('HINCRBY', key, 'at', 1)
   redis.call('HSET', key, 'ua', ARGV[2])
+  if redis.call('HGET', KEYS[4], 'st') == 'pending' then redis.call('HINCRBY', KEYS[4], 'at', 1) end
   for i = 1, budgets do
-    redis.call('ZADD', KEYS[3 + i], ARGV[2], ARGV[7])
-    redis.call('PEXPIRE', KEYS[3 + i], ARGV[6 + 3 * i])
+    redis.call('ZADD', KEYS[4 + i], ARGV[2], ARGV[7])
+    redis.call('PEXPIRE', KEYS[4 + i], ARGV[12 + 3 * i])
   end
 end
 return {gate, redis.call('HGETALL', key), counts}
 """
+)
 
 _REFUND_ATTEMPT = """
--- KEYS: verification, then the event log of each failure budget the attempt was counted in.
+-- KEYS: verification, its history entry, then the event log of each failure budget the attempt
+-- was counted in.
 if redis.call('HGET', KEYS[1], 'st') == 'pending' and tonumber(redis.call('HGET', KEYS[1], 'at')) > 0 then
   redis.call('HINCRBY', KEYS[1], 'at', -1)
+  if redis.call('HGET', KEYS[2], 'st') == 'pending' and tonumber(redis.call('HGET', KEYS[2], 'at')) > 0 then
+    redis.call('HINCRBY', KEYS[2], 'at', -1)
+  end
 end
-for i = 2, #KEYS do redis.call('ZPOPMAX', KEYS[i]) end
+for i = 3, #KEYS do redis.call('ZPOPMAX', KEYS[i]) end
 return 0
 """
 
-_TRANSITION = """
--- KEYS: verification, expiry schedule [, a record to keep with it].
--- ARGV: id, to, now, retain_ms [, the record's JSON, its ttl_ms].
+_TRANSITION = (
+    _END_HISTORY
+    + """
+-- KEYS: verification, expiry schedule, its history entry [, a record to keep with it].
+-- ARGV: id, to, now, retain_ms, the history's prefix, retention_ms, cutoff and three bucket
+-- ttl_ms [, the record's JSON, its ttl_ms].
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
   -- Also drops the schedule entry of a verification that Redis already forgot.
   redis.call('ZREM', KEYS[2], ARGV[1])
   return false
 end
 redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ua', ARGV[3])
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6]) end
+if KEYS[4] then redis.call('SET', KEYS[4], ARGV[11], 'PX', ARGV[12]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end_history(KEYS[3], ARGV[2], ARGV[3], redis.call('HGET', KEYS[1], 'at'), 5)
 return redis.call('HGETALL', KEYS[1])
 """
+)
 
 _HIT = """
 -- Count one event in every counted window if each window has room, else in none.
@@ -364,9 +459,92 @@ def _from_hash(verification_id: str, values: Mapping[str, str]) -> Verification:
     return Verification.model_validate({"id": verification_id, **fields})
 
 
+def _combo_matches(query: HistoryFilter, combo: str) -> bool:
+    status, agent_id, origin, channel, country = combo.split("|")
+    return query.matches(agent_id, origin, channel, country, status)
+
+
 def _pairs(flat: list[str]) -> dict[str, str]:
     """HGETALL's reply inside a script: a flat list of field, value, field, value..."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _us(at: float) -> int:
+    """A time in whole microseconds (never below 0): the history indexes' order."""
+    return max(0, round(at * 1_000_000))
+
+
+def _time_bound(at: float) -> str:
+    """Sorts before every history member of that microsecond and after every earlier one."""
+    return f"{_us(at):016d}:"
+
+
+def _member(position: Position) -> str:
+    """A history index member. Every score is 0, so members sort by their text: as
+    (created_at, id) do, which makes a position, and a time, a range bound (BYLEX)."""
+    created_at, entry_id = position
+    return _time_bound(created_at) + entry_id
+
+
+def _position(member: str) -> Position:
+    time_part, _, entry_id = member.partition(":")
+    return (int(time_part) / 1_000_000, entry_id)
+
+
+@dataclass(frozen=True)
+class _HistoryFields:
+    """A new verification's history entry, as the create script writes it."""
+
+    member: str
+    dimensions: str  # "agent_id|origin|channel|country": no agent id holds a "|"
+    combo: str  # "status|" + dimensions: the name of its index
+    fields: list[str]
+
+    @classmethod
+    def of(cls, verification: Verification) -> _HistoryFields:
+        dimensions = "|".join(
+            (verification.agent_id, verification.origin, verification.channel, verification.country or "")
+        )
+        member = _member((verification.created_at, verification.id))
+        fields = [
+            "m", member,
+            "k", dimensions,
+            "to", verification.masked_to,
+            "st", verification.status.value,
+            "at", str(verification.attempts),
+            "ma", str(verification.max_attempts),
+            "ca", _num(verification.created_at),
+        ]  # fmt: skip
+        if verification.call_id:
+            fields += ["ci", verification.call_id]
+        return cls(member, dimensions, f"{verification.status.value}|{dimensions}", fields)
+
+
+def _history_entry(values: Mapping[str, str]) -> HistoryEntry | None:
+    """An entry from its hash; None when it is gone (past the retention)."""
+    if "m" not in values:
+        return None
+    agent_id, origin, channel, country = values["k"].split("|")
+    return HistoryEntry(
+        id=values["m"].partition(":")[2],
+        to=values["to"],
+        country=country or None,
+        agent_id=agent_id,
+        origin=cast(Origin, origin),
+        channel=cast(Channel, channel),
+        call_id=values.get("ci"),
+        status=Status(values["st"]),
+        attempts=int(values["at"]),
+        max_attempts=int(values["ma"]),
+        created_at=float(values["ca"]),
+        ended_at=float(values["ea"]) if "ea" in values else None,
+    )
+
+
+# A rollup field's last part -> its place in `Tally.of`'s counts.
+_TALLY_PLACES = {"s": 0, "a": 1, "e": 2, "m": 3, "c": 4} | {
+    f"t{index}": 5 + index for index in range(len(APPROVE_BIN_EDGES))
+}
 
 
 class RedisStore(Store):
@@ -374,11 +552,15 @@ class RedisStore(Store):
 
     ``open()`` does not contact Redis: the instance starts, reports itself not
     ready through ``ping()``, and works as soon as Redis answers.
+    ``history_retention``: seconds a verification stays in the history.
     """
 
-    def __init__(self, url: str, prefix: str = "mfa:") -> None:
+    def __init__(
+        self, url: str, prefix: str = "mfa:", *, history_retention: float = DEFAULT_RETENTION
+    ) -> None:
         self._url = url
         self._prefix = prefix
+        self._retention = history_retention
         self._channel = f"{prefix}events"
         self._redis: Redis | None = None
         self._scripts: _Scripts | None = None
@@ -446,17 +628,35 @@ class RedisStore(Store):
     # -- verifications ------------------------------------------------------
     async def create_verification(self, verification: Verification) -> None:
         lifetime = max(0.0, verification.expires_at - verification.created_at)
+        history = _HistoryFields.of(verification)
         with _unavailable():
             key = self._key("v", verification.id)
             call = verification.call_id
             created = await self._script.create(
-                keys=[key, self._key("expiry"), self._key("call", call) if call else key],
+                keys=[
+                    key,
+                    self._key("expiry"),
+                    self._key("call", call) if call else key,
+                    self._key("h", verification.id),
+                    self._key("hx", "all"),
+                    self._key("hx", history.combo),
+                    self._key("hx", "combos"),
+                    *(self._bucket(level, verification.created_at) for level in LEVELS),
+                ],
                 args=[
                     verification.id,
                     _num(verification.expires_at),
                     _ms(lifetime + RETAIN_FINISHED_SECONDS),
                     "1" if verification.status is Status.PENDING else "0",
                     "1" if call else "0",
+                    _ms(self._retention),
+                    self._cutoff(verification.created_at),
+                    history.member,
+                    history.combo,
+                    f"{history.dimensions}|s",
+                    *(_ms(kept_for(level, self._retention)) for level in LEVELS),
+                    len(history.fields),
+                    *history.fields,
                     *_to_hash(verification),
                 ],
             )
@@ -481,8 +681,9 @@ class RedisStore(Store):
     ) -> Attempt | None:
         key = self._key("v", verification_id)
         with _unavailable():
-            # The script names every key it touches, so the keys that follow from the
-            # verification's number and call are found first; both never change.
+            # The script names every key it touches (but the history's, see _END_HISTORY), so
+            # the keys that follow from the verification's number and call are found first;
+            # both never change.
             to, call = cast(list[str | None], await self._client.hmget(key, ["to", "ci"]))
             if to is None or (call_id is not None and call != call_id):
                 return None
@@ -496,10 +697,17 @@ class RedisStore(Store):
                 origin or "",
                 "1" if verified != key else "0",
                 secrets.token_hex(8),
+                *self._history_context(now),
             ]
             for window in windows:
                 args += [window.limit, _ms(window.seconds), _num(now - window.seconds)]
-            keys = [key, self._key("expiry"), verified, *(self._key("hit", window.key) for window in windows)]
+            keys = [
+                key,
+                self._key("expiry"),
+                verified,
+                self._key("h", verification_id),
+                *(self._key("hit", window.key) for window in windows),
+            ]
             answer = await self._script.begin_attempt(keys=keys, args=args)
         if answer is None:
             return None
@@ -541,15 +749,25 @@ class RedisStore(Store):
         return sorted(live, key=lambda v: v.created_at, reverse=True)
 
     async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
-        keys = [self._key("v", verification_id), *(self._key("hit", window.key) for window in budgets)]
+        keys = [
+            self._key("v", verification_id),
+            self._key("h", verification_id),
+            *(self._key("hit", window.key) for window in budgets),
+        ]
         with _unavailable():
             await self._script.refund_attempt(keys=keys)
 
     async def transition(
         self, verification_id: str, to: Status, now: float, *, record: Record | None = None
     ) -> Verification | None:
-        keys = [self._key("v", verification_id), self._key("expiry")]
-        args: list[str | int | float] = [verification_id, to.value, _num(now), _ms(RETAIN_FINISHED_SECONDS)]
+        keys = [self._key("v", verification_id), self._key("expiry"), self._key("h", verification_id)]
+        args: list[str | int | float] = [
+            verification_id,
+            to.value,
+            _num(now),
+            _ms(RETAIN_FINISHED_SECONDS),
+            *self._history_context(now),
+        ]
         if record is not None:
             keys.append(self._key("record", record.kind, record.id))
             args += [_json(record.data), _ms(record.ttl)]
@@ -568,6 +786,78 @@ class RedisStore(Store):
                 list[tuple[str, float]], await self._client.zrange(self._key("expiry"), 0, 0, withscores=True)
             )
         return float(earliest[0][1]) if earliest else None
+
+    # -- history --------------------------------------------------------------
+    # Written by the verification's own scripts (_CREATE, _BEGIN_ATTEMPT, _TRANSITION), read here.
+    def _bucket(self, level: int, at: float) -> str:
+        return self._key("hr", str(level), str(bucket_start(at, level)))
+
+    def _cutoff(self, now: float) -> str:
+        """The indexes' members older than the retention at ``now`` are those before this."""
+        return "(" + _time_bound(now - self._retention)
+
+    def _history_context(self, now: float) -> list[str | int]:
+        """What _END_HISTORY reads from ARGV: the prefix, retention_ms, cutoff, bucket ttl_ms."""
+        keeps = (_ms(kept_for(level, self._retention)) for level in LEVELS)
+        return [self._prefix, _ms(self._retention), self._cutoff(now), *keeps]
+
+    async def list_history(
+        self, query: HistoryFilter, now: float, *, after: Position | None = None, limit: int = 50
+    ) -> HistoryPage:
+        low = max(query.since if query.since is not None else -math.inf, now - self._retention)
+        lower = "[" + _time_bound(low)
+        upper = "+" if query.until is None else "(" + _time_bound(query.until)
+        if after is not None and (upper == "+" or "(" + _member(after) < upper):
+            upper = "(" + _member(after)
+        client = self._client
+        with _unavailable():
+            sources = [self._key("hx", "all")]
+            if query.narrows:
+                combos = cast(set[str], await client.smembers(self._key("hx", "combos")))
+                sources = [self._key("hx", combo) for combo in sorted(combos) if _combo_matches(query, combo)]
+
+            async def fetch(requests: list[tuple[str, str | None, int]]) -> list[list[str]]:
+                async with client.pipeline(transaction=False) as pipe:
+                    for source, last, count in requests:
+                        start = upper if last is None else "(" + last
+                        pipe.zrange(source, start, lower, desc=True, bylex=True, offset=0, num=count)
+                    return cast(list[list[str]], await pipe.execute())
+
+            members = await newest_first(sources, fetch, limit + 1, key=lambda member: member)
+            async with client.pipeline(transaction=False) as pipe:
+                for member in members[:limit]:
+                    pipe.hgetall(self._key("h", member.partition(":")[2]))
+                found = cast(list[dict[str, str]], await pipe.execute())
+        entries = [
+            entry
+            for entry in map(_history_entry, found)
+            # Gone past the retention, or moved to another status since the index was read.
+            if entry is not None and (query.status is None or entry.status is query.status)
+        ]
+        more = len(members) > limit
+        return HistoryPage(entries, _position(members[limit - 1]) if more else None)
+
+    async def history_tallies(self, query: HistoryFilter, spans: Sequence[Span]) -> list[BucketTally]:
+        buckets = {(span.level, start) for span in spans for start in span.starts()}
+        ordered = sorted(buckets)
+        with _unavailable():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for level, start in ordered:
+                    pipe.hgetall(self._key("hr", str(level), str(start)))
+                found = cast(list[dict[str, str]], await pipe.execute())
+        tallies: list[BucketTally] = []
+        for (level, start), values in zip(ordered, found, strict=True):
+            counts: dict[tuple[str, str], list[int]] = {}
+            for field, value in values.items():
+                agent_id, origin, channel, country, kind = field.split("|")
+                if kind in _TALLY_PLACES and query.matches(agent_id, origin, channel, country):
+                    place = counts.setdefault((channel, country), [0] * (5 + len(APPROVE_BIN_EDGES)))
+                    place[_TALLY_PLACES[kind]] += int(value)
+            tallies += [
+                BucketTally(level, start, channel, country, Tally.of(kept))
+                for (channel, country), kept in counts.items()
+            ]
+        return tallies
 
     # -- counters and limits ------------------------------------------------
     async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:

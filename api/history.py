@@ -173,10 +173,15 @@ class TimelineBucket(Outcomes):
 class VerificationSummary(BaseModel):
     """What became of the codes sent in [since, until)."""
 
-    since: datetime = Field(description="The window counted: the asked-for since, rounded down.")
+    since: datetime = Field(
+        description="The window counted: the asked-for since, rounded down to the bucket."
+    )
     until: datetime = Field(description="The window counted: the asked-for until (or now), rounded up.")
-    precision_seconds: int = Field(
-        description="What since and until were rounded to: 60 within the last 26 hours, 3600 before."
+    bucket_seconds: int = Field(
+        description=(
+            "What since and until were rounded to, and the timeline's bucket: 60 for windows up to 6 hours "
+            "within the last 26 hours, 3600 up to 3 days, else 86400 (UTC days)."
+        )
     )
     sent: int
     statuses: Outcomes
@@ -184,9 +189,6 @@ class VerificationSummary(BaseModel):
     time_to_verify: TimeToVerify
     by_country: list[CountryShare] = Field(description="Most sent first.")
     by_channel: list[ChannelShare] = Field(description="Most sent first.")
-    timeline_seconds: int = Field(
-        description="The timeline's bucket: 60 for windows up to 6 hours, 3600 up to 14 days, else 86400."
-    )
     timeline: list[TimelineBucket] = Field(
         description="Each bucket of the window, by the time the codes were sent."
     )
@@ -199,7 +201,7 @@ class VerificationSummary(BaseModel):
         return cls(
             since=_utc(summary.since),
             until=_utc(summary.until),
-            precision_seconds=summary.precision,
+            bucket_seconds=summary.step,
             sent=totals.sent,
             statuses=Outcomes.of(totals),
             conversion=totals.conversion,
@@ -214,7 +216,6 @@ class VerificationSummary(BaseModel):
                 ChannelShare(channel=channel, sent=t.sent, approved=t.approved, conversion=t.conversion)
                 for channel, t in channels
             ],
-            timeline_seconds=summary.step,
             timeline=[
                 TimelineBucket(start=_utc(start), sent=t.sent, **Outcomes.of(t).model_dump())
                 for start, t in summary.timeline
@@ -263,10 +264,11 @@ def build_history_router(runtime: Runtime) -> APIRouter:
         description=(
             "What became of the codes sent in the window (by default the whole history): counts by "
             "status, conversion (approved / sent), the median and p95 time from send to approval, and "
-            "the same by country, by channel and over time. `since` and `until` are rounded to the "
-            "minute within the last 26 hours and to the hour before that; the answer gives the window "
-            f"it counted. Times to verify are counted in bins with upper edges {_BINS} seconds: each "
-            "figure is the upper edge of the bin holding it."
+            "the same by country, by channel and over time. It is counted in buckets whose size follows "
+            "the window: minutes for up to 6 hours within the last 26 hours, hours for up to 3 days, UTC "
+            "days beyond; `since` is rounded down (to a bucket within the history) and `until` up, and "
+            "the answer gives the window it counted. Times to verify are counted in bins with upper "
+            f"edges {_BINS} seconds: each figure is the upper edge of the bin holding it."
         ),
         responses=error_responses(422),
     )

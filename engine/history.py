@@ -9,12 +9,13 @@ to a plausible position is refused (`InvalidCursor`); one that decodes is only e
 a place to start reading an index from, so a forged one costs what any page costs.
 
 A summary counts the codes sent in its window, however they ended (so its
-conversion is "of the codes sent then"). The window is read from the rollups, whose
-smallest bucket is a minute, kept for the last 28 hours: ``since`` is rounded down and
-``until`` up to the minute when they lie within `MINUTE_PRECISION_WITHIN` of now,
-to the hour before that; the answer says which window it counted. Times to approve
-are counted in fixed bins (`APPROVE_BIN_EDGES`): the median and p95 are the upper
-edge of the bin holding them.
+conversion is "of the codes sent then"). It reads the rollups in buckets of one
+size, chosen by the window's length (`bucket_for`): minutes for up to 6 hours
+within the last 26 hours, hours for up to 3 days, UTC days beyond. ``since`` is
+rounded down (but not to before the retention: then up) and ``until`` up to that
+size; the answer says which window it counted, and its timeline is those buckets.
+Times to approve are counted in fixed bins (`APPROVE_BIN_EDGES`): the median and
+p95 are the upper edge of the bin holding them.
 """
 
 from __future__ import annotations
@@ -39,15 +40,14 @@ from engine.stores.history import (
     Position,
     Span,
     Tally,
-    spans,
 )
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
-# The timeline's bucket: minutes for a window up to this long (and recent enough to have
-# them), hours up to TIMELINE_HOURS_UP_TO, days beyond. At most a few hundred points.
-TIMELINE_MINUTES_UP_TO = 6 * HOUR
-TIMELINE_HOURS_UP_TO = 14 * DAY
+# A summary's bucket: minutes for a window up to this long (and recent enough to have them),
+# hours up to HOURS_UP_TO, days beyond: at most 361, 73 and 401 buckets (MFA_HISTORY_DAYS <= 400).
+MINUTES_UP_TO = 6 * HOUR
+HOURS_UP_TO = 3 * DAY
 
 _CURSOR_VERSION = "h1"
 _CURSOR_MAX_LENGTH = 200
@@ -97,21 +97,26 @@ class Page:
 
 @dataclass(frozen=True)
 class Summary:
-    """What became of the codes sent in [since, until).
+    """What became of the codes sent in [since, until), counted in buckets of ``step`` seconds.
 
-    ``precision``: the seconds ``since`` and ``until`` were rounded to. ``by_country`` is keyed
-    by ISO region ('' for a verification whose country is not known), ``by_channel`` by channel.
-    ``timeline``: each bucket of ``step`` seconds from the one holding ``since``, by its start.
+    ``by_country`` is keyed by ISO region ('' for a verification whose country is not known),
+    ``by_channel`` by channel; ``timeline`` holds each bucket of the window, by its start.
     """
 
-    since: float
-    until: float
-    precision: int
+    since: int
+    until: int
+    step: int
     totals: Tally
     by_country: dict[str, Tally] = field(default_factory=dict)
     by_channel: dict[str, Tally] = field(default_factory=dict)
-    step: int = MINUTE
     timeline: list[tuple[int, Tally]] = field(default_factory=list)
+
+
+def bucket_for(since: float, until: float, now: float) -> int:
+    """The bucket a summary of [since, until) at ``now`` is counted in."""
+    if until - since <= MINUTES_UP_TO and since >= now - MINUTE_PRECISION_WITHIN:
+        return MINUTE
+    return HOUR if until - since <= HOURS_UP_TO else DAY
 
 
 class History:
@@ -139,41 +144,26 @@ class History:
         earliest = now - self.retention
         since = max(query.since if query.since is not None else earliest, earliest)
         until = min(query.until if query.until is not None else now, now)
-        since_precision, until_precision = self._precision(since, now), self._precision(until, now)
-        start = math.floor(since / since_precision) * since_precision
-        end = max(start, math.ceil(until / until_precision) * until_precision)
-        counted = spans(start, end)
-        step = self._step(start, end, now)
-        timeline = Span(step, start // step * step, end)
-        rows = await self.store.history_tallies(query, [*counted, timeline])
-        totals, by_country, by_channel = Tally(), dict[str, Tally](), dict[str, Tally]()
-        over_time = {bucket: Tally() for bucket in timeline.starts()}
-        for row in rows:
-            tally = row.tally if query.status is None else row.tally.only(query.status)
-            if any(span.holds(row.level, row.start) for span in counted):
-                totals += tally
-                by_country[row.country] = by_country.get(row.country, Tally()) + tally
-                by_channel[row.channel] = by_channel.get(row.channel, Tally()) + tally
-            if timeline.holds(row.level, row.start):
-                over_time[row.start] += tally
+        step = bucket_for(since, until, now)
+        # Rounded down, but never to a bucket that starts before the retention.
+        start = math.floor(since / step) * step
+        if start < earliest:
+            start += step
+        end = max(start, math.ceil(until / step) * step)
+        tallies = await self.store.history_tallies(query, Span(step, start, end))
+
+        def kept(tally: Tally) -> Tally:
+            return tally if query.status is None else tally.only(query.status)
+
+        timeline = [
+            (bucket, kept(tallies.by_start.get(bucket, Tally()))) for bucket in range(start, end, step)
+        ]
         return Summary(
             since=start,
             until=end,
-            precision=max(since_precision, until_precision),
-            totals=totals,
-            by_country=by_country,
-            by_channel=by_channel,
             step=step,
-            timeline=sorted(over_time.items()),
+            totals=sum((tally for _, tally in timeline), Tally()),
+            by_country={country: kept(tally) for country, tally in tallies.by_country.items()},
+            by_channel={channel: kept(tally) for channel, tally in tallies.by_channel.items()},
+            timeline=timeline,
         )
-
-    @staticmethod
-    def _precision(at: float, now: float) -> int:
-        """Minutes where minute buckets are kept, hours before."""
-        return MINUTE if at >= now - MINUTE_PRECISION_WITHIN else HOUR
-
-    @staticmethod
-    def _step(start: int, end: int, now: float) -> int:
-        if end - start <= TIMELINE_MINUTES_UP_TO and start >= now - MINUTE_PRECISION_WITHIN:
-            return MINUTE
-        return HOUR if end - start <= TIMELINE_HOURS_UP_TO else DAY

@@ -168,7 +168,7 @@ async def test_the_summary_through_http_has_known_answers(history: History) -> N
         {"channel": "sms", "sent": 5, "approved": 5, "conversion": 1.0},
         {"channel": "call", "sent": 1, "approved": 0, "conversion": 0.0},
     ]
-    assert summary["precision_seconds"] == 60 and summary["timeline_seconds"] == 60
+    assert summary["bucket_seconds"] == 60
     assert len(summary["timeline"]) == 61
     assert sum(bucket["sent"] for bucket in summary["timeline"]) == 6
     assert sum(bucket["approved"] for bucket in summary["timeline"]) == 5

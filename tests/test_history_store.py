@@ -371,24 +371,36 @@ async def test_the_summary_window_is_rounded_and_said_and_its_timeline_is_by_the
     await store.transition(inside.id, Status.APPROVED, inside.created_at + 15)
 
     last_hour = await history.summary(HistoryFilter(since=now - HOUR))
-    # Recent times are rounded to the minute: since down, until (now) up.
-    assert (last_hour.since, last_hour.until, last_hour.precision) == (
+    # Up to 6 hours: by the minute, since rounded down and until (now) up.
+    assert (last_hour.since, last_hour.until, last_hour.step) == (
         DAY0 + 11 * HOUR,
         DAY0 + 12 * HOUR + 60,
-        60,
+        MINUTE,
     )
-    assert last_hour.totals.sent == 1 and last_hour.step == MINUTE
+    assert last_hour.totals.sent == 1
     assert len(last_hour.timeline) == 61
     busy = [(start, tally.sent, tally.approved) for start, tally in last_hour.timeline if tally.sent]
     assert busy == [(int(inside.created_at) // 60 * 60, 1, 1)]
 
-    # Older than 26 hours: rounded to the hour; a long window's timeline is by the hour, then by the day.
+    # Up to 3 days by the hour; longer by the UTC day.
+    two_days = await history.summary(HistoryFilter(since=now - 2 * DAY))
+    assert (two_days.since, two_days.until, two_days.step) == (
+        DAY0 - 2 * DAY + 12 * HOUR,
+        DAY0 + 13 * HOUR,
+        HOUR,
+    )
+    assert len(two_days.timeline) == 49 and two_days.totals.sent == 2
     week = await history.summary(HistoryFilter(since=now - 7 * DAY - 30 * MINUTE))
-    assert (week.since, week.precision, week.step) == (DAY0 - 7 * DAY + 11 * HOUR, 3600, HOUR)
+    assert (week.since, week.until, week.step) == (DAY0 - 7 * DAY, DAY0 + DAY, DAY)
     assert week.totals.sent == 2
     month = await history.summary(HistoryFilter())
-    assert month.step == DAY and month.totals.sent == 2
+    # The whole history: the UTC days that start within the retention.
+    assert (month.since, month.until, month.step) == (DAY0 - 29 * DAY, DAY0 + DAY, DAY)
+    assert month.totals.sent == 2 and len(month.timeline) == 30
     assert sum(tally.sent for _, tally in month.timeline) == 2
+    # A short window long ago is counted by the hour: minutes are kept for the last 28 hours.
+    earlier = await history.summary(HistoryFilter(since=now - 3 * DAY, until=now - 3 * DAY + HOUR))
+    assert earlier.step == HOUR
 
 
 async def test_a_window_in_the_future_or_reversed_counts_nothing(store: Store) -> None:
@@ -423,7 +435,7 @@ async def test_a_store_forgets_entries_after_its_retention(make: MakeStore) -> N
     store = await make(history_retention=0.3)
     verification = verification_at(DAY0)
     await store.create_verification(verification)
-    await store.transition(verification.id, Status.APPROVED, DAY0 + 10)
+    await store.transition(verification.id, Status.APPROVED, DAY0 + 0.05)
     assert len((await store.list_history(HistoryFilter(), DAY0 + 0.1)).entries) == 1
 
     for _ in range(150):  # 3 s at most: the entry goes by the wall clock, as a Redis TTL does

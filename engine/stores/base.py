@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from engine.models import Status, Verification
-from engine.stores.history import BucketTally, HistoryFilter, HistoryPage, Position, Span
+from engine.stores.history import HistoryFilter, HistoryPage, Position, Span, Tallies
 from engine.stores.windows import Refused, Window
 
 # How long a finished verification stays readable after it ended (or expired),
@@ -213,14 +213,15 @@ class HistoryStore(Protocol):
         first ((created_at, id) descending), strictly after ``after`` in that order: at most
         ``limit``, and where the next page starts when there are more.
 
-        The cost follows the page, not the history: an index per combination of
-        (agent id, origin, channel, country, status), merged newest first.
+        The cost follows the page, not the history (engine/stores/history.py). A filter
+        that matches many combinations of dimensions may give a page of fewer than
+        ``limit`` entries (even none) with a next page: the walk stopped at its budget.
         """
 
-    async def history_tallies(self, query: HistoryFilter, spans: Sequence[Span]) -> list[BucketTally]:
-        """The rollups of every bucket in ``spans`` (a bucket in two spans comes once),
-        summed per (channel, country) over what ``query`` leaves of the agent ids, origins,
-        channels and countries. ``query``'s status and times are the caller's to apply.
+    async def history_tallies(self, query: HistoryFilter, span: Span) -> Tallies:
+        """The rollups of the buckets in ``span`` that ``query``'s agent id, origin, channel
+        and country leave, summed by bucket, by country and by channel. ``query``'s status
+        and times are the caller's to apply.
         """
 
 

@@ -7,15 +7,22 @@ its country, agent id, origin, channel, call id, status, attempts and times.
 Entries are written in the same atomic step as the verification itself
 (created, counted, ended, expired), so history never disagrees with the engine.
 
-**Rollups** count, per bucket of send time and per (agent id, origin, channel,
-country): codes sent, how many of them ended approved, expired,
-max_attempts_reached or canceled, and the time from send to approval in fixed
-bins (`APPROVE_BIN_EDGES`). An outcome is counted in the bucket of the send, so
-a window's conversion is that of the codes sent in it. Each event is counted at
-three sizes: minutes (kept `MINUTES_KEPT`, for the last hours and the live
-chart), hours and UTC days (kept for the retention), so a summary of any window
-reads a bounded number of buckets: whole days, whole hours at its edges,
-minutes at the edges of those (`spans`).
+Entries are listed through indexes by send time: one per status, and one per
+combination of (agent id, origin, channel, country, status). A list filtered on
+few combinations merges theirs newest first (`newest_first`); one whose filter
+matches more than `MERGE_UP_TO` combinations (a broad one: most entries match it)
+walks the status indexes instead, keeping what matches and reading at most
+`WALK_BUDGET` entries for one page.
+
+**Rollups** count, per bucket of send time: codes sent, how many of them ended
+approved, expired, max_attempts_reached or canceled, and the times from send to
+approval in fixed bins (`APPROVE_BIN_EDGES`). An outcome is counted in the bucket
+of its send, so a window's conversion is that of the codes sent in it. Each
+event is counted in buckets of three sizes (minutes, kept `MINUTES_KEPT`; hours
+and UTC days, kept for the retention) and at two levels of detail: per agent id
+and (origin, channel, country), and for all agents per (channel, country)
+(`ALL_AGENTS`), so a summary of every agent reads a few rows per bucket however
+many agents and origins there are.
 
 Times are the caller's clock, as everywhere in the stores.
 """
@@ -31,6 +38,11 @@ from typing import Any, Generic, TypeVar
 from engine.models import Channel, Origin, Status
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
+# The agent id of the rollups' all-agents rows (no agent id can be "*").
+ALL_AGENTS = "*"
+# A filtered list merges the indexes of at most this many combinations; past it, it walks.
+MERGE_UP_TO = 128
+WALK_BUDGET = 5000
 LEVELS = (MINUTE, HOUR, DAY)
 # Minute buckets are kept this long: the summary counts by the minute within
 # MINUTE_PRECISION_WITHIN of now, and its edges reach an hour further back.
@@ -83,12 +95,13 @@ class HistoryFilter:
     until: float | None = None
 
     @property
-    def narrows(self) -> bool:
-        """Whether it names any dimension (not only a time range)."""
-        return any(
-            value is not None
-            for value in (self.agent_id, self.status, self.origin, self.channel, self.country)
-        )
+    def names_more_than_status(self) -> bool:
+        """Whether it names an agent id, origin, channel or country."""
+        return any(value is not None for value in (self.agent_id, self.origin, self.channel, self.country))
+
+    def lists(self, entry: HistoryEntry) -> bool:
+        """Whether ``entry`` is one it asks for (its send time aside)."""
+        return self.matches(entry.agent_id, entry.origin, entry.channel, entry.country or "", entry.status)
 
     def matches(
         self, agent_id: str, origin: str, channel: str, country: str, status: str | None = None
@@ -214,44 +227,64 @@ class Span:
     def starts(self) -> range:
         return range(self.start, self.end, self.level)
 
-    def holds(self, level: int, start: int) -> bool:
-        return level == self.level and self.start <= start < self.end
+
+# A rollup count's place in `Tally.of`'s counts, by its short name (the bins are t0, t1...).
+TALLY_PLACES = {"s": 0, "a": 1, "e": 2, "m": 3, "c": 4} | {
+    f"t{index}": 5 + index for index in range(len(APPROVE_BIN_EDGES))
+}
+TALLY_WIDTH = len(TALLY_PLACES)
 
 
 @dataclass(frozen=True)
-class BucketTally:
-    """One bucket's counts for one (channel, country), summed over the filter's other dimensions."""
+class Tallies:
+    """A span's rollups summed three ways: by bucket (its start), by country ('' when not
+    known) and by channel. The times to approve are in ``by_start``; the other two may
+    leave them out."""
 
-    level: int
-    start: int
-    channel: str
-    country: str
-    tally: Tally
-
-
-def spans(start: int, end: int) -> list[Span]:
-    """[start, end) cut into as few whole buckets as possible: minutes up to the first
-    whole hour, hours up to the first whole day, days, then hours and minutes again up to
-    ``end``. Both ends are whole minutes (whole hours where minutes are no longer kept)."""
-    cut: list[Span] = []
-    position = start
-
-    def take(level: int, upto: int) -> None:
-        nonlocal position
-        if upto > position:
-            cut.append(Span(level, position, upto))
-            position = upto
-
-    take(MINUTE, min(_ceil(position, HOUR), end))
-    take(HOUR, min(_ceil(position, DAY), end // HOUR * HOUR))
-    take(DAY, end // DAY * DAY)
-    take(HOUR, end // HOUR * HOUR)
-    take(MINUTE, end)
-    return cut
+    by_start: dict[int, Tally]
+    by_country: dict[str, Tally]
+    by_channel: dict[str, Tally]
 
 
-def _ceil(at: int, level: int) -> int:
-    return -(-at // level) * level
+class TallySums:
+    """Adds rollup counts up three ways as the stores read them (a summary reads thousands
+    of counts: `Tally` arithmetic on each would cost more than the reading)."""
+
+    def __init__(self) -> None:
+        self._ways: tuple[dict[Any, list[int]], ...] = ({}, {}, {})
+        self._rows: tuple[dict[Any, list[Sequence[int]]], ...] = ({}, {}, {})
+
+    def add(self, start: int, channel: str, country: str, place: int, count: int) -> None:
+        """One count, at ``place`` (see TALLY_PLACES)."""
+        for way, key in zip(self._ways, (start, country, channel), strict=True):
+            sums = way.get(key)
+            if sums is None:
+                sums = way[key] = [0] * TALLY_WIDTH
+            sums[place] += count
+
+    def add_to_bucket(self, start: int, place: int, count: int) -> None:
+        """A count of a whole bucket, of no one country or channel (a bucket's bins)."""
+        sums = self._ways[0].get(start)
+        if sums is None:
+            sums = self._ways[0][start] = [0] * TALLY_WIDTH
+        sums[place] += count
+
+    def add_row(self, start: int, channel: str, country: str, counts: Sequence[int]) -> None:
+        """Every count of a row, in `Tally.of`'s order (summed column by column at the end)."""
+        for rows, key in zip(self._rows, (start, country, channel), strict=True):
+            rows.setdefault(key, []).append(counts)
+
+    def tallies(self) -> Tallies:
+        for way, rows in zip(self._ways, self._rows, strict=True):
+            for key, group in rows.items():
+                columns = [sum(column) for column in zip(*group, strict=True)]
+                sums = way.get(key)
+                way[key] = columns if sums is None else [a + b for a, b in zip(sums, columns, strict=True)]
+            rows.clear()
+        by_start, by_country, by_channel = (
+            {key: Tally.of(sums) for key, sums in way.items()} for way in self._ways
+        )
+        return Tallies(by_start, by_country, by_channel)
 
 
 # -- merging sources that each list newest first ------------------------------------
@@ -300,3 +333,62 @@ async def newest_first(
         ]
         chunk *= 2
     return best
+
+
+@dataclass(frozen=True)
+class Walked(Generic[T]):
+    """What `newest_matching` kept, the last item it read, and whether the sources ran out."""
+
+    kept: list[T]
+    last: T | None
+    exhausted: bool
+
+
+async def newest_matching(
+    sources: Sequence[S],
+    fetch: Callable[[list[tuple[S, T | None, int]]], Awaitable[list[list[T]]]],
+    wanted: int,
+    key: Callable[[T], Any],
+    keep: Callable[[T], bool],
+    budget: int = WALK_BUDGET,
+) -> Walked[T]:
+    """Items of ``sources`` merged newest first, keeping those ``keep`` accepts, until
+    ``wanted`` are kept or ``budget`` have been read (``fetch`` as for `newest_first`)."""
+    kept: list[T] = []
+    last: T | None = None
+    read = 0
+    chunk = max(64, 4 * wanted)
+    while len(kept) < wanted and read < budget:
+        size = min(chunk, budget - read)
+        batch = await newest_first(sources, _starting_after(fetch, last), size, key)
+        kept += [item for item in batch if keep(item)]
+        read += len(batch)
+        last = batch[-1] if batch else last
+        if len(batch) < size:
+            return Walked(kept, last, exhausted=True)
+    return Walked(kept, last, exhausted=False)
+
+
+def _starting_after(
+    fetch: Callable[[list[tuple[S, T | None, int]]], Awaitable[list[list[T]]]], start: T | None
+) -> Callable[[list[tuple[S, T | None, int]]], Awaitable[list[list[T]]]]:
+    """``fetch``, reading each source from ``start`` on where it would read from its newest."""
+
+    async def fetch_after(requests: list[tuple[S, T | None, int]]) -> list[list[T]]:
+        return await fetch(
+            [(source, start if after is None else after, count) for source, after, count in requests]
+        )
+
+    return fetch_after
+
+
+def next_page(
+    found: list[T], limit: int, position: Callable[[T], Position], *, walked: Walked[T] | None = None
+) -> Position | None:
+    """Where the page after the first ``limit`` items of ``found`` starts: after its last item
+    when there are more; after the last item read when a walk stopped at its budget; else None."""
+    if len(found) > limit:
+        return position(found[limit - 1])
+    if walked is not None and not walked.exhausted and walked.last is not None:
+        return position(walked.last)
+    return None

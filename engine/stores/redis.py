@@ -18,7 +18,17 @@ Keys, all under ``prefix`` (default ``mfa:``):
 - ``claim:{key}``, ``record:{kind}:{id}``, ``secret:{name}``: strings;
 - ``outbox:{queue}:due`` (sorted set by due time), ``outbox:{queue}:payload`` and
   ``outbox:{queue}:attempts`` (hashes by item id);
-- channel ``events``: the pub/sub channel of ``broadcast``/``listen``.
+- channel ``events``: the pub/sub channel of ``broadcast``/``listen``;
+- the history (engine/stores/history.py), each for the retention: ``h:{id}``, an entry
+  (a hash: the number masked); ``hx:st:{status}`` and ``hx:{status}|{agent}|{origin}|
+  {channel}|{country}``, the indexes (sorted sets, every score 0, members ordered by
+  their text: ``{send time in microseconds, 16 digits}:{id} {agent}|{origin}|{channel}|
+  {country}``); ``hx:combos``, the set of combinations with an index;
+  ``hr:{size}:{start}:{agent id}``, a bucket's counters (a hash of
+  ``{origin}|{channel}|{country}|{s, a, e, m or c}`` and of ``t<bin>``, times to approve
+  of every place) with ``hr:{size}:{start}:{agent id}:t`` (``{origin}|{channel}|
+  {country}|t<bin>``), and ``hr:{size}:{start}:*`` and ``...:*:t``, all agents'
+  (``{channel}|{country}|...``).
 
 TTLs are always relative (PEXPIRE, PX), never absolute: the caller's ``now``
 may be a test's fixed clock or a clock that disagrees with the Redis host's,
@@ -58,19 +68,24 @@ from engine.stores.base import (
     Store,
 )
 from engine.stores.history import (
+    ALL_AGENTS,
     APPROVE_BIN_EDGES,
     DEFAULT_RETENTION,
     LEVELS,
-    BucketTally,
+    MERGE_UP_TO,
+    TALLY_PLACES,
     HistoryEntry,
     HistoryFilter,
     HistoryPage,
     Position,
     Span,
-    Tally,
+    Tallies,
+    TallySums,
     bucket_start,
     kept_for,
     newest_first,
+    newest_matching,
+    next_page,
 )
 from engine.stores.windows import (
     Refused,
@@ -111,22 +126,24 @@ _RUNNING = "running"  # a claim's value while its owner works; a finished one ho
 
 _CREATE = """
 -- KEYS: verification, expiry schedule, the call's codes (the verification again when on no call),
--- then the history: the entry, the index of every entry, the index of the entry's combination,
--- the set of combinations, and the send's bucket of each size (minute, hour, day).
+-- then the history's: the entry, the index of pending entries, the index of the entry's
+-- combination, the set of combinations, the send's bucket of each size (minute, hour, day) for
+-- its agent id, then for all agents.
 -- ARGV: id, expires_at, ttl_ms, schedule (1/0), on a call (1/0), then the history's:
 -- retention_ms, the indexes' cutoff (older members go), the entry's member, its combination,
--- the rollup field of a send, each bucket's ttl_ms (3), how many history fields and values
--- follow (n); then those n, then the verification's fields and values.
+-- the send's rollup field in its agent's buckets and in all agents', each bucket's ttl_ms (3),
+-- how many history fields and values follow (n); then those n, then the verification's
+-- fields and values.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = tonumber(ARGV[14])
-redis.call('HSET', KEYS[1], unpack(ARGV, 15 + n))
+local n = tonumber(ARGV[15])
+redis.call('HSET', KEYS[1], unpack(ARGV, 16 + n))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
 if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
   if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 end
-redis.call('HSET', KEYS[4], unpack(ARGV, 15, 14 + n))
+redis.call('HSET', KEYS[4], unpack(ARGV, 16, 15 + n))
 redis.call('PEXPIRE', KEYS[4], ARGV[6])
 for i = 5, 6 do
   redis.call('ZADD', KEYS[i], 0, ARGV[8])
@@ -135,9 +152,10 @@ for i = 5, 6 do
 end
 redis.call('SADD', KEYS[7], ARGV[9])
 redis.call('PEXPIRE', KEYS[7], ARGV[6])
-for i = 1, 3 do
-  redis.call('HINCRBY', KEYS[7 + i], ARGV[10], 1)
-  if redis.call('PTTL', KEYS[7 + i]) < 0 then redis.call('PEXPIRE', KEYS[7 + i], ARGV[10 + i]) end
+for i = 1, 6 do
+  local bucket, ttl = KEYS[7 + i], ARGV[11 + (i - 1) % 3 + 1]
+  redis.call('HINCRBY', bucket, i <= 3 and ARGV[10] or ARGV[11], 1)
+  if redis.call('PTTL', bucket) < 0 then redis.call('PEXPIRE', bucket, ttl) end
 end
 return 1
 """
@@ -147,8 +165,8 @@ return 1
 # prefix (this store runs on one Redis, not a Cluster).
 _END_HISTORY = """
 -- Ends a history entry that is still `pending` (one already forgotten, past the retention,
--- is left alone): its member moves to the index of its new combination, its attempts are
--- the verification's, and the outcome is counted in the buckets of its send.
+-- is left alone): its member moves to the indexes of its new status and combination, its
+-- attempts are the verification's, and the outcome is counted in the buckets of its send.
 -- h: the entry's key; first: where ARGV holds the prefix, retention_ms, the indexes'
 -- cutoff and each bucket's ttl_ms (3).
 local EDGES = {__EDGES__}
@@ -157,16 +175,19 @@ local LEVELS = {60, 3600, 86400}
 local function end_history(h, status, now, attempts, first)
   local entry = redis.call('HMGET', h, 'st', 'm', 'k', 'ca')
   if entry[1] ~= 'pending' then return end
-  local prefix = ARGV[first]
+  local prefix, retention, cutoff = ARGV[first], ARGV[first + 1], ARGV[first + 2]
+  local member, dimensions = entry[2], entry[3]
   redis.call('HSET', h, 'st', status, 'ea', now, 'at', attempts)
-  redis.call('ZREM', prefix .. 'hx:pending|' .. entry[3], entry[2])
-  local combo = status .. '|' .. entry[3]
-  local index = prefix .. 'hx:' .. combo
-  redis.call('ZADD', index, 0, entry[2])
-  redis.call('ZREMRANGEBYLEX', index, '-', ARGV[first + 2])
-  redis.call('PEXPIRE', index, ARGV[first + 1])
+  redis.call('ZREM', prefix .. 'hx:st:pending', member)
+  redis.call('ZREM', prefix .. 'hx:pending|' .. dimensions, member)
+  local combo = status .. '|' .. dimensions
+  for _, index in ipairs({prefix .. 'hx:st:' .. status, prefix .. 'hx:' .. combo}) do
+    redis.call('ZADD', index, 0, member)
+    redis.call('ZREMRANGEBYLEX', index, '-', cutoff)
+    redis.call('PEXPIRE', index, retention)
+  end
   redis.call('SADD', prefix .. 'hx:combos', combo)
-  redis.call('PEXPIRE', prefix .. 'hx:combos', ARGV[first + 1])
+  redis.call('PEXPIRE', prefix .. 'hx:combos', retention)
   local created = tonumber(entry[4])
   local bin = nil
   if status == 'approved' then
@@ -176,13 +197,23 @@ local function end_history(h, status, now, attempts, first)
       if seconds <= EDGES[i] then bin = i - 1; break end
     end
   end
+  local agent, origin, place = string.match(dimensions, '^([^|]*)|([^|]*)|(.*)$')
   for i = 1, 3 do
     local level = LEVELS[i]
     local start = string.format('%d', math.floor(created / level) * level)
-    local bucket = prefix .. 'hr:' .. level .. ':' .. start
-    redis.call('HINCRBY', bucket, entry[3] .. '|' .. SHORT[status], 1)
-    if bin then redis.call('HINCRBY', bucket, entry[3] .. '|t' .. bin, 1) end
-    if redis.call('PTTL', bucket) < 0 then redis.call('PEXPIRE', bucket, ARGV[first + 2 + i]) end
+    local base = prefix .. 'hr:' .. level .. ':' .. start .. ':'
+    local ttl = ARGV[first + 2 + i]
+    for _, row in ipairs({{base .. agent, origin .. '|' .. place}, {base .. '*', place}}) do
+      redis.call('HINCRBY', row[1], row[2] .. '|' .. SHORT[status], 1)
+      if redis.call('PTTL', row[1]) < 0 then redis.call('PEXPIRE', row[1], ttl) end
+      if bin then
+        -- The bucket's own bin (what a summary of every place reads), and the place's.
+        redis.call('HINCRBY', row[1], 't' .. bin, 1)
+        local places = row[1] .. ':t'
+        redis.call('HINCRBY', places, row[2] .. '|t' .. bin, 1)
+        if redis.call('PTTL', places) < 0 then redis.call('PEXPIRE', places, ttl) end
+      end
+    end
   end
 end
 """.replace("__EDGES__", ", ".join(str(edge) for edge in APPROVE_BIN_EDGES))
@@ -479,16 +510,23 @@ def _time_bound(at: float) -> str:
     return f"{_us(at):016d}:"
 
 
-def _member(position: Position) -> str:
+def _member(position: Position, dimensions: str = "") -> str:
     """A history index member. Every score is 0, so members sort by their text: as
-    (created_at, id) do, which makes a position, and a time, a range bound (BYLEX)."""
+    (created_at, id) do, the dimensions after a space (which sorts before any character
+    of an id). A position alone, or a time, is a range bound (BYLEX)."""
     created_at, entry_id = position
-    return _time_bound(created_at) + entry_id
+    member = _time_bound(created_at) + entry_id
+    return f"{member} {dimensions}" if dimensions else member
 
 
 def _position(member: str) -> Position:
-    time_part, _, entry_id = member.partition(":")
-    return (int(time_part) / 1_000_000, entry_id)
+    time_part, _, rest = member.partition(":")
+    return (int(time_part) / 1_000_000, rest.partition(" ")[0])
+
+
+def _member_matches(query: HistoryFilter, member: str) -> bool:
+    agent_id, origin, channel, country = member.partition(" ")[2].split("|")
+    return query.matches(agent_id, origin, channel, country)
 
 
 @dataclass(frozen=True)
@@ -496,16 +534,17 @@ class _HistoryFields:
     """A new verification's history entry, as the create script writes it."""
 
     member: str
-    dimensions: str  # "agent_id|origin|channel|country": no agent id holds a "|"
-    combo: str  # "status|" + dimensions: the name of its index
+    combo: str  # status|agent|origin|channel|country: the name of its combination's index
+    agent_field: str  # its send's field in its agent's buckets: origin|channel|country|s
+    all_field: str  # and in all agents': channel|country|s
     fields: list[str]
 
     @classmethod
     def of(cls, verification: Verification) -> _HistoryFields:
-        dimensions = "|".join(
-            (verification.agent_id, verification.origin, verification.channel, verification.country or "")
-        )
-        member = _member((verification.created_at, verification.id))
+        place = f"{verification.channel}|{verification.country or ''}"
+        # No agent id holds a "|" (config.settings.AGENT_ID_PATTERN).
+        dimensions = f"{verification.agent_id}|{verification.origin}|{place}"
+        member = _member((verification.created_at, verification.id), dimensions)
         fields = [
             "m", member,
             "k", dimensions,
@@ -517,7 +556,13 @@ class _HistoryFields:
         ]  # fmt: skip
         if verification.call_id:
             fields += ["ci", verification.call_id]
-        return cls(member, dimensions, f"{verification.status.value}|{dimensions}", fields)
+        return cls(
+            member,
+            f"{verification.status.value}|{dimensions}",
+            f"{verification.origin}|{place}|s",
+            f"{place}|s",
+            fields,
+        )
 
 
 def _history_entry(values: Mapping[str, str]) -> HistoryEntry | None:
@@ -526,7 +571,7 @@ def _history_entry(values: Mapping[str, str]) -> HistoryEntry | None:
         return None
     agent_id, origin, channel, country = values["k"].split("|")
     return HistoryEntry(
-        id=values["m"].partition(":")[2],
+        id=_position(values["m"])[1],
         to=values["to"],
         country=country or None,
         agent_id=agent_id,
@@ -541,10 +586,21 @@ def _history_entry(values: Mapping[str, str]) -> HistoryEntry | None:
     )
 
 
-# A rollup field's last part -> its place in `Tally.of`'s counts.
-_TALLY_PLACES = {"s": 0, "a": 1, "e": 2, "m": 3, "c": 4} | {
-    f"t{index}": 5 + index for index in range(len(APPROVE_BIN_EDGES))
-}
+_OUTCOMES = ("s", "a", "e", "m", "c")
+_BINS = tuple(f"t{index}" for index in range(len(APPROVE_BIN_EDGES)))
+
+
+def _pinned_fields(query: HistoryFilter, kinds: tuple[str, ...], *, with_origin: bool) -> list[str] | None:
+    """The rollup fields of ``kinds`` a filter that names a country can need (HMGET reads
+    those alone); None when it names none: every field may count (HGETALL)."""
+    if query.country is None:
+        return None
+    channels = [query.channel] if query.channel is not None else ["sms", "call"]
+    places = [f"{channel}|{query.country}" for channel in channels]
+    if with_origin:
+        origins = [query.origin] if query.origin is not None else ["call", "api", "workflow"]
+        places = [f"{origin}|{place}" for origin in origins for place in places]
+    return [f"{place}|{kind}" for place in places for kind in kinds]
 
 
 class RedisStore(Store):
@@ -638,10 +694,14 @@ class RedisStore(Store):
                     self._key("expiry"),
                     self._key("call", call) if call else key,
                     self._key("h", verification.id),
-                    self._key("hx", "all"),
+                    self._key("hx", "st", verification.status.value),
                     self._key("hx", history.combo),
                     self._key("hx", "combos"),
-                    *(self._bucket(level, verification.created_at) for level in LEVELS),
+                    *(
+                        self._bucket(level, verification.created_at, verification.agent_id)
+                        for level in LEVELS
+                    ),
+                    *(self._bucket(level, verification.created_at, ALL_AGENTS) for level in LEVELS),
                 ],
                 args=[
                     verification.id,
@@ -653,7 +713,8 @@ class RedisStore(Store):
                     self._cutoff(verification.created_at),
                     history.member,
                     history.combo,
-                    f"{history.dimensions}|s",
+                    history.agent_field,
+                    history.all_field,
                     *(_ms(kept_for(level, self._retention)) for level in LEVELS),
                     len(history.fields),
                     *history.fields,
@@ -789,8 +850,8 @@ class RedisStore(Store):
 
     # -- history --------------------------------------------------------------
     # Written by the verification's own scripts (_CREATE, _BEGIN_ATTEMPT, _TRANSITION), read here.
-    def _bucket(self, level: int, at: float) -> str:
-        return self._key("hr", str(level), str(bucket_start(at, level)))
+    def _bucket(self, level: int, at: float, agent_id: str) -> str:
+        return self._key("hr", str(level), str(bucket_start(at, level)), agent_id)
 
     def _cutoff(self, now: float) -> str:
         """The indexes' members older than the retention at ``now`` are those before this."""
@@ -810,23 +871,36 @@ class RedisStore(Store):
         if after is not None and (upper == "+" or "(" + _member(after) < upper):
             upper = "(" + _member(after)
         client = self._client
+        statuses = list(Status) if query.status is None else [query.status]
+        by_status = [self._key("hx", "st", status.value) for status in statuses]
+
+        async def fetch(requests: list[tuple[str, str | None, int]]) -> list[list[str]]:
+            async with client.pipeline(transaction=False) as pipe:
+                for source, last, count in requests:
+                    start = upper if last is None else "(" + last
+                    pipe.zrange(source, start, lower, desc=True, bylex=True, offset=0, num=count)
+                return cast(list[list[str]], await pipe.execute())
+
+        def text(member: str) -> str:
+            return member
+
         with _unavailable():
-            sources = [self._key("hx", "all")]
-            if query.narrows:
+            sources = by_status
+            if query.names_more_than_status:
                 combos = cast(set[str], await client.smembers(self._key("hx", "combos")))
                 sources = [self._key("hx", combo) for combo in sorted(combos) if _combo_matches(query, combo)]
-
-            async def fetch(requests: list[tuple[str, str | None, int]]) -> list[list[str]]:
-                async with client.pipeline(transaction=False) as pipe:
-                    for source, last, count in requests:
-                        start = upper if last is None else "(" + last
-                        pipe.zrange(source, start, lower, desc=True, bylex=True, offset=0, num=count)
-                    return cast(list[list[str]], await pipe.execute())
-
-            members = await newest_first(sources, fetch, limit + 1, key=lambda member: member)
+            if len(sources) <= MERGE_UP_TO:
+                members = await newest_first(sources, fetch, limit + 1, text)
+                following = next_page(members, limit, _position)
+            else:
+                walked = await newest_matching(
+                    by_status, fetch, limit + 1, text, lambda member: _member_matches(query, member)
+                )
+                members = walked.kept
+                following = next_page(members, limit, _position, walked=walked)
             async with client.pipeline(transaction=False) as pipe:
                 for member in members[:limit]:
-                    pipe.hgetall(self._key("h", member.partition(":")[2]))
+                    pipe.hgetall(self._key("h", _position(member)[1]))
                 found = cast(list[dict[str, str]], await pipe.execute())
         entries = [
             entry
@@ -834,30 +908,52 @@ class RedisStore(Store):
             # Gone past the retention, or moved to another status since the index was read.
             if entry is not None and (query.status is None or entry.status is query.status)
         ]
-        more = len(members) > limit
-        return HistoryPage(entries, _position(members[limit - 1]) if more else None)
+        return HistoryPage(entries, following)
 
-    async def history_tallies(self, query: HistoryFilter, spans: Sequence[Span]) -> list[BucketTally]:
-        buckets = {(span.level, start) for span in spans for start in span.starts()}
-        ordered = sorted(buckets)
+    async def history_tallies(self, query: HistoryFilter, span: Span) -> Tallies:
+        client = self._client
+        # A filter that names no channel or country reads each bucket's own bins; one that
+        # does reads its places' bins from the bucket's ":t" hash.
+        by_place = query.channel is not None or query.country is not None
         with _unavailable():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for level, start in ordered:
-                    pipe.hgetall(self._key("hr", str(level), str(start)))
-                found = cast(list[dict[str, str]], await pipe.execute())
-        tallies: list[BucketTally] = []
-        for (level, start), values in zip(ordered, found, strict=True):
-            counts: dict[tuple[str, str], list[int]] = {}
-            for field, value in values.items():
-                agent_id, origin, channel, country, kind = field.split("|")
-                if kind in _TALLY_PLACES and query.matches(agent_id, origin, channel, country):
-                    place = counts.setdefault((channel, country), [0] * (5 + len(APPROVE_BIN_EDGES)))
-                    place[_TALLY_PLACES[kind]] += int(value)
-            tallies += [
-                BucketTally(level, start, channel, country, Tally.of(kept))
-                for (channel, country), kept in counts.items()
-            ]
-        return tallies
+            # All agents' buckets, unless the filter names an agent id or an origin.
+            if query.agent_id is not None:
+                agents = [query.agent_id]
+            elif query.origin is not None:
+                combos = cast(set[str], await client.smembers(self._key("hx", "combos")))
+                agents = sorted({combo.split("|")[1] for combo in combos})
+            else:
+                agents = [ALL_AGENTS]
+            reads: list[tuple[int, str, list[str] | None]] = []
+            async with client.pipeline(transaction=False) as pipe:
+                for start in span.starts():
+                    for agent in agents:
+                        key = self._key("hr", str(span.level), str(start), agent)
+                        hashes = [(key, _OUTCOMES)] + ([(key + ":t", _BINS)] if by_place else [])
+                        for hash_key, kinds in hashes:
+                            fields = _pinned_fields(query, kinds, with_origin=agent != ALL_AGENTS)
+                            if fields is None:
+                                pipe.hgetall(hash_key)
+                            else:
+                                pipe.hmget(hash_key, fields)
+                            reads.append((start, agent, fields))
+                found = cast(list[dict[str, str] | list[str | None]], await pipe.execute())
+        sums = TallySums()
+        for (start, agent, fields), values in zip(reads, found, strict=True):
+            pairs = values.items() if isinstance(values, dict) else zip(fields or (), values, strict=True)
+            for field, value in pairs:
+                if value is None:
+                    continue
+                parts = field.split("|")
+                if len(parts) == 1:  # the bucket's own bin, of every place
+                    if not by_place and parts[0] in TALLY_PLACES:
+                        sums.add_to_bucket(start, TALLY_PLACES[parts[0]], int(value))
+                    continue
+                origin = ALL_AGENTS if agent == ALL_AGENTS else parts.pop(0)
+                channel, country, kind = parts
+                if kind in TALLY_PLACES and query.matches(agent, origin, channel, country):
+                    sums.add(start, channel, country, TALLY_PLACES[kind], int(value))
+        return sums.tallies()
 
     # -- counters and limits ------------------------------------------------
     async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:

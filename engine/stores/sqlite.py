@@ -24,10 +24,11 @@ wall clock: rows past it are invisible at once and deleted in batches.
 
 The history (engine/stores/history.py) is three tables written in the
 verification's own transactions: ``history`` (one entry per verification, the
-number masked), ``history_combo`` (each combination of agent id, origin,
-channel, country and status, numbered: an entry's ``combo``, indexed with its
-send time, is what a filtered list walks) and ``history_rollup`` (the summary's
-counters, one row per bucket and combination without status).
+number masked; indexed by send time alone, by status and by ``combo``),
+``history_combo`` (each combination of agent id, origin, channel, country and
+status, numbered: an entry's ``combo``) and ``history_rollup`` (the summary's
+counters: per bucket, one row per agent id, origin, channel and country, and one
+per channel and country with agent id and origin ``*``).
 """
 
 from __future__ import annotations
@@ -60,20 +61,24 @@ from engine.stores.base import (
     Store,
 )
 from engine.stores.history import (
+    ALL_AGENTS,
     APPROVE_BIN_EDGES,
     DEFAULT_RETENTION,
     LEVELS,
-    BucketTally,
+    MERGE_UP_TO,
     HistoryEntry,
     HistoryFilter,
     HistoryPage,
     Position,
     Span,
-    Tally,
+    Tallies,
+    TallySums,
     approve_bin,
     bucket_start,
     kept_for,
     newest_first,
+    newest_matching,
+    next_page,
 )
 from engine.stores.windows import (
     Refused,
@@ -185,8 +190,9 @@ CREATE TABLE IF NOT EXISTS history (
     ended_at REAL,
     forget_at REAL NOT NULL
 ) WITHOUT ROWID;
--- The list's order, unfiltered and per combination (a filtered list merges its combinations).
+-- The list's order: unfiltered, by status, per combination (a filtered list merges its combinations).
 CREATE INDEX IF NOT EXISTS history_sent ON history (created_at, id);
+CREATE INDEX IF NOT EXISTS history_status_sent ON history (status, created_at, id);
 CREATE INDEX IF NOT EXISTS history_combo_sent ON history (combo, created_at, id);
 CREATE INDEX IF NOT EXISTS history_forget ON history (forget_at);
 CREATE TABLE IF NOT EXISTS history_combo (
@@ -201,7 +207,8 @@ CREATE TABLE IF NOT EXISTS history_combo (
 _OUTCOME_COLUMNS = ("sent", "approved", "expired", "max_attempts_reached", "canceled")
 _BIN_COLUMNS = tuple(f"t{index}" for index in range(len(APPROVE_BIN_EDGES)))
 _TALLY_COLUMNS = _OUTCOME_COLUMNS + _BIN_COLUMNS
-_ROLLUP_KEY = "level, start, agent_id, origin, channel, country"
+# Agent id before start: a summary of one agent (or of all, "*") reads its rows alone.
+_ROLLUP_KEY = "level, agent_id, start, origin, channel, country"
 _ROLLUP_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS history_rollup (level INTEGER NOT NULL, start INTEGER NOT NULL,"
     " agent_id TEXT NOT NULL, origin TEXT NOT NULL, channel TEXT NOT NULL, country TEXT NOT NULL, "
@@ -225,9 +232,10 @@ def _count_sql(columns: tuple[str, ...]) -> str:
 _COUNT_SENT = _count_sql(("sent",))
 _COUNT_END = {column: _count_sql((column,)) for column in _OUTCOME_COLUMNS[2:]}
 _COUNT_APPROVED = [_count_sql(("approved", column)) for column in _BIN_COLUMNS]
-_SUM_TALLIES = (
+# Summed in Python: a GROUP BY with a sum per column costs SQLite more than the reading.
+_READ_TALLIES = (
     "SELECT start, channel, country, "  # noqa: S608
-    + ", ".join(f"sum({column})" for column in _TALLY_COLUMNS)
+    + ", ".join(_TALLY_COLUMNS)
     + " FROM history_rollup WHERE level = ? AND start >= ? AND start < ? AND forget_at > ?"
 )
 _HISTORY_COLUMNS = (
@@ -851,12 +859,22 @@ class SqliteStore(Store):
     def _count(
         self, db: sqlite3.Connection, sql: str, created_at: float, dimensions: tuple[str, ...], wall: float
     ) -> None:
-        """One event in the buckets of every size that ``created_at`` (the send) falls in."""
+        """One event in the buckets of every size that ``created_at`` (the send) falls in: in the
+        row of its agent id, origin, channel and country, and in the all-agents row."""
+        _, _, channel, country = dimensions
+        rows = (dimensions, (ALL_AGENTS, ALL_AGENTS, channel, country))
         db.executemany(
             sql,
             [
-                (level, bucket_start(created_at, level), *dimensions, wall + kept_for(level, self._retention))
+                (
+                    level,
+                    row[0],
+                    bucket_start(created_at, level),
+                    *row[1:],
+                    wall + kept_for(level, self._retention),
+                )
                 for level in LEVELS
+                for row in rows
             ],
         )
 
@@ -864,30 +882,33 @@ class SqliteStore(Store):
         self, query: HistoryFilter, now: float, *, after: Position | None = None, limit: int = 50
     ) -> HistoryPage:
         low = max(query.since if query.since is not None else -math.inf, now - self._retention)
-        # The window, then the page's start: each source is read from there on.
         where = "created_at >= ? AND forget_at > ?"
         window: list[Any] = [low, time.time()]
         if query.until is not None:
             where += " AND created_at < ?"
             window.append(query.until)
-        sources: list[int | None] = [None]
-        if query.narrows:
+        # A source is an index: (column, value), or None for the index of send times alone.
+        by_status: list[tuple[str, Any] | None] = [
+            None if query.status is None else ("status", query.status.value)
+        ]
+        sources = by_status
+        if query.names_more_than_status:
             combos = await self._read(
                 "SELECT id, agent_id, origin, channel, country, status FROM history_combo"
             )
-            sources = [row[0] for row in combos if query.matches(*row[1:])]
+            sources = [("combo", row[0]) for row in combos if query.matches(*row[1:])]
 
         async def fetch(
-            requests: list[tuple[int | None, HistoryEntry | None, int]],
+            requests: list[tuple[tuple[str, Any] | None, HistoryEntry | None, int]],
         ) -> list[list[HistoryEntry]]:
             pages = []
-            for combo, last, count in requests:
+            for source, last, count in requests:
                 start = last.position if last is not None else after
                 sql = f"SELECT {_HISTORY_COLUMNS} FROM history WHERE {where}"  # noqa: S608 - fixed text
                 parameters = list(window)
-                if combo is not None:
-                    sql += " AND combo = ?"
-                    parameters.append(combo)
+                if source is not None:
+                    sql += f" AND {source[0]} = ?"  # "status" or "combo"
+                    parameters.append(source[1])
                 if start is not None:
                     sql += " AND (created_at, id) < (?, ?)"
                     parameters += start
@@ -896,30 +917,34 @@ class SqliteStore(Store):
                 pages.append([_history_entry(row) for row in rows])
             return pages
 
-        found = await newest_first(sources, fetch, limit + 1, key=lambda entry: entry.position)
-        more = len(found) > limit
-        return HistoryPage(found[:limit], found[limit - 1].position if more else None)
+        def position(entry: HistoryEntry) -> Position:
+            return entry.position
 
-    async def history_tallies(self, query: HistoryFilter, spans: Sequence[Span]) -> list[BucketTally]:
-        where, parameters = "", []
+        if len(sources) <= MERGE_UP_TO:
+            found = await newest_first(sources, fetch, limit + 1, position)
+            return HistoryPage(found[:limit], next_page(found, limit, position))
+        walked = await newest_matching(by_status, fetch, limit + 1, position, query.lists)
+        return HistoryPage(walked.kept[:limit], next_page(walked.kept, limit, position, walked=walked))
+
+    async def history_tallies(self, query: HistoryFilter, span: Span) -> Tallies:
+        # The all-agents rows unless the filter names an agent id or an origin.
+        if query.agent_id is None and query.origin is None:
+            where, parameters = " AND agent_id = ?", [ALL_AGENTS]
+        else:
+            where, parameters = " AND agent_id != ?", [ALL_AGENTS]
         for column in ("agent_id", "origin", "channel", "country"):
             value = getattr(query, column)
             if value is not None:
                 where += f" AND {column} = ?"
                 parameters.append(value)
-        tallies: dict[tuple[int, int, str, str], BucketTally] = {}
-        wall = time.time()
-        for span in spans:
-            rows = await self._read(
-                _SUM_TALLIES + where + " GROUP BY start, channel, country",
-                [span.level, span.start, span.end, wall, *parameters],
-            )
-            for start, channel, country, *counts in rows:
-                tally = Tally.of(counts)
-                tallies[(span.level, start, channel, country)] = BucketTally(
-                    span.level, start, channel, country, tally
-                )
-        return list(tallies.values())
+        rows = await self._read(
+            _READ_TALLIES + where,
+            [span.level, span.start, span.end, time.time(), *parameters],
+        )
+        sums = TallySums()
+        for start, channel, country, *counts in rows:
+            sums.add_row(start, channel, country, counts)
+        return sums.tallies()
 
     # -- counters and limits ------------------------------------------------
     async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:

@@ -63,6 +63,9 @@ _PAGE_DIR = Path(__file__).parent
 _STATIC = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    # The last hour's chart and the history view (GET /verifications and /verifications/summary).
+    "history.js": "text/javascript; charset=utf-8",
+    "history.css": "text/css; charset=utf-8",
 }
 # The page loads only its own script and style and talks only to this origin.
 _PAGE_HEADERS = {

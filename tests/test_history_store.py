@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from engine.errors import InvalidCursor
 from engine.history import History, decode_cursor, encode_cursor
 from engine.models import Status, Verification
 from engine.stores import RedisStore, SqliteStore, Store
+from engine.stores import history as history_module
+from engine.stores import redis as redis_module
+from engine.stores import sqlite as sqlite_module
 from engine.stores.history import (
     APPROVE_BIN_EDGES,
     DAY,
@@ -163,10 +167,25 @@ async def every_page(store: Store, query: HistoryFilter, now: float, limit: int)
     while True:
         page = await store.list_history(query, now, after=after, limit=limit)
         pages.append(page.entries)
+        assert len(page.entries) <= limit
         if page.next is None:
             return pages
-        assert page.entries and page.next == page.entries[-1].position
+        if len(page.entries) == limit:
+            assert page.next == page.entries[-1].position
+        else:  # a walk that stopped at its budget: it goes on from the last entry it read
+            assert not page.entries or page.next <= page.entries[-1].position
         after = page.next
+
+
+@pytest.fixture(params=["merged", "walked"])
+def listing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Lists either way: merging the combinations' indexes, or walking the status indexes
+    (as a filter matching many combinations does) with a budget small enough to stop often."""
+    if request.param == "walked":
+        for module in (sqlite_module, redis_module):
+            monkeypatch.setattr(module, "MERGE_UP_TO", 0)
+        monkeypatch.setattr(history_module, "WALK_BUDGET", 9)
+    return str(request.param)
 
 
 LATER = DAY0 + 12 * HOUR  # "now" for the seeded set: every send is at most a few hours old
@@ -214,7 +233,7 @@ async def test_an_expiry_found_by_an_attempt_ends_the_entry_too(store: Store) ->
     assert (await store.list_history(HistoryFilter(status=Status.PENDING), LATER)).entries == []
 
 
-async def test_every_filter_alone_and_combined_lists_what_it_should(store: Store) -> None:
+async def test_every_filter_alone_and_combined_lists_what_it_should(store: Store, listing: str) -> None:
     seeded = await seed(store)
     start = seeded[0].verification.created_at
     values: dict[str, list[Any]] = {
@@ -243,7 +262,7 @@ async def test_every_filter_alone_and_combined_lists_what_it_should(store: Store
         assert listed == expected(seeded, query), query
 
 
-async def test_pages_hold_every_entry_exactly_once_while_new_ones_arrive(store: Store) -> None:
+async def test_pages_hold_every_entry_exactly_once_while_new_ones_arrive(store: Store, listing: str) -> None:
     known = await seed(store, count=45)
     arrivals = itertools.count()
     for query in (HistoryFilter(), HistoryFilter(agent_id="mfa"), HistoryFilter(status=Status.APPROVED)):
@@ -492,3 +511,70 @@ def test_a_cursor_names_a_position_and_nothing_else_decodes() -> None:
     ):
         with pytest.raises(InvalidCursor):
             decode_cursor(bad)
+
+
+# -- races, and verifications the history never saw -----------------------------------
+
+
+async def test_parallel_ends_are_counted_once(store: Store) -> None:
+    history = History(store, 30 * DAY, clock=lambda: LATER)
+    verification = verification_at(DAY0 + 11 * HOUR)
+    await store.create_verification(verification)
+    endings = [Status.APPROVED, Status.EXPIRED, Status.CANCELED, Status.MAX_ATTEMPTS_REACHED] * 5
+    ended = await asyncio.gather(
+        *(store.transition(verification.id, ending, verification.created_at + 20) for ending in endings)
+    )
+    winners = [result for result in ended if result is not None]
+    assert len(winners) == 1
+    [entry] = (await store.list_history(HistoryFilter(), LATER)).entries
+    assert entry.status is winners[0].status
+    totals = (await history.summary(HistoryFilter(since=DAY0 + 10 * HOUR))).totals
+    assert totals.sent == 1 and totals.count(winners[0].status) == 1 and totals.pending == 0
+    assert sum(totals.count(status) for status in Status) == 1
+
+
+async def test_a_verification_without_a_history_entry_still_ends(store: Store) -> None:
+    # Sent before the history was kept, or kept past the retention: its steps work as
+    # before and leave no entry or count behind.
+    history = History(store, 30 * DAY, clock=lambda: LATER)
+    verification = verification_at(DAY0 + 11 * HOUR)
+    await store.create_verification(verification)
+    if isinstance(store, SqliteStore):
+        await store._execute("DELETE FROM history WHERE id = ?", (verification.id,))
+    else:
+        assert isinstance(store, RedisStore)
+        await store._client.delete(store._key("h", verification.id))
+    attempt = await store.begin_attempt(verification.id, verification.created_at + 5)
+    assert attempt is not None and attempt.verification.attempts == 1
+    await store.refund_attempt(verification.id, (), verification.created_at + 6)
+    assert await store.transition(verification.id, Status.APPROVED, verification.created_at + 9) is not None
+    assert (await store.list_history(HistoryFilter(status=Status.APPROVED), LATER)).entries == []
+    totals = (await history.summary(HistoryFilter(since=DAY0 + 10 * HOUR))).totals
+    assert (totals.sent, totals.approved) == (1, 0)  # its send was counted; its end had no entry
+
+
+async def test_sqlite_gives_a_file_from_before_the_history_its_tables(tmp_path: Path) -> None:
+    path = tmp_path / "mfa.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    before = verification_at(DAY0)
+    await store.create_verification(before)
+    await store.close()
+    old = sqlite3.connect(path)
+    for table in ("history", "history_combo", "history_rollup"):
+        old.execute(f"DROP TABLE {table}")
+    old.execute('ALTER TABLE verification DROP COLUMN "country"')  # as the file was before
+    old.commit()
+    old.close()
+
+    reopened = SqliteStore(str(path))
+    await reopened.open()
+    try:
+        assert (await reopened.get_verification(before.id)).country is None  # type: ignore[union-attr]
+        assert await reopened.transition(before.id, Status.APPROVED, DAY0 + 10) is not None
+        after = verification_at(DAY0 + 20, country="FR")
+        await reopened.create_verification(after)
+        [entry] = (await reopened.list_history(HistoryFilter(), LATER)).entries
+        assert (entry.id, entry.country) == (after.id, "FR")
+    finally:
+        await reopened.close()

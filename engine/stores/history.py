@@ -350,14 +350,16 @@ async def newest_matching(
     wanted: int,
     key: Callable[[T], Any],
     keep: Callable[[T], bool],
-    budget: int = WALK_BUDGET,
+    budget: int | None = None,
 ) -> Walked[T]:
     """Items of ``sources`` merged newest first, keeping those ``keep`` accepts, until
-    ``wanted`` are kept or ``budget`` have been read (``fetch`` as for `newest_first`)."""
+    ``wanted`` are kept or ``budget`` (WALK_BUDGET) have been read (``fetch`` as for
+    `newest_first`)."""
+    budget = WALK_BUDGET if budget is None else budget
     kept: list[T] = []
     last: T | None = None
     read = 0
-    chunk = max(64, 4 * wanted)
+    chunk = min(budget, max(64, 4 * wanted))
     while len(kept) < wanted and read < budget:
         size = min(chunk, budget - read)
         batch = await newest_first(sources, _starting_after(fetch, last), size, key)

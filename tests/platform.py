@@ -288,6 +288,7 @@ class Delivered:
     to: str
     channel: str
     message: Message
+    reference: str | None = None  # the verification it was sent for
 
 
 # This test's messages, in the order they were delivered; kept by the spy in tests/conftest.py.

@@ -37,6 +37,7 @@ from typing import Protocol
 
 from engine.errors import CallLocked, ProviderRejected, ProviderUnavailable, RateLimited, StoreUnavailable
 from engine.models import DeliveryState, Event, EventType, Fallback, Origin, Status, Verification
+from engine.phone import same_number
 from engine.providers.base import SendRequest
 from engine.stores.base import DeliveryStore, OutboxItem, OutboxStore, RecordStore, VerificationStore
 from engine.verifications import CALL_RECORD, FALLBACK_QUEUE, CodeShape, VerificationEngine
@@ -275,10 +276,15 @@ class DeliveryFollowUp:
             return None
         return news
 
-    async def tell_about(self, verification_id: str, *, call_id: str) -> DeliveryNews | None:
-        """`tell`, for the verification a call's meta_data names (only if it is that call's)."""
+    async def tell_about(
+        self, verification_id: str, *, call_id: str, destination: str | None = None
+    ) -> DeliveryNews | None:
+        """`tell`, for the verification a call's meta_data names: only if it is that call's
+        and (with ``destination``, a number a new code is asked for) went to that number."""
         verification = await self.store.get_verification(verification_id)
         if verification is None or verification.origin != "call" or verification.call_id != call_id:
+            return None
+        if destination is not None and not same_number(destination, verification.to):
             return None
         return await self.tell(verification)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import socket
 import uuid
@@ -23,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import uvicorn
+import yarl
 
 from agent import MfaAgent, build_app
 from config import Settings
@@ -134,9 +137,20 @@ async def serving(server: uvicorn.Server) -> AsyncIterator[None]:
         await task
 
 
+def signalwire_signature(signing_key: str, url: str, body: bytes) -> str:
+    """The signature SignalWire puts on a JSON request it POSTs (hex HMAC-SHA1 over the URL it
+    called, without credentials, and the raw body)."""
+    public = str(yarl.URL(url).with_user(None))
+    return hmac.new(signing_key.encode(), public.encode() + body, hashlib.sha1).hexdigest()
+
+
 @dataclass
 class FakePlatform:
-    """One call as the SignalWire platform would make it."""
+    """One call as the SignalWire platform would make it.
+
+    With ``signing_key`` (the project's Signing Key) every request is signed as the
+    platform signs it (`X-SignalWire-Signature`).
+    """
 
     session: aiohttp.ClientSession
     base_url: str
@@ -148,6 +162,14 @@ class FakePlatform:
     meta_data: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     global_data: dict[str, Any] = field(default_factory=dict)
+    signing_key: str | None = None
+
+    def signed(self, url: str, body: bytes) -> dict[str, str]:
+        """The headers of a JSON POST of ``body`` to ``url``, signed when there is a key."""
+        headers = {"Content-Type": "application/json"}
+        if self.signing_key is not None:
+            headers["X-SignalWire-Signature"] = signalwire_signature(self.signing_key, url, body)
+        return headers
 
     async def start_call(self) -> dict[str, Any]:
         """Fetch the SWML as the platform does when the call starts, and note the function URLs."""
@@ -188,8 +210,9 @@ class FakePlatform:
         return definitions
 
     async def fetch_swml(self, url: str, auth: aiohttp.BasicAuth) -> dict[str, Any]:
-        body = {"call": {"call_id": self.call_id, "from": self.caller_id_num, "to": "+12025550100"}}
-        async with self.session.post(url, json=body, auth=auth) as resp:
+        call = {"call": {"call_id": self.call_id, "from": self.caller_id_num, "to": "+12025550100"}}
+        body = json.dumps(call).encode()
+        async with self.session.post(url, data=body, auth=auth, headers=self.signed(url, body)) as resp:
             assert resp.status == 200, await resp.text()
             swml: dict[str, Any] = await resp.json(content_type=None)
         return swml
@@ -220,7 +243,8 @@ class FakePlatform:
 
     async def post(self, function: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST one SWAIG request to the function's URL; the platform insists on HTTP 200."""
-        async with self.session.post(self.urls[function], json=payload) as resp:
+        url, body = self.urls[function], json.dumps(payload).encode()
+        async with self.session.post(url, data=body, headers=self.signed(url, body)) as resp:
             text = await resp.text()
             assert resp.status == 200, f"{resp.status}: {text}"
             result: dict[str, Any] = json.loads(text)

@@ -69,6 +69,17 @@ def _local(parts: ProviderParts) -> Provider:
     return LocalProvider(parts.keys, delivery)
 
 
+def reports_delivery(settings: Settings) -> bool:
+    """Whether texts ask SignalWire for delivery reports: the local engine delivering through
+    SignalWire messaging, with the Signing Key and the public URL set (`status_callback_url`)."""
+    return (
+        settings.mfa_provider == "local"
+        and settings.mfa_delivery == "signalwire"
+        and settings.signalwire_signing_key is not None
+        and settings.swml_proxy_url_base is not None
+    )
+
+
 def status_callback_url(settings: Settings) -> str | None:
     """The public URL SignalWire reports each text's delivery to, or None (said once, with why).
 

@@ -554,3 +554,26 @@ def _not_a_code(setup: Setup, guess: str, otherwise: str) -> str:
     """A wrong code: ``guess``, unless that is a code the caller was sent."""
     sent = {delivered.message.code for delivered in DELIVERED}
     return guess if guess not in sent else otherwise
+
+
+# == metrics ==
+
+
+async def test_metrics_count_deliveries_by_state_and_fallback_calls(start: Callable[..., Any]) -> None:
+    setup: Setup = await start(mfa_sends_per_number_per_hour=4)
+    _, _, delivered = await setup.send()
+    await setup.fake.report(delivered, "delivered")
+    _, _, undelivered = await setup.send()
+    await setup.fake.report(undelivered, "undelivered", error_code="30003")
+    await setup.log.wait_for("mfa.sent", reason="fallback")
+    _, refused_id, failed = await setup.send()  # the hour's fourth send: no room left for its call
+    await setup.fake.report(failed, "failed", error_code="30006")
+    await setup.log.wait_for("mfa.send_failed", verification_id=refused_id)
+    async with setup.http.get(f"{setup.agent.base_url}/metrics", auth=setup.agent.auth) as answer:
+        lines = (await answer.text()).splitlines()
+    assert 'mfa_deliveries_total{state="delivered"} 1.0' in lines
+    assert 'mfa_deliveries_total{state="undelivered"} 1.0' in lines
+    assert 'mfa_deliveries_total{state="failed"} 1.0' in lines
+    assert 'mfa_fallback_calls_total{outcome="placed"} 1.0' in lines
+    assert 'mfa_fallback_calls_total{outcome="not_placed"} 1.0' in lines
+    assert 'mfa_sends_total{channel="call",outcome="sent"} 1.0' in lines

@@ -31,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from engine.delivery import Receipt
 from engine.errors import CallLocked, ProviderRejected, ProviderUnavailable, RateLimited, StoreUnavailable
 from engine.models import DeliveryState, Event, EventType, Fallback, Origin, Status, Verification
 from engine.phone import same_number
@@ -210,12 +211,24 @@ class DeliveryFollowUp:
         if claimed is None:
             return None  # another instance, or the other item of this text, took it
         try:
+            return await self._call(claimed, prepared.deliver, now)
+        except Exception:
+            # Taken, and never to be tried again: not left "calling" for the caller to wait on.
+            with contextlib.suppress(Exception):
+                await self.store.settle_fallback(claimed.id, Fallback.FAILED)
+            raise
+
+    async def _call(
+        self, claimed: Verification, deliver: Callable[[], Awaitable[Receipt]], now: float
+    ) -> Fallback:
+        engine = self.engine
+        try:
             admission = await engine.limits.admit_send(claimed.to, claimed.agent_id, claimed.call_id, now)
         except (CallLocked, RateLimited) as refusal:
             reason = refusal.limit if isinstance(refusal, RateLimited) else "call_locked"
             return await self._not_called(claimed, Fallback.REFUSED, reason)
         try:
-            await engine.breaker.call(prepared.deliver)
+            await engine.breaker.call(deliver)
         except (ProviderUnavailable, ProviderRejected) as failure:
             await engine.limits.take_back(admission)
             return await self._not_called(claimed, Fallback.FAILED, failure.kind)

@@ -10,6 +10,7 @@ what the background follow-up does is awaited through the events it raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -77,7 +78,12 @@ class Setup:
     clock: FakeClock
     log: EventLog
     http: aiohttp.ClientSession
+    exits: contextlib.AsyncExitStack
     platforms: list[FakePlatform] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        """Stop the agent (again: nothing)."""
+        await self.exits.aclose()
 
     @property
     def runtime(self) -> Runtime:
@@ -132,9 +138,9 @@ def delivery_settings(tmp_path: Any, fake: FakeSignalWire, fake_port: int, **ove
 
 @pytest.fixture
 async def start(aiohttp_server: Any, tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
-    """Starts an agent (settings overridden as asked) delivering through a fresh fake."""
-    stack: list[Any] = []
-
+    """Starts an agent (settings overridden as asked) delivering through a fake, fresh unless
+    given; agents started in one test share its SQLite file unless told otherwise."""
+    started: list[Setup] = []
     servers: dict[int, Any] = {}
 
     async def starting(
@@ -145,19 +151,16 @@ async def start(aiohttp_server: Any, tmp_path: Any) -> AsyncIterator[Callable[..
             servers[id(fake)] = await aiohttp_server(fake.app)
         clock = clock or FakeClock()
         settings = delivery_settings(tmp_path, fake, servers[id(fake)].port, **overrides)
-        serving = serve_agent(settings, clock=clock)
-        agent = await serving.__aenter__()
-        stack.append(serving)
-        http = aiohttp.ClientSession()
-        stack.append(http)
-        return Setup(fake, agent, clock, EventLog(agent.runtime), http)
+        exits = contextlib.AsyncExitStack()
+        agent = await exits.enter_async_context(serve_agent(settings, clock=clock))
+        http = await exits.enter_async_context(aiohttp.ClientSession())
+        setup = Setup(fake, agent, clock, EventLog(agent.runtime), http, exits)
+        started.append(setup)
+        return setup
 
     yield starting
-    for entry in reversed(stack):
-        if isinstance(entry, aiohttp.ClientSession):
-            await entry.close()
-        else:
-            await entry.__aexit__(None, None, None)
+    for setup in reversed(started):
+        await setup.stop()
 
 
 @pytest.fixture
@@ -361,6 +364,16 @@ async def test_with_the_fallback_off_no_call_is_made_and_a_call_is_offered(start
     assert len(setup.fake.texts()) == 1
     by_call = await platform.call("send_mfa", channel="call")
     assert "by a phone call" in by_call["response"] and len(setup.fake.calls()) == 1
+
+
+async def test_the_wait_for_a_report_outlives_a_restart(start: Callable[..., Any]) -> None:
+    first: Setup = await start()
+    _, verification_id, _ = await first.send()
+    await first.stop()  # no instance runs while the 30 s pass
+    first.clock.now += 31
+    second: Setup = await start(fake=first.fake, clock=first.clock)
+    fallback = await second.log.wait_for("mfa.sent", reason="fallback")  # the loop, after its start
+    assert fallback.verification_id == verification_id and len(second.fake.calls()) == 1
 
 
 # == the caller told ==

@@ -39,7 +39,7 @@ from engine.delivery.signalwire_messaging import (
 from engine.errors import StoreUnavailable
 from engine.models import DeliveryState
 from engine.runtime import Runtime
-from server.errors import error_response
+from server.errors import error_response, not_signed_response
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,14 @@ def build_delivery_router(runtime: Runtime, *, public_url: str, signed: Signatur
         except UnicodeDecodeError:
             form = None  # no signature is made over anything but UTF-8
         if form is None or not signed(url, request.headers, form):
-            log.warning("refused a delivery report that SignalWire did not sign (or not for %s)", url)
-            return error_response(
-                403, "forbidden", "The request is not signed with this project's Signing Key."
+            # The URL without its query (the sender's to choose): a wrong SWML_PROXY_URL_BASE
+            # is the usual reason SignalWire's own reports are refused.
+            log.warning(
+                "refused a delivery report not signed with the Signing Key for %s%s",
+                public_url,
+                request.url.path,
             )
+            return not_signed_response()
         report = read_report(request.query_params.get(STATUS_CALLBACK_VERIFICATION), form)
         following = runtime.follow_up
         if report is None or following is None:

@@ -111,9 +111,15 @@ class RunningAgent:
 
 
 @contextlib.asynccontextmanager
-async def serve_agent(settings: Settings, *, clock: Any = None) -> AsyncIterator[RunningAgent]:
-    """The real app (SDK routes, our lifespan, the server's edge) served by uvicorn on a loopback port."""
-    runtime = Runtime(settings, clock=clock) if clock else Runtime(settings)
+async def serve_agent(
+    settings: Settings, *, clock: Any = None, runtime: Runtime | None = None
+) -> AsyncIterator[RunningAgent]:
+    """The real app (SDK routes, our lifespan, the server's edge) served by uvicorn on a loopback port.
+
+    ``runtime``: one built (not started) by the test, e.g. to watch its events from the start.
+    """
+    if runtime is None:
+        runtime = Runtime(settings, clock=clock) if clock else Runtime(settings)
     agent = MfaAgent(settings, runtime=runtime)
     app = build_app(agent)
     # The server `python agent.py` runs (its protocols, limits and WebSocket cap), on the test's loop.

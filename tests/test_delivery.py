@@ -151,10 +151,12 @@ async def start(aiohttp_server: Any, tmp_path: Any) -> AsyncIterator[Callable[..
             servers[id(fake)] = await aiohttp_server(fake.app)
         clock = clock or FakeClock()
         settings = delivery_settings(tmp_path, fake, servers[id(fake)].port, **overrides)
+        runtime = Runtime(settings, clock=clock)
+        log = EventLog(runtime)  # before it starts: its follow-up may act at once
         exits = contextlib.AsyncExitStack()
-        agent = await exits.enter_async_context(serve_agent(settings, clock=clock))
+        agent = await exits.enter_async_context(serve_agent(settings, runtime=runtime))
         http = await exits.enter_async_context(aiohttp.ClientSession())
-        setup = Setup(fake, agent, clock, EventLog(agent.runtime), http, exits)
+        setup = Setup(fake, agent, clock, log, http, exits)
         started.append(setup)
         return setup
 

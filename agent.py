@@ -19,6 +19,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import re
 import secrets
 import sys
@@ -526,6 +527,10 @@ def serve(argv: list[str] | None = None) -> None:
     )
     options = arguments.parse_args(argv)
     settings = load_settings()
+    if settings.swml_proxy_url_base:
+        # The SDK reads it from the process environment only (its function URLs, its signature
+        # check); one set in .env is handed to it there, so both build on the same public URL.
+        os.environ.setdefault("SWML_PROXY_URL_BASE", settings.swml_proxy_url_base)
     configure_logging(settings.log_level, settings.log_format)
     sdk_adapter.check_sdk()
     if options.check:

@@ -25,6 +25,7 @@ from engine.errors import (
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
+    StoreUnavailable,
     VerificationNotFound,
 )
 from engine.events.publisher import EventPublisher
@@ -34,6 +35,7 @@ from engine.models import (
     Channel,
     CheckOutcome,
     CheckResult,
+    DeliveryState,
     Event,
     EventType,
     Origin,
@@ -45,17 +47,28 @@ from engine.models import (
 )
 from engine.phone import Destination, checked_destination
 from engine.providers.base import Answer, Provider, SendRequest
-from engine.stores.base import Attempt, AttemptGate, Record, VerificationStore, WindowStore
+from engine.stores.base import (
+    Attempt,
+    AttemptGate,
+    OutboxStore,
+    Record,
+    VerificationStore,
+    WindowStore,
+)
 
 log = logging.getLogger(__name__)
 
 CALL_RECORD = "call"
 CALL_RECORD_TTL = 24 * 3600.0
+# The outbox queue of texts to follow with a voice call when due (engine/follow_up.py):
+# each item's payload is the verification id.
+FALLBACK_QUEUE = "fallback"
 
 
-class EngineStore(VerificationStore, WindowStore, Protocol):
-    """What the engine keeps: its verifications, and the windows it gives an event back to
-    (a failure budget refunded for a right code, a send that failed)."""
+class EngineStore(VerificationStore, WindowStore, OutboxStore, Protocol):
+    """What the engine keeps: its verifications, the windows it gives an event back to
+    (a failure budget refunded for a right code, a send that failed), and the queue of
+    texts to follow up."""
 
 
 @dataclass
@@ -112,6 +125,7 @@ class VerificationEngine:
         from_number: str | None = None,
         breaker: CircuitBreaker | None = None,
         line_types: LineTypes | None = None,
+        fallback_after: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -123,6 +137,9 @@ class VerificationEngine:
         self.from_number = from_number
         self.breaker = breaker or CircuitBreaker()
         self.line_types = line_types
+        # Seconds after which a text not reported delivered is followed by a voice call;
+        # None: never (MFA_FALLBACK_TO_CALL=off, or no delivery reports to wait for).
+        self.fallback_after = fallback_after
         self.clock = clock
 
     # -- start ---------------------------------------------------------------
@@ -193,11 +210,25 @@ class VerificationEngine:
             provider_ref=sent.provider_ref,
             code_digest=sent.code_digest,
             origin=origin,
+            delivery=DeliveryState.QUEUED if sent.delivery_reported else None,
         )
         await self.store.create_verification(verification)
+        if verification.delivery is not None and self.fallback_after is not None:
+            await self._follow_up_later(verification, now + self.fallback_after)
         event = Event.about("mfa.sent", verification)
         await self.publisher.publish(event)
         return Started(verification=verification, event=event, by_call_instead=channel != asked)
+
+    async def _follow_up_later(self, verification: Verification, due_at: float) -> None:
+        """Look at the text again at ``due_at``: unless delivered by then, a call follows it."""
+        try:
+            await self.store.enqueue(FALLBACK_QUEUE, verification.id, verification.id, due_at)
+        except StoreUnavailable:
+            # The code went out and is recorded; only the follow-up on silence is lost
+            # (a report that it was not delivered still brings the call).
+            log.warning(
+                "verification %s: its text will not be followed up if no report comes", verification.id
+            )
 
     async def _is_landline(self, destination: Destination) -> bool:
         if destination.landline:

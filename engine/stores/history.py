@@ -44,8 +44,8 @@ ALL_AGENTS = "*"
 MERGE_UP_TO = 128
 WALK_BUDGET = 5000
 LEVELS = (MINUTE, HOUR, DAY)
-# Minute buckets are kept this long: the summary counts by the minute within
-# MINUTE_PRECISION_WITHIN of now, and its edges reach an hour further back.
+# Minute buckets are kept this long; a summary is counted by the minute only when its
+# window starts within MINUTE_PRECISION_WITHIN of now (the rest is margin).
 MINUTES_KEPT = 28 * HOUR
 MINUTE_PRECISION_WITHIN = 26 * HOUR
 DEFAULT_RETENTION = 30 * DAY

@@ -174,7 +174,7 @@
   function niceCeiling(value) {
     if (value <= 1) return 1;
     const power = 10 ** Math.floor(Math.log10(value));
-    for (const step of [1, 2, 2.5, 5, 10]) if (value <= step * power) return step * power;
+    for (const step of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (value <= step * power) return step * power;
     return 10 * power;
   }
 

@@ -30,7 +30,7 @@ from bench.stats import percentile
 from engine.history import History
 from engine.models import Status, Verification
 from engine.stores import RedisStore, SqliteStore, Store
-from engine.stores.history import DAY, HOUR, MINUTE, HistoryFilter
+from engine.stores.history import DAY, HOUR, HOURS_KEPT, MINUTE, MINUTES_KEPT, HistoryFilter
 
 RESULTS = ROOT / "bench" / "results"
 RETENTION = 30 * DAY
@@ -176,10 +176,15 @@ async def questions(store: Store, now: float, repeat: int) -> dict[str, dict[str
     return {name: await timed(ask, repeat) for name, ask in asks.items()}
 
 
-def sqlite_sizes(path: Path) -> dict[str, int]:
-    """Bytes of each history table and index (SQLite's dbstat), after a checkpoint."""
+def sqlite_sizes(path: Path, now: float) -> dict[str, int]:
+    """Bytes of each history table and index (SQLite's dbstat), after a checkpoint, without
+    the minute and hour buckets a store would have forgotten by ``now`` (see `past_keeping`)."""
     db = sqlite3.connect(path)
     try:
+        for level, before in past_keeping(now):
+            db.execute("DELETE FROM history_rollup WHERE level = ? AND start < ?", (level, before))
+        db.commit()
+        db.execute("VACUUM")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         rows = db.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall()
     finally:
@@ -187,17 +192,31 @@ def sqlite_sizes(path: Path) -> dict[str, int]:
     return {name: int(size) for name, size in rows if name.startswith("history") or name == "verification"}
 
 
-def redis_sizes(url: str, prefix: str) -> dict[str, int]:
+def past_keeping(now: float) -> list[tuple[int, float]]:
+    """The minute and hour buckets (size, starting before) a store no longer holds at ``now``.
+
+    The seeding writes a month in minutes, each bucket kept from the moment it is written:
+    live, Redis would have let the old ones expire and SQLite purged them by now.
+    """
+    return [(MINUTE, now - MINUTES_KEPT), (HOUR, now - HOURS_KEPT)]
+
+
+def redis_sizes(url: str, prefix: str, now: float) -> dict[str, int]:
     """used_memory with every key, and once the verifications' own records are gone (as a day
-    after they end): what the history alone holds."""
+    after they end) and the buckets past their keeping: what the history alone holds."""
     import redis
 
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, decode_responses=True)
     try:
         total = int(client.info("memory")["used_memory"])
-        for pattern in ("v:*", "call:*", "expiry"):
+        past = dict(past_keeping(now))
+        for pattern in ("v:*", "call:*", "expiry", "hr:*"):
             batch = []
             for key in client.scan_iter(match=f"{prefix}{pattern}", count=5000):
+                if pattern == "hr:*":
+                    _, level, start = key[len(prefix) :].split(":")[:3]
+                    if int(level) not in past or int(start) >= past[int(level)]:
+                        continue
                 batch.append(key)
                 if len(batch) >= 5000:
                     client.unlink(*batch)
@@ -240,14 +259,14 @@ async def run_one(
     result: dict[str, Any] = {"store": kind, "count": count, "seed_seconds": round(seeded.seconds, 1)}
     result["questions"] = figures
     if kind == "sqlite":
-        sizes = sqlite_sizes(path)
+        sizes = sqlite_sizes(path, now)
         result["sizes"] = sizes
         history_bytes = sum(size for name, size in sizes.items() if name.startswith("history"))
         result["history_bytes_per_verification"] = round(history_bytes / count)
         path.unlink(missing_ok=True)
     else:
         assert redis_url is not None and baseline is not None
-        sizes = redis_sizes(redis_url, prefix)
+        sizes = redis_sizes(redis_url, prefix, now)
         result["history_bytes_per_verification"] = round(
             (sizes["used_memory_history_only"] - baseline) / count
         )

@@ -11,7 +11,8 @@ a place to start reading an index from, so a forged one costs what any page cost
 A summary counts the codes sent in its window, however they ended (so its
 conversion is "of the codes sent then"). It reads the rollups in buckets of one
 size, chosen by the window's length (`bucket_for`): minutes for up to 6 hours
-within the last 26 hours, hours for up to 3 days, UTC days beyond. ``since`` is
+within the last 26 hours, hours for up to 3 days within the last 7 days, UTC days
+otherwise. ``since`` is
 rounded down (but not to before the retention: then up) and ``until`` up to that
 size; the answer says which window it counted, and its timeline is those buckets.
 Times to approve are counted in fixed bins (`APPROVE_BIN_EDGES`): the median and
@@ -33,6 +34,7 @@ from engine.stores.base import HistoryStore
 from engine.stores.history import (
     DAY,
     HOUR,
+    HOUR_PRECISION_WITHIN,
     MINUTE,
     MINUTE_PRECISION_WITHIN,
     HistoryEntry,
@@ -44,8 +46,9 @@ from engine.stores.history import (
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
-# A summary's bucket: minutes for a window up to this long (and recent enough to have them),
-# hours up to HOURS_UP_TO, days beyond: at most 361, 73 and 401 buckets (MFA_HISTORY_DAYS <= 400).
+# A summary's bucket: minutes for a window up to this long, hours up to HOURS_UP_TO (each
+# when recent enough to have them), days otherwise: at most 361, 73 and 401 buckets
+# (MFA_HISTORY_DAYS <= 400).
 MINUTES_UP_TO = 6 * HOUR
 HOURS_UP_TO = 3 * DAY
 
@@ -116,7 +119,9 @@ def bucket_for(since: float, until: float, now: float) -> int:
     """The bucket a summary of [since, until) at ``now`` is counted in."""
     if until - since <= MINUTES_UP_TO and since >= now - MINUTE_PRECISION_WITHIN:
         return MINUTE
-    return HOUR if until - since <= HOURS_UP_TO else DAY
+    if until - since <= HOURS_UP_TO and since >= now - HOUR_PRECISION_WITHIN:
+        return HOUR
+    return DAY
 
 
 class History:

@@ -18,8 +18,8 @@ walks the status indexes instead, keeping what matches and reading at most
 approved, expired, max_attempts_reached or canceled, and the times from send to
 approval in fixed bins (`APPROVE_BIN_EDGES`). An outcome is counted in the bucket
 of its send, so a window's conversion is that of the codes sent in it. Each
-event is counted in buckets of three sizes (minutes, kept `MINUTES_KEPT`; hours
-and UTC days, kept for the retention) and at two levels of detail: per agent id
+event is counted in buckets of three sizes (minutes, kept `MINUTES_KEPT`; hours,
+`HOURS_KEPT`; UTC days, the retention) and at two levels of detail: per agent id
 and (origin, channel, country), and for all agents per (channel, country)
 (`ALL_AGENTS`), so a summary of every agent reads a few rows per bucket however
 many agents and origins there are.
@@ -44,10 +44,13 @@ ALL_AGENTS = "*"
 MERGE_UP_TO = 128
 WALK_BUDGET = 5000
 LEVELS = (MINUTE, HOUR, DAY)
-# Minute buckets are kept this long; a summary is counted by the minute only when its
-# window starts within MINUTE_PRECISION_WITHIN of now (the rest is margin).
+# Minute buckets are kept this long, hour buckets HOURS_KEPT (both counted from the bucket's
+# start); a summary is counted by the minute only when its window starts within
+# MINUTE_PRECISION_WITHIN of now, by the hour within HOUR_PRECISION_WITHIN (the rest is margin).
 MINUTES_KEPT = 28 * HOUR
 MINUTE_PRECISION_WITHIN = 26 * HOUR
+HOURS_KEPT = 8 * DAY
+HOUR_PRECISION_WITHIN = 7 * DAY
 DEFAULT_RETENTION = 30 * DAY
 
 # The upper edges (seconds) of the time-to-approve bins: bin 0 holds [0, 5], bin i
@@ -72,11 +75,17 @@ def bucket_start(at: float, level: int) -> int:
     return math.floor(at / level) * level
 
 
-def kept_for(level: int, retention: float) -> float:
-    """Seconds a bucket of ``level`` is kept after its first event."""
-    if level == MINUTE:
-        return min(float(MINUTES_KEPT), retention + MINUTE)
-    return retention + level
+def kept_from_start(level: int, retention: float) -> float:
+    """Seconds a bucket of ``level`` is kept, counted from its start."""
+    return {MINUTE: min(MINUTES_KEPT, retention), HOUR: min(HOURS_KEPT, retention)}.get(
+        level, retention
+    ) + level
+
+
+def kept_for(level: int, retention: float, start: int, now: float) -> float:
+    """Seconds the bucket of ``level`` starting at ``start`` is still kept at ``now``: 0 or
+    less when it is past use (an outcome counted long after its send leaves it out)."""
+    return kept_from_start(level, retention) - (now - start)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ from engine.stores.history import (
     TallySums,
     bucket_start,
     kept_for,
+    kept_from_start,
     newest_first,
     newest_matching,
     next_page,
@@ -136,31 +137,31 @@ _CREATE = """
 -- combination, the set of combinations, the send's bucket of each size (minute, hour, day) for
 -- its agent id, then for all agents.
 -- ARGV: id, expires_at, ttl_ms, schedule (1/0), on a call (1/0), then the history's:
--- retention_ms, the indexes' cutoff (older members go), the entry's member, its combination,
--- the send's rollup field in its agent's buckets and in all agents', each bucket's ttl_ms (3),
--- how many history fields and values follow (n); then those n, then the verification's
--- fields and values.
+-- retention_ms, the indexes' cutoff (older members go), the entry's member in the status
+-- index and in its combination's, its combination, the send's rollup field in its agent's
+-- buckets and in all agents', each bucket's ttl_ms (3), how many history fields and values
+-- follow (n); then those n, then the verification's fields and values.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = tonumber(ARGV[15])
-redis.call('HSET', KEYS[1], unpack(ARGV, 16 + n))
+local n = tonumber(ARGV[16])
+redis.call('HSET', KEYS[1], unpack(ARGV, 17 + n))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
 if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
   if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 end
-redis.call('HSET', KEYS[4], unpack(ARGV, 16, 15 + n))
+redis.call('HSET', KEYS[4], unpack(ARGV, 17, 16 + n))
 redis.call('PEXPIRE', KEYS[4], ARGV[6])
 for i = 5, 6 do
-  redis.call('ZADD', KEYS[i], 0, ARGV[8])
+  redis.call('ZADD', KEYS[i], 0, ARGV[3 + i])
   redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[7])
   redis.call('PEXPIRE', KEYS[i], ARGV[6])
 end
-redis.call('SADD', KEYS[7], ARGV[9])
+redis.call('SADD', KEYS[7], ARGV[10])
 redis.call('PEXPIRE', KEYS[7], ARGV[6])
 for i = 1, 6 do
-  local bucket, ttl = KEYS[7 + i], ARGV[11 + (i - 1) % 3 + 1]
-  redis.call('HINCRBY', bucket, i <= 3 and ARGV[10] or ARGV[11], 1)
+  local bucket, ttl = KEYS[7 + i], ARGV[12 + (i - 1) % 3 + 1]
+  redis.call('HINCRBY', bucket, i <= 3 and ARGV[11] or ARGV[12], 1)
   if redis.call('PTTL', bucket) < 0 then redis.call('PEXPIRE', bucket, ttl) end
 end
 return 1
@@ -172,29 +173,33 @@ return 1
 _END_HISTORY = """
 -- Ends a history entry that is still `pending` (one already forgotten, past the retention,
 -- is left alone): its member moves to the indexes of its new status and combination, its
--- attempts are the verification's, and the outcome is counted in the buckets of its send.
--- h: the entry's key; first: where ARGV holds the prefix, retention_ms, the indexes'
--- cutoff and each bucket's ttl_ms (3).
+-- attempts are the verification's, and the outcome is counted in the buckets of its send
+-- that are still kept.
+-- h: the entry's key, id: the verification's; first: where ARGV holds the prefix,
+-- retention_ms, the indexes' cutoff and each size's ms kept from a bucket's start (3).
 local EDGES = {__EDGES__}
 local SHORT = {approved = 'a', expired = 'e', max_attempts_reached = 'm', canceled = 'c'}
 local LEVELS = {60, 3600, 86400}
-local function end_history(h, status, now, attempts, first)
-  local entry = redis.call('HMGET', h, 'st', 'm', 'k', 'ca')
+local function end_history(h, id, status, now, attempts, first)
+  local entry = redis.call('HMGET', h, 'st', 'us', 'ag', 'og', 'ch', 'cc')
   if entry[1] ~= 'pending' then return end
   local prefix, retention, cutoff = ARGV[first], ARGV[first + 1], ARGV[first + 2]
-  local member, dimensions = entry[2], entry[3]
+  local place = entry[5] .. '|' .. entry[6]
+  local dimensions = entry[3] .. '|' .. entry[4] .. '|' .. place
+  local short = entry[2] .. ':' .. id
+  local member = short .. ' ' .. dimensions
   redis.call('HSET', h, 'st', status, 'ea', now, 'at', attempts)
   redis.call('ZREM', prefix .. 'hx:st:pending', member)
-  redis.call('ZREM', prefix .. 'hx:pending|' .. dimensions, member)
+  redis.call('ZREM', prefix .. 'hx:pending|' .. dimensions, short)
   local combo = status .. '|' .. dimensions
-  for _, index in ipairs({prefix .. 'hx:st:' .. status, prefix .. 'hx:' .. combo}) do
-    redis.call('ZADD', index, 0, member)
-    redis.call('ZREMRANGEBYLEX', index, '-', cutoff)
-    redis.call('PEXPIRE', index, retention)
+  for _, index in ipairs({{prefix .. 'hx:st:' .. status, member}, {prefix .. 'hx:' .. combo, short}}) do
+    redis.call('ZADD', index[1], 0, index[2])
+    redis.call('ZREMRANGEBYLEX', index[1], '-', cutoff)
+    redis.call('PEXPIRE', index[1], retention)
   end
   redis.call('SADD', prefix .. 'hx:combos', combo)
   redis.call('PEXPIRE', prefix .. 'hx:combos', retention)
-  local created = tonumber(entry[4])
+  local created = tonumber(entry[2]) / 1000000
   local bin = nil
   if status == 'approved' then
     bin = #EDGES - 1
@@ -203,21 +208,22 @@ local function end_history(h, status, now, attempts, first)
       if seconds <= EDGES[i] then bin = i - 1; break end
     end
   end
-  local agent, origin, place = string.match(dimensions, '^([^|]*)|([^|]*)|(.*)$')
   for i = 1, 3 do
     local level = LEVELS[i]
-    local start = string.format('%d', math.floor(created / level) * level)
-    local base = prefix .. 'hr:' .. level .. ':' .. start .. ':'
-    local ttl = ARGV[first + 2 + i]
-    for _, row in ipairs({{base .. agent, origin .. '|' .. place}, {base .. '*', place}}) do
-      redis.call('HINCRBY', row[1], row[2] .. '|' .. SHORT[status], 1)
-      if redis.call('PTTL', row[1]) < 0 then redis.call('PEXPIRE', row[1], ttl) end
-      if bin then
-        -- The bucket's own bin (what a summary of every place reads), and the place's.
-        redis.call('HINCRBY', row[1], 't' .. bin, 1)
-        local places = row[1] .. ':t'
-        redis.call('HINCRBY', places, row[2] .. '|t' .. bin, 1)
-        if redis.call('PTTL', places) < 0 then redis.call('PEXPIRE', places, ttl) end
+    local start = math.floor(created / level) * level
+    local ttl = tonumber(ARGV[first + 2 + i]) - math.floor((tonumber(now) - start) * 1000)
+    if ttl > 0 then
+      local base = prefix .. 'hr:' .. level .. ':' .. string.format('%d', start) .. ':'
+      for _, row in ipairs({{base .. entry[3], entry[4] .. '|' .. place}, {base .. '*', place}}) do
+        redis.call('HINCRBY', row[1], row[2] .. '|' .. SHORT[status], 1)
+        if redis.call('PTTL', row[1]) < 0 then redis.call('PEXPIRE', row[1], ttl) end
+        if bin then
+          -- The bucket's own bin (what a summary of every place reads), and the place's.
+          redis.call('HINCRBY', row[1], 't' .. bin, 1)
+          local places = row[1] .. ':t'
+          redis.call('HINCRBY', places, row[2] .. '|t' .. bin, 1)
+          if redis.call('PTTL', places) < 0 then redis.call('PEXPIRE', places, ttl) end
+        end
       end
     end
   end
@@ -230,7 +236,7 @@ _BEGIN_ATTEMPT = (
 -- KEYS: verification, expiry schedule, the call's verified record (or the verification again when
 -- not asked), its history entry, then the event log of each failure budget.
 -- ARGV: id, now, retain_ms, call id ('' for any), origin ('' for any), '1' to test the record,
--- a unique member, the history's prefix, retention_ms, cutoff and three bucket ttl_ms, then three
+-- a unique member, the history's prefix, retention_ms, cutoff and three buckets' ms kept, then three
 -- per budget: limit, ttl_ms, the window's start (older events are gone).
 -- Returns nil (not found / not ours), or {gate, the verification's fields, ...}: for over_budget
 -- the budget's index (0-based) and its oldest event's time, for counted each budget's count before.
@@ -259,7 +265,7 @@ local function finish(to)
   redis.call('HSET', key, 'st', to, 'ua', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('PEXPIRE', key, ARGV[3])
-  end_history(KEYS[4], to, ARGV[2], redis.call('HGET', key, 'at'), 8)
+  end_history(KEYS[4], ARGV[1], to, ARGV[2], redis.call('HGET', key, 'at'), 8)
 end
 local gate = 'counted'
 if status ~= 'pending' then
@@ -300,8 +306,8 @@ _TRANSITION = (
     _END_HISTORY
     + """
 -- KEYS: verification, expiry schedule, its history entry [, a record to keep with it].
--- ARGV: id, to, now, retain_ms, the history's prefix, retention_ms, cutoff and three bucket
--- ttl_ms [, the record's JSON, its ttl_ms].
+-- ARGV: id, to, now, retain_ms, the history's prefix, retention_ms, cutoff and three buckets'
+-- ms kept [, the record's JSON, its ttl_ms].
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
   -- Also drops the schedule entry of a verification that Redis already forgot.
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -311,7 +317,7 @@ redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ua', ARGV[3])
 if KEYS[4] then redis.call('SET', KEYS[4], ARGV[11], 'PX', ARGV[12]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end_history(KEYS[3], ARGV[2], ARGV[3], redis.call('HGET', KEYS[1], 'at'), 5)
+end_history(KEYS[3], ARGV[1], ARGV[2], ARGV[3], redis.call('HGET', KEYS[1], 'at'), 5)
 return redis.call('HGETALL', KEYS[1])
 """
 )
@@ -597,9 +603,12 @@ def _member_matches(query: HistoryFilter, member: str) -> bool:
 
 @dataclass(frozen=True)
 class _HistoryFields:
-    """A new verification's history entry, as the create script writes it."""
+    """A new verification's history entry, as the create script writes it. Every value is
+    short (at most 64 bytes), so Redis keeps the entry's hash compact (a listpack)."""
 
-    member: str
+    created_at: float  # to the microsecond, as its members say (and its buckets follow)
+    member: str  # in the status index: {microseconds}:{id} {agent}|{origin}|{channel}|{country}
+    short_member: str  # in its combination's index: {microseconds}:{id}
     combo: str  # status|agent|origin|channel|country: the name of its combination's index
     agent_field: str  # its send's field in its agent's buckets: origin|channel|country|s
     all_field: str  # and in all agents': channel|country|s
@@ -610,20 +619,25 @@ class _HistoryFields:
         place = f"{verification.channel}|{verification.country or ''}"
         # No agent id holds a "|" (config.settings.AGENT_ID_PATTERN).
         dimensions = f"{verification.agent_id}|{verification.origin}|{place}"
-        member = _member((verification.created_at, verification.id), dimensions)
+        micros = _time_bound(verification.created_at)[:-1]
+        short = f"{micros}:{verification.id}"
         fields = [
-            "m", member,
-            "k", dimensions,
+            "us", micros,
+            "ag", verification.agent_id,
+            "og", verification.origin,
+            "ch", verification.channel,
+            "cc", verification.country or "",
             "to", verification.masked_to,
             "st", verification.status.value,
             "at", str(verification.attempts),
             "ma", str(verification.max_attempts),
-            "ca", _num(verification.created_at),
         ]  # fmt: skip
         if verification.call_id:
             fields += ["ci", verification.call_id]
         return cls(
-            member,
+            int(micros) / 1_000_000,
+            f"{short} {dimensions}",
+            short,
             f"{verification.status.value}|{dimensions}",
             f"{verification.origin}|{place}|s",
             f"{place}|s",
@@ -631,23 +645,22 @@ class _HistoryFields:
         )
 
 
-def _history_entry(values: Mapping[str, str]) -> HistoryEntry | None:
+def _history_entry(entry_id: str, values: Mapping[str, str]) -> HistoryEntry | None:
     """An entry from its hash; None when it is gone (past the retention)."""
-    if "m" not in values:
+    if "us" not in values:
         return None
-    agent_id, origin, channel, country = values["k"].split("|")
     return HistoryEntry(
-        id=_position(values["m"])[1],
+        id=entry_id,
         to=values["to"],
-        country=country or None,
-        agent_id=agent_id,
-        origin=cast(Origin, origin),
-        channel=cast(Channel, channel),
+        country=values["cc"] or None,
+        agent_id=values["ag"],
+        origin=cast(Origin, values["og"]),
+        channel=cast(Channel, values["ch"]),
         call_id=values.get("ci"),
         status=Status(values["st"]),
         attempts=int(values["at"]),
         max_attempts=int(values["ma"]),
-        created_at=float(values["ca"]),
+        created_at=int(values["us"]) / 1_000_000,
         ended_at=float(values["ea"]) if "ea" in values else None,
     )
 
@@ -778,10 +791,11 @@ class RedisStore(Store):
                     _ms(self._retention),
                     self._cutoff(verification.created_at),
                     history.member,
+                    history.short_member,
                     history.combo,
                     history.agent_field,
                     history.all_field,
-                    *(_ms(kept_for(level, self._retention)) for level in LEVELS),
+                    *(_ms(self._kept(level, history.created_at)) for level in LEVELS),
                     len(history.fields),
                     *history.fields,
                     *_to_hash(verification),
@@ -954,9 +968,13 @@ class RedisStore(Store):
         """The indexes' members older than the retention at ``now`` are those before this."""
         return "(" + _time_bound(now - self._retention)
 
+    def _kept(self, level: int, created_at: float) -> float:
+        return kept_for(level, self._retention, bucket_start(created_at, level), created_at)
+
     def _history_context(self, now: float) -> list[str | int]:
-        """What _END_HISTORY reads from ARGV: the prefix, retention_ms, cutoff, bucket ttl_ms."""
-        keeps = (_ms(kept_for(level, self._retention)) for level in LEVELS)
+        """What _END_HISTORY reads from ARGV: the prefix, retention_ms, the indexes' cutoff,
+        and how long a bucket of each size is kept from its start, in ms."""
+        keeps = (_ms(kept_from_start(level, self._retention)) for level in LEVELS)
         return [self._prefix, _ms(self._retention), self._cutoff(now), *keeps]
 
     async def list_history(
@@ -979,7 +997,8 @@ class RedisStore(Store):
                 return cast(list[list[str]], await pipe.execute())
 
         def text(member: str) -> str:
-            return member
+            # A status index's members carry the dimensions after a space: the order is the rest's.
+            return member.partition(" ")[0]
 
         with _unavailable():
             sources = by_status
@@ -995,13 +1014,14 @@ class RedisStore(Store):
                 )
                 members = walked.kept
                 following = next_page(members, limit, _position, walked=walked)
+            ids = [_position(member)[1] for member in members[:limit]]
             async with client.pipeline(transaction=False) as pipe:
-                for member in members[:limit]:
-                    pipe.hgetall(self._key("h", _position(member)[1]))
+                for entry_id in ids:
+                    pipe.hgetall(self._key("h", entry_id))
                 found = cast(list[dict[str, str]], await pipe.execute())
         entries = [
             entry
-            for entry in map(_history_entry, found)
+            for entry in map(_history_entry, ids, found)
             # Gone past the retention, or moved to another status since the index was read.
             if entry is not None and (query.status is None or entry.status is query.status)
         ]

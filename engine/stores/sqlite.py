@@ -802,7 +802,7 @@ class SqliteStore(Store):
         if row is None:
             return None
         ended = _verification(row)
-        self._history_ended(db, ended, now, wall)
+        self._history_ended(db, ended, now)
         return ended
 
     async def due_for_expiry(self, now: float, limit: int = 100) -> list[str]:
@@ -903,9 +903,9 @@ class SqliteStore(Store):
                 wall + self._retention,
             ),
         )
-        self._count(db, _COUNT_SENT, verification.created_at, dimensions, wall)
+        self._count(db, _COUNT_SENT, verification.created_at, dimensions, verification.created_at)
 
-    def _history_ended(self, db: sqlite3.Connection, ended: Verification, now: float, wall: float) -> None:
+    def _history_ended(self, db: sqlite3.Connection, ended: Verification, now: float) -> None:
         row = db.execute(
             "SELECT created_at, agent_id, origin, channel, country FROM history"
             " WHERE id = ? AND status = 'pending'",
@@ -924,29 +924,24 @@ class SqliteStore(Store):
             sql = _COUNT_APPROVED[approve_bin(now - created_at)]
         else:
             sql = _COUNT_END[ended.status.value]
-        self._count(db, sql, created_at, dimensions, wall)
+        self._count(db, sql, created_at, dimensions, now)
 
     def _count(
-        self, db: sqlite3.Connection, sql: str, created_at: float, dimensions: tuple[str, ...], wall: float
+        self, db: sqlite3.Connection, sql: str, created_at: float, dimensions: tuple[str, ...], now: float
     ) -> None:
-        """One event in the buckets of every size that ``created_at`` (the send) falls in: in the
-        row of its agent id, origin, channel and country, and in the all-agents row."""
+        """One event in the buckets of every size that ``created_at`` (the send) falls in and
+        that are still kept at ``now``: in the row of its agent id, origin, channel and
+        country, and in the all-agents row."""
         _, _, channel, country = dimensions
         rows = (dimensions, (ALL_AGENTS, ALL_AGENTS, channel, country))
-        db.executemany(
-            sql,
-            [
-                (
-                    level,
-                    row[0],
-                    bucket_start(created_at, level),
-                    *row[1:],
-                    wall + kept_for(level, self._retention),
-                )
-                for level in LEVELS
-                for row in rows
-            ],
-        )
+        wall = time.time()
+        counted = []
+        for level in LEVELS:
+            start = bucket_start(created_at, level)
+            kept = kept_for(level, self._retention, start, now)
+            if kept > 0:
+                counted += [(level, row[0], start, *row[1:], wall + kept) for row in rows]
+        db.executemany(sql, counted)
 
     async def list_history(
         self, query: HistoryFilter, now: float, *, after: Position | None = None, limit: int = 50

@@ -180,7 +180,8 @@ class VerificationSummary(BaseModel):
     bucket_seconds: int = Field(
         description=(
             "What since and until were rounded to, and the timeline's bucket: 60 for windows up to 6 hours "
-            "within the last 26 hours, 3600 up to 3 days, else 86400 (UTC days)."
+            "starting within the last 26 hours, 3600 up to 3 days starting within the last 7 days, else "
+            "86400 (UTC days)."
         )
     )
     sent: int
@@ -265,8 +266,9 @@ def build_history_router(runtime: Runtime) -> APIRouter:
             "What became of the codes sent in the window (by default the whole history): counts by "
             "status, conversion (approved / sent), the median and p95 time from send to approval, and "
             "the same by country, by channel and over time. It is counted in buckets whose size follows "
-            "the window: minutes for up to 6 hours within the last 26 hours, hours for up to 3 days, UTC "
-            "days beyond; `since` is rounded down (to a bucket within the history) and `until` up, and "
+            "the window: minutes for up to 6 hours within the last 26 hours, hours for up to 3 days within "
+            "the last 7 days, UTC days otherwise; `since` is rounded down (to a bucket within the history) "
+            "and `until` up, and "
             "the answer gives the window it counted. Times to verify are counted in bins with upper "
             f"edges {_BINS} seconds: each figure is the upper edge of the bin holding it."
         ),

@@ -34,6 +34,7 @@ from engine.stores.history import (
     MINUTE,
     HistoryEntry,
     HistoryFilter,
+    Span,
     Tally,
     approve_bin,
 )
@@ -578,3 +579,19 @@ async def test_sqlite_gives_a_file_from_before_the_history_its_tables(tmp_path: 
         assert (entry.id, entry.country) == (after.id, "FR")
     finally:
         await reopened.close()
+
+
+async def test_an_outcome_counted_after_a_bucket_s_keeping_leaves_that_bucket_out(store: Store) -> None:
+    # A code that lives long (up to 7 days) ends after its send's minute is no longer kept:
+    # the hour and the day still count it, the minute does not come back to life for it.
+    verification = verification_at(DAY0 + 10 * HOUR, expires_at=DAY0 + 5 * DAY)
+    await store.create_verification(verification)
+    await store.transition(verification.id, Status.APPROVED, DAY0 + 2 * DAY)
+    minute = int(DAY0 + 10 * HOUR)
+    by_minute = await store.history_tallies(HistoryFilter(), Span(MINUTE, minute, minute + MINUTE))
+    by_hour = await store.history_tallies(HistoryFilter(), Span(HOUR, minute, minute + HOUR))
+    by_day = await store.history_tallies(HistoryFilter(), Span(DAY, int(DAY0), int(DAY0 + DAY)))
+    assert (by_minute.by_start[minute].sent, by_minute.by_start[minute].approved) == (1, 0)
+    assert (by_hour.by_start[minute].sent, by_hour.by_start[minute].approved) == (1, 1)
+    assert by_day.by_start[int(DAY0)].approved == 1
+    assert by_day.by_start[int(DAY0)].approve_quantile(0.5) == 604800  # 38 hours: the last bin

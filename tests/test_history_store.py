@@ -595,3 +595,12 @@ async def test_an_outcome_counted_after_a_bucket_s_keeping_leaves_that_bucket_ou
     assert (by_hour.by_start[minute].sent, by_hour.by_start[minute].approved) == (1, 1)
     assert by_day.by_start[int(DAY0)].approved == 1
     assert by_day.by_start[int(DAY0)].approve_quantile(0.5) == 604800  # 38 hours: the last bin
+
+
+async def test_redis_forgets_a_combination_no_entry_joined_for_the_retention(store: Store) -> None:
+    if not isinstance(store, RedisStore):
+        pytest.skip("SQLite forgets unused combinations in its purge, by the wall clock")
+    await store.create_verification(verification_at(DAY0, country="GB"))
+    await store.create_verification(verification_at(DAY0 + 31 * DAY, country="FR"))
+    combos = await store._client.zrange(store._key("hx", "combos"), 0, -1)
+    assert combos == ["pending|mfa|api|sms|FR"]

@@ -23,7 +23,8 @@ Keys, all under ``prefix`` (default ``mfa:``):
   (a hash: the number masked); ``hx:st:{status}`` and ``hx:{status}|{agent}|{origin}|
   {channel}|{country}``, the indexes (sorted sets, every score 0, members ordered by
   their text: ``{send time in microseconds, 16 digits}:{id} {agent}|{origin}|{channel}|
-  {country}``); ``hx:combos``, the set of combinations with an index;
+  {country}``); ``hx:combos``, the combinations with an index (a sorted set by when each last
+  got an entry, so one left empty for the retention goes);
   ``hr:{size}:{start}:{agent id}``, a bucket's counters (a hash of
   ``{origin}|{channel}|{country}|{s, a, e, m or c}`` and of ``t<bin>``, times to approve
   of every place) with ``hr:{size}:{start}:{agent id}:t`` (``{origin}|{channel}|
@@ -134,30 +135,32 @@ _RUNNING = "running"  # a claim's value while its owner works; a finished one ho
 _CREATE = """
 -- KEYS: verification, expiry schedule, the call's codes (the verification again when on no call),
 -- then the history's: the entry, the index of pending entries, the index of the entry's
--- combination, the set of combinations, the send's bucket of each size (minute, hour, day) for
--- its agent id, then for all agents.
+-- combination, the combinations (a sorted set by when each last got an entry), the send's
+-- bucket of each size (minute, hour, day) for its agent id, then for all agents.
 -- ARGV: id, expires_at, ttl_ms, schedule (1/0), on a call (1/0), then the history's:
 -- retention_ms, the indexes' cutoff (older members go), the entry's member in the status
 -- index and in its combination's, its combination, the send's rollup field in its agent's
--- buckets and in all agents', each bucket's ttl_ms (3), how many history fields and values
--- follow (n); then those n, then the verification's fields and values.
+-- buckets and in all agents', each bucket's ttl_ms (3), the send's time, the combinations'
+-- cutoff (older go), how many history fields and values follow (n); then those n, then the
+-- verification's fields and values.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = tonumber(ARGV[16])
-redis.call('HSET', KEYS[1], unpack(ARGV, 17 + n))
+local n = tonumber(ARGV[18])
+redis.call('HSET', KEYS[1], unpack(ARGV, 19 + n))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
 if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
   if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 end
-redis.call('HSET', KEYS[4], unpack(ARGV, 17, 16 + n))
+redis.call('HSET', KEYS[4], unpack(ARGV, 19, 18 + n))
 redis.call('PEXPIRE', KEYS[4], ARGV[6])
 for i = 5, 6 do
   redis.call('ZADD', KEYS[i], 0, ARGV[3 + i])
   redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[7])
   redis.call('PEXPIRE', KEYS[i], ARGV[6])
 end
-redis.call('SADD', KEYS[7], ARGV[10])
+redis.call('ZADD', KEYS[7], ARGV[16], ARGV[10])
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[17])
 redis.call('PEXPIRE', KEYS[7], ARGV[6])
 for i = 1, 6 do
   local bucket, ttl = KEYS[7 + i], ARGV[12 + (i - 1) % 3 + 1]
@@ -197,8 +200,11 @@ local function end_history(h, id, status, now, attempts, first)
     redis.call('ZREMRANGEBYLEX', index[1], '-', cutoff)
     redis.call('PEXPIRE', index[1], retention)
   end
-  redis.call('SADD', prefix .. 'hx:combos', combo)
-  redis.call('PEXPIRE', prefix .. 'hx:combos', retention)
+  -- A combination no entry has joined for the retention holds none any more: it goes.
+  local combos = prefix .. 'hx:combos'
+  redis.call('ZADD', combos, now, combo)
+  redis.call('ZREMRANGEBYSCORE', combos, '-inf', tonumber(now) - tonumber(retention) / 1000)
+  redis.call('PEXPIRE', combos, retention)
   local created = tonumber(entry[2]) / 1000000
   local bin = nil
   if status == 'approved' then
@@ -796,6 +802,8 @@ class RedisStore(Store):
                     history.agent_field,
                     history.all_field,
                     *(_ms(self._kept(level, history.created_at)) for level in LEVELS),
+                    _num(history.created_at),
+                    _num(history.created_at - self._retention),
                     len(history.fields),
                     *history.fields,
                     *_to_hash(verification),
@@ -1003,8 +1011,8 @@ class RedisStore(Store):
         with _unavailable():
             sources = by_status
             if query.names_more_than_status:
-                combos = cast(set[str], await client.smembers(self._key("hx", "combos")))
-                sources = [self._key("hx", combo) for combo in sorted(combos) if _combo_matches(query, combo)]
+                combos = cast(list[str], await client.zrange(self._key("hx", "combos"), 0, -1))
+                sources = [self._key("hx", combo) for combo in combos if _combo_matches(query, combo)]
             if len(sources) <= MERGE_UP_TO:
                 members = await newest_first(sources, fetch, limit + 1, text)
                 following = next_page(members, limit, _position)
@@ -1037,7 +1045,7 @@ class RedisStore(Store):
             if query.agent_id is not None:
                 agents = [query.agent_id]
             elif query.origin is not None:
-                combos = cast(set[str], await client.smembers(self._key("hx", "combos")))
+                combos = cast(list[str], await client.zrange(self._key("hx", "combos"), 0, -1))
                 agents = sorted({combo.split("|")[1] for combo in combos})
             else:
                 agents = [ALL_AGENTS]

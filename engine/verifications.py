@@ -22,12 +22,14 @@ from engine.breaker import CircuitBreaker
 from engine.errors import (
     CallLocked,
     DestinationRefused,
+    FraudRefused,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
     VerificationNotFound,
 )
 from engine.events.publisher import EventPublisher
+from engine.fraud import FraudGuard
 from engine.limits import Limits
 from engine.lookup import LineTypes
 from engine.models import (
@@ -46,6 +48,7 @@ from engine.models import (
 from engine.phone import Destination, checked_destination
 from engine.providers.base import Answer, Provider, SendRequest
 from engine.stores.base import Attempt, AttemptGate, Record, VerificationStore, WindowStore
+from engine.stores.guard import Hold
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,7 @@ class VerificationEngine:
         from_number: str | None = None,
         breaker: CircuitBreaker | None = None,
         line_types: LineTypes | None = None,
+        fraud: FraudGuard | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -123,6 +127,7 @@ class VerificationEngine:
         self.from_number = from_number
         self.breaker = breaker or CircuitBreaker()
         self.line_types = line_types
+        self.fraud = fraud
         self.clock = clock
 
     # -- start ---------------------------------------------------------------
@@ -145,17 +150,23 @@ class VerificationEngine:
         try:
             destination = checked_destination(to, self.allowed_regions)
             number = destination.e164
+            guard = self.fraud.check(destination) if self.fraud else None
         except DestinationRefused as refusal:
             await self._publish_failure(failed, None, refusal.reason)
             raise
         now = self.clock()
         try:
-            admission = await self.limits.admit_send(number, agent_id, call_id, now)
+            admission = await self.limits.admit_send(number, agent_id, call_id, now, guard=guard)
         except CallLocked:
             await self._publish_failure(failed, number, "call_locked", "mfa.locked")
             raise
         except RateLimited as refusal:
             await self._publish_failure(failed, number, refusal.limit)
+            raise
+        except FraudRefused as refusal:
+            if refusal.raised and refusal.hold is not None:
+                await self._publish_hold(failed, refusal.hold)
+            await self._publish_failure(failed, number, refusal.reason)
             raise
         asked = channel
         if channel == "sms" and await self._is_landline(destination):
@@ -218,6 +229,20 @@ class VerificationEngine:
                 channel=failed.channel,
                 to=mask_number(number) if number else None,
                 reason=reason,
+            )
+        )
+
+    async def _publish_hold(self, failed: _Failure, hold: Hold) -> None:
+        # The prefix, never the number: beside a number's last four digits a prefix must not complete it.
+        await self.publisher.publish(
+            Event(
+                type="mfa.fraud_suspected",
+                origin=failed.origin,
+                agent_id=failed.agent_id,
+                call_id=failed.call_id,
+                channel=failed.channel,
+                prefix=hold.prefix,
+                reason=hold.reason,
             )
         )
 
@@ -341,7 +366,11 @@ class VerificationEngine:
         if counted.call_id is not None:
             data = {"verified": True, "verification_id": counted.id}
             call_record = Record(CALL_RECORD, counted.call_id, data, CALL_RECORD_TTL)
-        approved = await self.store.transition(counted.id, Status.APPROVED, self.clock(), record=call_record)
+        # The pumping guard counts the approval in the same step: once, whoever wins a race of right codes.
+        conversions = self.fraud.approvals(counted.to) if self.fraud else ()
+        approved = await self.store.transition(
+            counted.id, Status.APPROVED, self.clock(), record=call_record, count=conversions
+        )
         if approved is None:
             # Another request ended it first (a parallel right code, or expiry).
             current = await self.store.get_verification(counted.id) or counted

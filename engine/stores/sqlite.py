@@ -718,8 +718,24 @@ class SqliteStore(Store):
         if row is not None and float(row[3]) > now:
             hold = _hold(row)
             return GuardRefused(HELD, hold.until - now, hold)
-        sends = weighted(guard.sends, *self._bucket_counts(db, guard.sends, now, wall), now)
-        approved = weighted(guard.approvals, *self._bucket_counts(db, guard.approvals, now, wall), now)
+        # Every count the decision may need, in one query: the prefix's sends and approvals,
+        # the country's sends and approvals, each a previous and a current bucket.
+        budget = guard.budget
+        windows = (guard.sends, guard.approvals, budget.sends, budget.approvals)
+        keys = [
+            bucket_key(window, number)
+            for window in windows
+            for number in (bucket(now, window.seconds) - 1, bucket(now, window.seconds))
+        ]
+        found = dict(
+            db.execute(
+                "SELECT key, value FROM counter WHERE key IN (?, ?, ?, ?, ?, ?, ?, ?) AND forget_at > ?",
+                (*keys, wall),
+            ).fetchall()
+        )
+        counts = [found.get(key, 0) for key in keys]
+        sends = weighted(guard.sends, counts[0], counts[1], now)
+        approved = weighted(guard.approvals, counts[2], counts[3], now)
         if should_hold(guard, sends, approved):
             hold = hold_for(guard, sends, approved, now)
             db.execute(
@@ -727,15 +743,9 @@ class SqliteStore(Store):
                 (*astuple(hold), wall + guard.hold_seconds),
             )
             return GuardRefused(HELD, guard.hold_seconds, hold, raised=True)
-        budget = guard.budget
-        approvals = budget.approvals
-        limit = country_limit(
-            budget, weighted(approvals, *self._bucket_counts(db, approvals, now, wall), now)
-        )
-        if limit is not None:
-            previous, current = self._bucket_counts(db, budget.sends, now, wall)
-            if weighted(budget.sends, previous, current, now) + 1 > limit:
-                return country_refusal(budget, previous, current, limit, now)
+        limit = country_limit(budget, weighted(budget.approvals, counts[6], counts[7], now))
+        if limit is not None and weighted(budget.sends, counts[4], counts[5], now) + 1 > limit:
+            return country_refusal(budget, counts[4], counts[5], limit, now)
         return None
 
     @staticmethod

@@ -34,6 +34,7 @@ of its admission, so an outage never makes a prefix look unconverted.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,8 @@ from engine.phone import Destination, number_range
 from engine.stores.base import HoldStore
 from engine.stores.guard import HELD, CountryBudget, GuardCheck, GuardRefused, Hold
 from engine.stores.windows import Window
+
+log = logging.getLogger(__name__)
 
 HOUR = 3600.0
 HOLD_SECONDS = HOUR
@@ -168,7 +171,10 @@ class FraudGuard:
 
     async def release(self, prefix: str, now: float) -> Hold | None:
         """End ``prefix``'s hold now and judge it afresh; the hold as it was, or None if it was not held."""
-        return await self._store.release_hold(prefix, prefix_windows(prefix), now)
+        released = await self._store.release_hold(prefix, prefix_windows(prefix), now)
+        if released is not None:
+            log.info("SMS pumping guard: the hold on prefix %s was ended early", prefix)
+        return released
 
 
 def refusal(refused: GuardRefused) -> FraudRefused:

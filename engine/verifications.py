@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from engine.breaker import CircuitBreaker
@@ -233,6 +234,14 @@ class VerificationEngine:
         )
 
     async def _publish_hold(self, failed: _Failure, hold: Hold) -> None:
+        log.warning(
+            "SMS pumping guard: prefix %s (%s) held until %s: %d codes in the last hour, %d approved",
+            hold.prefix,
+            hold.country,
+            datetime.fromtimestamp(hold.until, UTC).isoformat(timespec="seconds"),
+            hold.sends,
+            hold.approved,
+        )
         # The prefix, never the number: beside a number's last four digits a prefix must not complete it.
         await self.publisher.publish(
             Event(

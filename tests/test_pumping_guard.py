@@ -162,6 +162,24 @@ async def test_two_instances_raise_one_hold_between_them(make_store: Callable[[]
         await two.close()
 
 
+async def test_a_hold_outlives_a_restart_of_the_store(make_store: Callable[[], Store]) -> None:
+    guard = check_for()
+    first = make_store()
+    await first.open()
+    for second in range(4):
+        await first.hit([], NOW + second, guard=guard)
+    await first.close()
+
+    again = make_store()
+    await again.open()
+    try:
+        assert [hold.prefix for hold in await again.holds(NOW + 10)] == ["+13125"]
+        refused = await again.hit([], NOW + 10, guard=guard)
+        assert isinstance(refused, GuardRefused) and not refused.raised
+    finally:
+        await again.close()
+
+
 async def test_a_full_window_refuses_before_the_guard_and_a_refusal_counts_nothing(store: Store) -> None:
     number = Window("number", 1, 3600)
     guard = check_for()

@@ -23,6 +23,7 @@ from engine.events import attach_event_sinks
 from engine.events.live import LiveHub
 from engine.events.metrics import Metrics
 from engine.events.publisher import EventPublisher
+from engine.follow_up import FALLBACK_AFTER_SECONDS, DeliveryFollowUp
 from engine.fraud import FraudGuard, FraudSettings
 from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
@@ -60,6 +61,7 @@ class Runtime:
         self._repeats: Repeats | None = None
         self._workflow: PhoneVerificationWorkflow | None = None
         self._fraud: FraudGuard | None = None
+        self._follow_up: DeliveryFollowUp | None = None
         self._store: Store | None = None
         self._http: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
@@ -89,6 +91,14 @@ class Runtime:
         if self._fraud is None:
             raise NotStarted("the runtime has not started")
         return self._fraud
+
+    @property
+    def follow_up(self) -> DeliveryFollowUp | None:
+        """Delivery reports and the fallback call; None when no text is reported on
+        (the provider or delivery gets no status callbacks)."""
+        if self._engine is None:
+            raise NotStarted("the runtime has not started")
+        return self._follow_up
 
     @property
     def store(self) -> Store:
@@ -170,6 +180,9 @@ class Runtime:
             if rest and settings.mfa_line_type_check
             else None,
             fraud=self._fraud,
+            fallback_after=FALLBACK_AFTER_SECONDS
+            if provider.reports_delivery and settings.mfa_fallback_to_call
+            else None,
             clock=self.clock,
         )
         # The walkthrough's workflow: the same message and alphabet, its own length, window and tries.
@@ -183,8 +196,21 @@ class Runtime:
                 max_attempts=settings.mfa_workflow_tries,
             ),
         )
+        workflow_shape = self._workflow.shape
+        self._follow_up = (
+            DeliveryFollowUp(
+                self._engine,
+                store,
+                shapes={"call": shape, "api": shape, "workflow": workflow_shape},
+                call_intro=LANGUAGES[settings.mfa_language].fallback_call,
+            )
+            if provider.reports_delivery
+            else None
+        )
         self._stop.clear()
         self.spawn(self._engine.run_expiry_timer(self._stop))
+        if self._follow_up is not None:
+            self.spawn(self._follow_up.run(self._stop))
         if self.keys.stored_names:
             self.spawn(self.keys.keep_in_sync(store, self._stop))
         attach_event_sinks(self)
@@ -237,5 +263,6 @@ class Runtime:
         self._repeats = None
         self._workflow = None
         self._fraud = None
+        self._follow_up = None
         self._store = None
         self._http = None

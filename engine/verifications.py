@@ -27,6 +27,7 @@ from engine.errors import (
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
+    StoreUnavailable,
     VerificationNotFound,
 )
 from engine.events.publisher import EventPublisher
@@ -37,6 +38,7 @@ from engine.models import (
     Channel,
     CheckOutcome,
     CheckResult,
+    DeliveryState,
     Event,
     EventType,
     Origin,
@@ -48,18 +50,29 @@ from engine.models import (
 )
 from engine.phone import Destination, checked_destination
 from engine.providers.base import Answer, Provider, SendRequest
-from engine.stores.base import Attempt, AttemptGate, Record, VerificationStore, WindowStore
+from engine.stores.base import (
+    Attempt,
+    AttemptGate,
+    OutboxStore,
+    Record,
+    VerificationStore,
+    WindowStore,
+)
 from engine.stores.guard import Hold
 
 log = logging.getLogger(__name__)
 
 CALL_RECORD = "call"
 CALL_RECORD_TTL = 24 * 3600.0
+# The outbox queue of texts to follow with a voice call when due (engine/follow_up.py):
+# each item's payload is the verification id.
+FALLBACK_QUEUE = "fallback"
 
 
-class EngineStore(VerificationStore, WindowStore, Protocol):
-    """What the engine keeps: its verifications, and the windows it gives an event back to
-    (a failure budget refunded for a right code, a send that failed)."""
+class EngineStore(VerificationStore, WindowStore, OutboxStore, Protocol):
+    """What the engine keeps: its verifications, the windows it gives an event back to
+    (a failure budget refunded for a right code, a send that failed), and the queue of
+    texts to follow up."""
 
 
 @dataclass
@@ -117,6 +130,7 @@ class VerificationEngine:
         breaker: CircuitBreaker | None = None,
         line_types: LineTypes | None = None,
         fraud: FraudGuard | None = None,
+        fallback_after: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -129,6 +143,9 @@ class VerificationEngine:
         self.breaker = breaker or CircuitBreaker()
         self.line_types = line_types
         self.fraud = fraud
+        # Seconds after which a text not reported delivered is followed by a voice call;
+        # None: never (MFA_FALLBACK_TO_CALL=off, or no delivery reports to wait for).
+        self.fallback_after = fallback_after
         self.clock = clock
 
     # -- start ---------------------------------------------------------------
@@ -204,11 +221,25 @@ class VerificationEngine:
             provider_ref=sent.provider_ref,
             code_digest=sent.code_digest,
             origin=origin,
+            delivery=DeliveryState.QUEUED if sent.delivery_reported else None,
         )
         await self.store.create_verification(verification)
+        if verification.delivery is not None and self.fallback_after is not None:
+            await self._follow_up_later(verification, now + self.fallback_after)
         event = Event.about("mfa.sent", verification)
         await self.publisher.publish(event)
         return Started(verification=verification, event=event, by_call_instead=channel != asked)
+
+    async def _follow_up_later(self, verification: Verification, due_at: float) -> None:
+        """Look at the text again at ``due_at``: unless delivered by then, a call follows it."""
+        try:
+            await self.store.enqueue(FALLBACK_QUEUE, verification.id, verification.id, due_at)
+        except StoreUnavailable:
+            # The code went out and is recorded; only the follow-up on silence is lost
+            # (a report that it was not delivered still brings the call).
+            log.warning(
+                "verification %s: its text will not be followed up if no report comes", verification.id
+            )
 
     async def _is_landline(self, destination: Destination) -> bool:
         if destination.landline:

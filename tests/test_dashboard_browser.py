@@ -74,6 +74,8 @@ ENGINE_REASONS = (
     "call_failures",
     "number_failures",
     "provider",
+    # a new code by a call after a text that did not arrive (engine/follow_up.py)
+    "fallback",
     # the SMS pumping guard (engine/fraud.py)
     "fraud_suspected",
     "new_country_budget",
@@ -312,6 +314,75 @@ async def test_on_a_phone_the_page_fits_the_width_and_the_first_screen_shows_a_v
             assert id_box is not None and id_box["x"] + id_box["width"] <= width, (code, id_box)
         for shown in (".to", ".channel", ".origin", "time.last"):
             await expect(row.locator(shown)).to_be_visible()
+
+
+def on_call(type_: str, verification_id: str, **fields: Any) -> Event:
+    """An event of a verification on a call to ***0143, as the engine raises them."""
+    base = {"origin": "call", "agent_id": "mfa", "to": "***0143", "attempts_left": 3, "channel": "sms"}
+    return Event.model_validate({**base, "type": type_, "verification_id": verification_id, **fields})
+
+
+async def test_each_texts_delivery_shows_beside_its_channel_on_a_wide_screen_and_a_phone(
+    tmp_path: Path, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    async with serve_agent(settings_for(tmp_path)) as agent:
+        publish = agent.runtime.publisher.publish
+        shots = tmp_path / "screens"
+        shots.mkdir()
+        for width, height in ((1280, 800), PHONE):
+            page = await open_dashboard(browser, agent, "mfa", width, height)
+            arrived_id, lost_id, unseen_id = (f"{name}-{width}" for name in ("arrived", "lost", "unseen"))
+            for verification_id in (arrived_id, lost_id):
+                await publish(on_call("mfa.sent", verification_id))
+            arrived = page.locator(f'tr[data-verification-id="{arrived_id}"]')
+            lost = page.locator(f'tr[data-verification-id="{lost_id}"]')
+            await expect(arrived.locator(".channel")).to_have_text("sms", timeout=WAIT_MS)
+            assert await arrived.locator(".delivery").count() == 0  # nothing reported yet: nothing said
+
+            await publish(on_call("mfa.delivered", arrived_id))
+            await expect(arrived.locator(".delivery")).to_have_text("Text delivered", timeout=WAIT_MS)
+            await expect(arrived.locator(".delivery")).to_have_attribute("data-delivery", "delivered")
+            await expect(arrived.locator(".status")).to_have_text("Sent")  # the status is the code's
+
+            await publish(on_call("mfa.undelivered", lost_id, reason="undelivered", error_code="30003"))
+            await publish(on_call("mfa.sent", lost_id, channel="call", reason="fallback"))
+            delivery = lost.locator(".delivery")
+            await expect(delivery).to_have_text("Text not delivered (carrier error 30003)", timeout=WAIT_MS)
+            await expect(lost.locator(".channel")).to_have_text("call")
+            await expect(lost.locator(".reason")).to_have_text(
+                "The text did not arrive in time: a new code went by a call"
+            )
+            shown = "element => getComputedStyle(element).color"
+            assert await delivery.evaluate(shown) != await arrived.locator(".delivery").evaluate(shown)
+
+            # A failed text, reported for a verification the page never saw sent.
+            await publish(
+                on_call("mfa.undelivered", unseen_id, reason="failed", error_code="30006", status="pending")
+            )
+            unseen = page.locator(f'tr[data-verification-id="{unseen_id}"]')
+            await expect(unseen.locator(".delivery")).to_have_text(
+                "Text not sent (carrier error 30006)", timeout=WAIT_MS
+            )
+            await expect(unseen.locator(".status")).to_have_text("Sent")
+
+            assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+            if (width, height) == PHONE:
+                box = await lost.bounding_box()
+                assert box is not None and box["x"] + box["width"] <= width, box
+                # The longest delivery words wrap beside the attempts, never under them.
+                words, attempts = (
+                    await delivery.bounding_box(),
+                    await lost.locator(".attempts").bounding_box(),
+                )
+                assert words is not None and attempts is not None
+                assert (
+                    words["x"] + words["width"] <= attempts["x"]
+                    or words["y"] >= attempts["y"] + attempts["height"]
+                )
+            await page.screenshot(path=str(shots / f"delivery-{width}.png"), full_page=True)
+            await page.close()
 
 
 # -- the SMS pumping guard's panel: held prefixes beside the live table ---------------------------

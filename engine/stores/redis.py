@@ -47,7 +47,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 
 from engine.errors import StoreUnavailable
-from engine.models import Status, Verification
+from engine.models import DeliveryState, Fallback, Status, Verification
 from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
@@ -55,6 +55,7 @@ from engine.stores.base import (
     Budgets,
     Claim,
     ClaimState,
+    DeliveryChange,
     OutboxItem,
     Record,
     Store,
@@ -92,6 +93,11 @@ _SHORT = {
     "provider_ref": "pr",
     "code_digest": "cd",
     "origin": "og",
+    "delivery": "dl",
+    "delivery_error": "de",
+    "fallback": "fb",
+    "fallback_digest": "fd",
+    "delivery_told": "dt",
 }
 _LONG = {short: field for field, short in _SHORT.items()}
 _RUNNING = "running"  # a claim's value while its owner works; a finished one holds JSON
@@ -361,6 +367,57 @@ end
 return 0
 """
 
+# Each delivery state's place in the order states come in (engine.models.DeliveryState.rank).
+_RANKS = ", ".join(f"{state.value} = {state.rank}" for state in DeliveryState)
+_FINAL_RANK = DeliveryState.DELIVERED.rank
+
+_RECORD_DELIVERY = f"""
+-- KEYS: verification. ARGV: the carrier's id for the text, the reported state, error code ('' for none).
+-- Returns nil (unknown, not tracked, another carrier id), or {{1 if this report made it final else 0,
+-- the verification's fields}}. The state only moves forward; the first final one stays.
+local rank = {{{_RANKS}}}
+local key = KEYS[1]
+local recorded = redis.call('HGET', key, 'dl')
+if not recorded or redis.call('HGET', key, 'pr') ~= ARGV[1] then return false end
+local reported = rank[ARGV[2]]
+if rank[recorded] >= {_FINAL_RANK} or reported <= rank[recorded] then
+  return {{0, redis.call('HGETALL', key)}}
+end
+redis.call('HSET', key, 'dl', ARGV[2])
+if reported >= {_FINAL_RANK} then
+  if ARGV[3] ~= '' then redis.call('HSET', key, 'de', ARGV[3]) end
+  return {{1, redis.call('HGETALL', key)}}
+end
+return {{0, redis.call('HGETALL', key)}}
+"""
+
+_CLAIM_FALLBACK = """
+-- KEYS: verification. ARGV: now, 'calling', the call's code digest, 'delivered'.
+-- The verification's fields when this call took the fallback, else nil.
+local key = KEYS[1]
+if redis.call('HGET', key, 'st') ~= 'pending' then return false end
+if tonumber(ARGV[1]) >= tonumber(redis.call('HGET', key, 'ea')) then return false end
+local delivery = redis.call('HGET', key, 'dl')
+if not delivery or delivery == ARGV[4] or redis.call('HEXISTS', key, 'fb') == 1 then return false end
+redis.call('HSET', key, 'fb', ARGV[2], 'fd', ARGV[3])
+return redis.call('HGETALL', key)
+"""
+
+_SETTLE_FALLBACK = """
+-- KEYS: verification. ARGV: 'calling', the outcome. The verification's fields, or nil if no call was
+-- being placed.
+if redis.call('HGET', KEYS[1], 'fb') ~= ARGV[1] then return false end
+redis.call('HSET', KEYS[1], 'fb', ARGV[2])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_MARK_TOLD = """
+-- KEYS: verification. 1 when this call noted that the caller was told, else 0.
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'dt') == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'dt', '1')
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class _Scripts:
@@ -376,6 +433,10 @@ class _Scripts:
     enqueue: AsyncScript
     claim_due: AsyncScript
     retry_later: AsyncScript
+    record_delivery: AsyncScript
+    claim_fallback: AsyncScript
+    settle_fallback: AsyncScript
+    mark_told: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> _Scripts:
@@ -392,6 +453,10 @@ class _Scripts:
             enqueue=client.register_script(_ENQUEUE),
             claim_due=client.register_script(_CLAIM_DUE),
             retry_later=client.register_script(_RETRY_LATER),
+            record_delivery=client.register_script(_RECORD_DELIVERY),
+            claim_fallback=client.register_script(_CLAIM_FALLBACK),
+            settle_fallback=client.register_script(_SETTLE_FALLBACK),
+            mark_told=client.register_script(_MARK_TOLD),
         )
 
 
@@ -421,8 +486,9 @@ def _ms(seconds: float) -> int:
 def _to_hash(verification: Verification) -> list[str]:
     fields: list[str] = []
     for field, value in verification.model_dump(mode="json", exclude={"id"}).items():
-        if value is not None:
-            fields += [_SHORT[field], str(value)]
+        if value is None or value is False:
+            continue  # absent reads back as the field's default
+        fields += [_SHORT[field], "1" if value is True else str(value)]
     return fields
 
 
@@ -664,6 +730,37 @@ class RedisStore(Store):
                 list[tuple[str, float]], await self._client.zrange(self._key("expiry"), 0, 0, withscores=True)
             )
         return float(earliest[0][1]) if earliest else None
+
+    # -- delivery ----------------------------------------------------------------
+    async def record_delivery(
+        self, verification_id: str, carrier_ref: str, state: DeliveryState, error_code: str | None
+    ) -> DeliveryChange | None:
+        with _unavailable():
+            answer = await self._script.record_delivery(
+                keys=[self._key("v", verification_id)], args=[carrier_ref, state.value, error_code or ""]
+            )
+        if answer is None:
+            return None
+        verification = _from_hash(verification_id, _pairs(answer[1]))
+        return DeliveryChange(verification, became_final=int(answer[0]) == 1)
+
+    async def claim_fallback(self, verification_id: str, now: float, code_digest: str) -> Verification | None:
+        args = [_num(now), Fallback.CALLING.value, code_digest, DeliveryState.DELIVERED.value]
+        with _unavailable():
+            flat = await self._script.claim_fallback(keys=[self._key("v", verification_id)], args=args)
+        return None if flat is None else _from_hash(verification_id, _pairs(flat))
+
+    async def settle_fallback(self, verification_id: str, outcome: Fallback) -> Verification | None:
+        with _unavailable():
+            flat = await self._script.settle_fallback(
+                keys=[self._key("v", verification_id)], args=[Fallback.CALLING.value, outcome.value]
+            )
+        return None if flat is None else _from_hash(verification_id, _pairs(flat))
+
+    async def mark_delivery_told(self, verification_id: str) -> bool:
+        with _unavailable():
+            marked = await self._script.mark_told(keys=[self._key("v", verification_id)])
+        return int(marked) == 1
 
     # -- counters and limits ------------------------------------------------
     async def hit(

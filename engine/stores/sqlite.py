@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import StoreUnavailable
-from engine.models import Status, Verification
+from engine.models import DeliveryState, Fallback, Status, Verification
 from engine.private_files import create_private, make_private, private_folder
 from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
@@ -48,6 +48,7 @@ from engine.stores.base import (
     Budgets,
     Claim,
     ClaimState,
+    DeliveryChange,
     OutboxItem,
     Record,
     Store,
@@ -117,6 +118,11 @@ CREATE TABLE IF NOT EXISTS verification (
     "provider_ref" TEXT,
     "code_digest" TEXT,
     "origin" TEXT NOT NULL,
+    "delivery" TEXT,
+    "delivery_error" TEXT,
+    "fallback" TEXT,
+    "fallback_digest" TEXT,
+    "delivery_told" INTEGER NOT NULL DEFAULT 0,
     forget_at REAL NOT NULL
 ) WITHOUT ROWID;
 -- Partial: a verification leaves the expiry schedule when it stops being pending.
@@ -167,6 +173,11 @@ _MIGRATIONS = {
         "ALTER TABLE verification ADD COLUMN \"origin\" TEXT NOT NULL DEFAULT 'api'",
         "UPDATE verification SET \"origin\" = 'call' WHERE call_id IS NOT NULL",
     ),
+    "delivery": ('ALTER TABLE verification ADD COLUMN "delivery" TEXT',),
+    "delivery_error": ('ALTER TABLE verification ADD COLUMN "delivery_error" TEXT',),
+    "fallback": ('ALTER TABLE verification ADD COLUMN "fallback" TEXT',),
+    "fallback_digest": ('ALTER TABLE verification ADD COLUMN "fallback_digest" TEXT',),
+    "delivery_told": ('ALTER TABLE verification ADD COLUMN "delivery_told" INTEGER NOT NULL DEFAULT 0',),
 }
 
 # Each table whose rows are forgotten, with its key.
@@ -675,6 +686,65 @@ class SqliteStore(Store):
         )
         earliest = rows[0][0]
         return None if earliest is None else float(earliest)
+
+    # -- delivery ----------------------------------------------------------------
+    async def record_delivery(
+        self, verification_id: str, carrier_ref: str, state: DeliveryState, error_code: str | None
+    ) -> DeliveryChange | None:
+        def record(db: sqlite3.Connection) -> DeliveryChange | None:
+            row = db.execute(_SELECT_VERIFICATION, (verification_id, time.time())).fetchone()
+            if row is None:
+                return None
+            verification = _verification(row)
+            recorded = verification.delivery
+            if recorded is None or verification.provider_ref != carrier_ref:
+                return None
+            if recorded.final or state.rank <= recorded.rank:
+                return DeliveryChange(verification)  # repeated, late or out of order
+            error = error_code if state.final else None
+            db.execute(
+                'UPDATE verification SET "delivery" = ?, "delivery_error" = ? WHERE id = ?',
+                (state.value, error, verification_id),
+            )
+            moved = verification.model_copy(update={"delivery": state, "delivery_error": error})
+            return DeliveryChange(moved, became_final=state.final)
+
+        return await self._write(record)
+
+    async def claim_fallback(self, verification_id: str, now: float, code_digest: str) -> Verification | None:
+        rows = await self._execute(
+            "UPDATE verification"  # noqa: S608 - column names from Verification
+            ' SET "fallback" = ?, "fallback_digest" = ?'
+            " WHERE id = ? AND status = 'pending' AND expires_at > ? AND forget_at > ?"
+            ' AND "delivery" IS NOT NULL AND "delivery" != ? AND "fallback" IS NULL'
+            f" RETURNING {_COLUMNS}",
+            (
+                Fallback.CALLING.value,
+                code_digest,
+                verification_id,
+                now,
+                time.time(),
+                DeliveryState.DELIVERED.value,
+            ),
+        )
+        return _verification(rows[0]) if rows else None
+
+    async def settle_fallback(self, verification_id: str, outcome: Fallback) -> Verification | None:
+        rows = await self._execute(
+            'UPDATE verification SET "fallback" = ?'  # noqa: S608 - column names from Verification
+            ' WHERE id = ? AND "fallback" = ? AND forget_at > ?'
+            f" RETURNING {_COLUMNS}",
+            (outcome.value, verification_id, Fallback.CALLING.value, time.time()),
+        )
+        return _verification(rows[0]) if rows else None
+
+    async def mark_delivery_told(self, verification_id: str) -> bool:
+        rows = await self._execute(
+            'UPDATE verification SET "delivery_told" = 1'
+            ' WHERE id = ? AND "delivery_told" = 0 AND forget_at > ? RETURNING 1',
+            (verification_id, time.time()),
+        )
+        return bool(rows)
 
     # -- counters and limits ------------------------------------------------
     async def hit(

@@ -124,14 +124,22 @@ class FraudGuard:
 
         DestinationRefused (reason `fraud_blocked`) when MFA_FRAUD_BLOCK names it.
         """
-        allowed = self._listed(destination.e164, destination.region)
+        return self._check(destination.e164, destination.region, destination.prefix)
+
+    def check_number(self, number: str) -> GuardCheck | None:
+        """`check` for a number that passed the destination policy before (a fallback call's)."""
+        region, prefix = number_range(number)
+        return self._check(number, region, prefix)
+
+    def _check(self, e164: str, region: str, prefix: str) -> GuardCheck | None:
+        allowed = self._listed(e164, region)
         if not self.settings.guard or allowed:
             return None
-        sends, approvals = prefix_windows(destination.prefix)
-        country_sends, country_approvals = country_windows(destination.region)
+        sends, approvals = prefix_windows(prefix)
+        country_sends, country_approvals = country_windows(region)
         return GuardCheck(
-            prefix=destination.prefix,
-            country=destination.region,
+            prefix=prefix,
+            country=region,
             sends=sends,
             approvals=approvals,
             min_sends=self.settings.min_sends,

@@ -183,7 +183,9 @@ class VerificationEngine:
             raise
         except FraudRefused as refusal:
             if refusal.raised and refusal.hold is not None:
-                await self._publish_hold(failed, refusal.hold)
+                await self.publish_hold(
+                    refusal.hold, origin=origin, agent_id=agent_id, call_id=call_id, channel=channel
+                )
             await self._publish_failure(failed, number, refusal.reason)
             raise
         asked = channel
@@ -264,7 +266,10 @@ class VerificationEngine:
             )
         )
 
-    async def _publish_hold(self, failed: _Failure, hold: Hold) -> None:
+    async def publish_hold(
+        self, hold: Hold, *, origin: Origin, agent_id: str, call_id: str | None, channel: Channel
+    ) -> None:
+        """`mfa.fraud_suspected` for the hold a send raised (that send's origin, agent, call, channel)."""
         log.warning(
             "SMS pumping guard: prefix %s (%s) held until %s: %d codes in the last hour, %d approved",
             hold.prefix,
@@ -277,10 +282,10 @@ class VerificationEngine:
         await self.publisher.publish(
             Event(
                 type="mfa.fraud_suspected",
-                origin=failed.origin,
-                agent_id=failed.agent_id,
-                call_id=failed.call_id,
-                channel=failed.channel,
+                origin=origin,
+                agent_id=agent_id,
+                call_id=call_id,
+                channel=channel,
                 prefix=hold.prefix,
                 reason=hold.reason,
             )

@@ -36,7 +36,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.delivery import Receipt
-from engine.errors import CallLocked, ProviderRejected, ProviderUnavailable, RateLimited, StoreUnavailable
+from engine.errors import (
+    CallLocked,
+    DestinationRefused,
+    FraudRefused,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+    StoreUnavailable,
+)
 from engine.models import DeliveryState, Event, EventType, Fallback, Origin, Status, Verification
 from engine.phone import same_number
 from engine.providers.base import SendRequest
@@ -223,10 +231,27 @@ class DeliveryFollowUp:
     ) -> Fallback:
         engine = self.engine
         try:
-            admission = await engine.limits.admit_send(claimed.to, claimed.agent_id, claimed.call_id, now)
-        except (CallLocked, RateLimited) as refusal:
-            reason = refusal.limit if isinstance(refusal, RateLimited) else "call_locked"
-            return await self._not_called(claimed, Fallback.REFUSED, reason)
+            # A call costs a held range, or a new country, as much as a text: the pumping guard decides too.
+            guard = engine.fraud.check_number(claimed.to) if engine.fraud else None
+            admission = await engine.limits.admit_send(
+                claimed.to, claimed.agent_id, claimed.call_id, now, guard=guard
+            )
+        except FraudRefused as refusal:
+            if refusal.raised and refusal.hold is not None:
+                await engine.publish_hold(
+                    refusal.hold,
+                    origin=claimed.origin,
+                    agent_id=claimed.agent_id,
+                    call_id=claimed.call_id,
+                    channel="call",
+                )
+            return await self._not_called(claimed, Fallback.REFUSED, refusal.reason)
+        except RateLimited as refusal:
+            return await self._not_called(claimed, Fallback.REFUSED, refusal.limit)
+        except DestinationRefused as refusal:  # MFA_FRAUD_BLOCK names it now
+            return await self._not_called(claimed, Fallback.REFUSED, refusal.reason)
+        except CallLocked:
+            return await self._not_called(claimed, Fallback.REFUSED, "call_locked")
         try:
             await engine.breaker.call(deliver)
         except (ProviderUnavailable, ProviderRejected) as failure:

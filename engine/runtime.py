@@ -24,6 +24,7 @@ from engine.events.live import LiveHub
 from engine.events.metrics import Metrics
 from engine.events.publisher import EventPublisher
 from engine.follow_up import FALLBACK_AFTER_SECONDS, DeliveryFollowUp
+from engine.fraud import FraudGuard, FraudSettings
 from engine.history import History
 from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
@@ -61,6 +62,7 @@ class Runtime:
         self._engine: VerificationEngine | None = None
         self._repeats: Repeats | None = None
         self._workflow: PhoneVerificationWorkflow | None = None
+        self._fraud: FraudGuard | None = None
         self._history: History | None = None
         self._follow_up: DeliveryFollowUp | None = None
         self._store: Store | None = None
@@ -85,6 +87,13 @@ class Runtime:
         if self._workflow is None:
             raise NotStarted("the runtime has not started")
         return self._workflow
+
+    @property
+    def fraud(self) -> FraudGuard:
+        """The SMS pumping guard: its holds, for the HTTP API and the dashboard."""
+        if self._fraud is None:
+            raise NotStarted("the runtime has not started")
+        return self._fraud
 
     @property
     def history(self) -> History:
@@ -151,6 +160,17 @@ class Runtime:
             self.keys,
         )
         self._repeats = Repeats(store)
+        self._fraud = FraudGuard(
+            store,
+            FraudSettings(
+                guard=settings.mfa_fraud_guard,
+                min_sends=settings.mfa_fraud_min_sends,
+                min_conversion=settings.mfa_fraud_min_conversion,
+                allow=tuple(settings.mfa_fraud_allow),
+                block=tuple(settings.mfa_fraud_block),
+                new_country_sends=settings.mfa_fraud_new_country_sends,
+            ),
+        )
         shape = CodeShape(
             token_length=settings.mfa_token_length,
             valid_for=settings.mfa_valid_for,
@@ -170,6 +190,7 @@ class Runtime:
             line_types=LineTypes(rest, store, limits.number_digest)
             if rest and settings.mfa_line_type_check
             else None,
+            fraud=self._fraud,
             fallback_after=FALLBACK_AFTER_SECONDS
             if provider.reports_delivery and settings.mfa_fallback_to_call
             else None,
@@ -252,6 +273,7 @@ class Runtime:
         self._engine = None
         self._repeats = None
         self._workflow = None
+        self._fraud = None
         self._history = None
         self._follow_up = None
         self._store = None

@@ -16,12 +16,14 @@ import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from engine.breaker import CircuitBreaker
 from engine.errors import (
     CallLocked,
     DestinationRefused,
+    FraudRefused,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
@@ -29,6 +31,7 @@ from engine.errors import (
     VerificationNotFound,
 )
 from engine.events.publisher import EventPublisher
+from engine.fraud import FraudGuard
 from engine.limits import Limits
 from engine.lookup import LineTypes
 from engine.models import (
@@ -55,6 +58,7 @@ from engine.stores.base import (
     VerificationStore,
     WindowStore,
 )
+from engine.stores.guard import Hold
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +129,7 @@ class VerificationEngine:
         from_number: str | None = None,
         breaker: CircuitBreaker | None = None,
         line_types: LineTypes | None = None,
+        fraud: FraudGuard | None = None,
         fallback_after: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -137,6 +142,7 @@ class VerificationEngine:
         self.from_number = from_number
         self.breaker = breaker or CircuitBreaker()
         self.line_types = line_types
+        self.fraud = fraud
         # Seconds after which a text not reported delivered is followed by a voice call;
         # None: never (MFA_FALLBACK_TO_CALL=off, or no delivery reports to wait for).
         self.fallback_after = fallback_after
@@ -162,17 +168,25 @@ class VerificationEngine:
         try:
             destination = checked_destination(to, self.allowed_regions)
             number = destination.e164
+            guard = self.fraud.check(destination) if self.fraud else None
         except DestinationRefused as refusal:
             await self._publish_failure(failed, None, refusal.reason)
             raise
         now = self.clock()
         try:
-            admission = await self.limits.admit_send(number, agent_id, call_id, now)
+            admission = await self.limits.admit_send(number, agent_id, call_id, now, guard=guard)
         except CallLocked:
             await self._publish_failure(failed, number, "call_locked", "mfa.locked")
             raise
         except RateLimited as refusal:
             await self._publish_failure(failed, number, refusal.limit)
+            raise
+        except FraudRefused as refusal:
+            if refusal.raised and refusal.hold is not None:
+                await self.publish_hold(
+                    refusal.hold, origin=origin, agent_id=agent_id, call_id=call_id, channel=channel
+                )
+            await self._publish_failure(failed, number, refusal.reason)
             raise
         asked = channel
         if channel == "sms" and await self._is_landline(destination):
@@ -250,6 +264,31 @@ class VerificationEngine:
                 channel=failed.channel,
                 to=mask_number(number) if number else None,
                 reason=reason,
+            )
+        )
+
+    async def publish_hold(
+        self, hold: Hold, *, origin: Origin, agent_id: str, call_id: str | None, channel: Channel
+    ) -> None:
+        """`mfa.fraud_suspected` for the hold a send raised (that send's origin, agent, call, channel)."""
+        log.warning(
+            "SMS pumping guard: prefix %s (%s) held until %s: %d codes in the last hour, %d approved",
+            hold.prefix,
+            hold.country,
+            datetime.fromtimestamp(hold.until, UTC).isoformat(timespec="seconds"),
+            hold.sends,
+            hold.approved,
+        )
+        # The prefix, never the number: beside a number's last four digits a prefix must not complete it.
+        await self.publisher.publish(
+            Event(
+                type="mfa.fraud_suspected",
+                origin=origin,
+                agent_id=agent_id,
+                call_id=call_id,
+                channel=channel,
+                prefix=hold.prefix,
+                reason=hold.reason,
             )
         )
 
@@ -373,7 +412,11 @@ class VerificationEngine:
         if counted.call_id is not None:
             data = {"verified": True, "verification_id": counted.id}
             call_record = Record(CALL_RECORD, counted.call_id, data, CALL_RECORD_TTL)
-        approved = await self.store.transition(counted.id, Status.APPROVED, self.clock(), record=call_record)
+        # The pumping guard counts the approval in the same step: once, whoever wins a race of right codes.
+        conversions = self.fraud.approvals(counted.to) if self.fraud else ()
+        approved = await self.store.transition(
+            counted.id, Status.APPROVED, self.clock(), record=call_record, count=conversions
+        )
         if approved is None:
             # Another request ended it first (a parallel right code, or expiry).
             current = await self.store.get_verification(counted.id) or counted

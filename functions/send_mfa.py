@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine.errors import (
     CallLocked,
     DestinationRefused,
+    FraudRefused,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
@@ -112,6 +113,17 @@ async def send_mfa(
                 f"Nothing was sent: {limited.message} Another code can be sent in "
                 f"{spoken_wait(limited.retry_after)}.",
                 "Tell the caller when they can try again.",
+                offers_person=True,
+            ),
+            False,
+        )
+    except FraudRefused:
+        # The pumping guard: nothing the caller did, and nothing the model should quote or argue with.
+        return (
+            Reply(
+                "Nothing was sent: codes to this number are paused for a while as a precaution. "
+                "Trying again now will not help.",
+                "Apologize, say a code cannot be sent to this number right now, and suggest trying later.",
                 offers_person=True,
             ),
             False,

@@ -76,6 +76,10 @@ ENGINE_REASONS = (
     "provider",
     # a new code by a call after a text that did not arrive (engine/follow_up.py)
     "fallback",
+    # the SMS pumping guard (engine/fraud.py)
+    "fraud_suspected",
+    "new_country_budget",
+    "fraud_blocked",
 )
 
 
@@ -379,3 +383,66 @@ async def test_each_texts_delivery_shows_beside_its_channel_on_a_wide_screen_and
                 )
             await page.screenshot(path=str(shots / f"delivery-{width}.png"), full_page=True)
             await page.close()
+
+
+# -- the SMS pumping guard's panel: held prefixes beside the live table ---------------------------
+
+SCREENSHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")  # a folder to keep the pictures in, to look at
+
+
+async def trip_a_hold(http: aiohttp.ClientSession, agent: RunningAgent, sends: int) -> None:
+    """Unconverted codes to one prefix (+1 312 5...) until the guard holds it."""
+    url = f"{agent.base_url}/verifications"
+    for n in range(sends + 1):
+        async with http.post(url, json={"to": f"+1312555{n:04d}"}, auth=agent.auth) as response:
+            assert response.status == (201 if n < sends else 429)
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), PHONE], ids=["1280px", "390px"])
+async def test_a_prefix_the_guard_holds_shows_at_once_as_pictures_with_numbers_beside_them(
+    tmp_path: Path, browser: Any, viewport: tuple[int, int]
+) -> None:
+    from playwright.async_api import expect
+
+    settings = settings_for(tmp_path, mfa_fraud_min_sends=3)
+    async with aiohttp.ClientSession() as http, serve_agent(settings) as agent:
+        width, height = viewport
+        page = await open_dashboard(browser, agent, "mfa", width, height)
+        panel = page.locator("#holds")
+        await expect(panel).to_be_hidden()  # nothing held: no panel
+
+        await trip_a_hold(http, agent, 3)
+
+        # The event brings it in without waiting for the next refresh.
+        hold = panel.locator('li.hold[data-prefix="+13125"]')
+        await expect(hold).to_be_visible(timeout=WAIT_MS)
+        await expect(hold.locator(".prefix")).to_have_text("+13125")
+        await expect(hold.locator(".country")).to_have_text("United States")
+        await expect(hold.locator(".region")).to_have_text("US")
+        await expect(hold.locator(".entered .words")).to_have_text("0 of 3 codes entered")
+        await expect(hold.locator(".left .words")).to_contain_text("1 h left")
+        entered = await hold.locator(".entered .fill").bounding_box()
+        left, track = (
+            await hold.locator(".left .fill").bounding_box(),
+            await hold.locator(".left .hold-bar").bounding_box(),
+        )
+        assert entered is not None and entered["width"] == 0  # none of them entered
+        assert (
+            left is not None and track is not None and left["width"] == pytest.approx(track["width"], abs=2)
+        )
+        # The refused send's row reads in words.
+        reason = page.locator('td.reason[data-reason="fraud_suspected"]')
+        await expect(reason).to_have_text("Number's range is held: too few codes entered there")
+
+        assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+        box = await hold.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, box
+        if SCREENSHOTS:
+            await page.screenshot(path=f"{SCREENSHOTS}/holds-{width}.png", full_page=True)
+
+        # Released through the API: gone from the panel on the next read.
+        async with http.delete(f"{agent.base_url}/fraud/holds/%2B13125", auth=agent.auth) as response:
+            assert response.status == 200
+        await page.reload()
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        await expect(panel).to_be_hidden()

@@ -342,6 +342,19 @@ async def test_a_limit_that_refuses_the_call_leaves_the_text_alone(start: Callab
     assert len(setup.fake.texts()) == 1
 
 
+async def test_no_call_follows_a_text_to_a_range_the_pumping_guard_holds(start: Callable[..., Any]) -> None:
+    # The guard as deployed but judging from the first send: the call would be the second code.
+    setup: Setup = await start(mfa_fraud_min_sends=1)
+    platform, verification_id, sid = await setup.send()
+    await setup.fake.report(sid, "undelivered", error_code="30003")
+    refused = await setup.log.wait_for("mfa.send_failed", verification_id=verification_id)
+    assert refused.reason == "fraud_suspected" and refused.channel == "call"
+    [held] = setup.log.of("mfa.fraud_suspected")
+    assert (held.prefix, held.channel, held.call_id) == ("+12025", "call", platform.call_id)
+    assert not setup.fake.calls()
+    assert (await setup.verification(verification_id)).fallback is Fallback.REFUSED
+
+
 async def test_a_failed_call_gives_its_place_in_the_limits_back(start: Callable[..., Any]) -> None:
     setup: Setup = await start(mfa_sends_per_number_per_hour=2)
     _, verification_id, sid = await setup.send()

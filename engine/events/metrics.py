@@ -24,6 +24,9 @@ _ENDED = {
     "mfa.canceled": "canceled",
 }
 
+# The reasons a send refused by the SMS pumping guard is published with (engine/fraud.py).
+_GUARD_REASONS = frozenset({"fraud_suspected", "new_country_budget", "fraud_blocked"})
+
 # SignalWire answers in tens to hundreds of milliseconds; the tail up to the 9 s timeout matters.
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 9.0)
 
@@ -50,6 +53,18 @@ class Metrics:
             "mfa_verifications",
             "Verifications that ended, by outcome (verified, expired, locked, canceled).",
             ["outcome"],
+            registry=registry,
+        )
+        self.fraud_holds = Counter(
+            "mfa_fraud_holds",
+            "Destination prefixes the SMS pumping guard held (one per hold, across instances).",
+            registry=registry,
+        )
+        self.fraud_refused = Counter(
+            "mfa_fraud_refused_sends",
+            "Sends the SMS pumping guard refused, by reason (fraud_suspected: a held prefix; "
+            "new_country_budget: a new country's hourly budget; fraud_blocked: MFA_FRAUD_BLOCK).",
+            ["reason"],
             registry=registry,
         )
         self.wrong_codes = Counter("mfa_wrong_codes", "Codes checked and found wrong.", registry=registry)
@@ -118,6 +133,10 @@ class Metrics:
         elif event.type == "mfa.send_failed" or _refused_send(event):
             self.sends.labels(channel, "failed").inc()
             self.send_failures.labels(event.reason or "unknown").inc()
+            if event.reason in _GUARD_REASONS:
+                self.fraud_refused.labels(event.reason).inc()
+        elif event.type == "mfa.fraud_suspected":
+            self.fraud_holds.inc()
         elif event.type == "mfa.rejected":
             self.wrong_codes.inc()
         elif event.type in _ENDED:

@@ -4,12 +4,13 @@ Each consumer names the job it uses: the limiter `WindowStore`, repeated
 requests `ClaimStore`, webhooks `OutboxStore`, the live page `BroadcastStore`,
 the key ring `KeyStore`, the verification engine `VerificationStore` and
 `WindowStore`, the delivery follow-up `DeliveryStore`, the workflow and the
-line-type lookup `RecordStore`, the history's list and summary `HistoryStore`.
-`Store` is all of them, with `Lifecycle`: what a backend implements and what the
-runtime opens. Two backends implement it: SQLite (one instance, the default) and
-Redis (several instances). Every method that decides something does so
-atomically in the store (a transaction in SQLite, a Lua script in Redis), so two
-requests or two instances can never both win the same race.
+line-type lookup `RecordStore`, the pumping guard's holds `HoldStore`, the
+history's list and summary `HistoryStore`. `Store` is all of them, with
+`Lifecycle`: what a backend implements and what the runtime opens. Two backends
+implement it: SQLite (one instance, the default) and Redis (several instances).
+Every method that decides something does so atomically in the store (a
+transaction in SQLite, a Lua script in Redis), so two requests or two instances
+can never both win the same race.
 
 Times are UNIX seconds as floats, passed in by the caller (so tests can use a
 fake clock); the store never reads the clock itself, except where Redis uses
@@ -24,6 +25,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from engine.models import DeliveryState, Fallback, Status, Verification
+from engine.stores.guard import GuardCheck, GuardRefused, Hold
 from engine.stores.history import HistoryFilter, HistoryPage, Position, Span, Tallies
 from engine.stores.windows import Refused, Window
 
@@ -180,12 +182,20 @@ class VerificationStore(Protocol):
         and take back its event in ``budgets``, in one step."""
 
     async def transition(
-        self, verification_id: str, to: Status, now: float, *, record: Record | None = None
+        self,
+        verification_id: str,
+        to: Status,
+        now: float,
+        *,
+        record: Record | None = None,
+        count: Sequence[Window] = (),
     ) -> Verification | None:
         """Move a `pending` verification to ``to``; None if it was not `pending`.
 
-        With ``record``, the move also keeps that record, in the same atomic
-        step: both happen, or (when it was not `pending`) neither.
+        With ``record``, the move also keeps that record, and with ``count``
+        (bucketed windows) it counts one event in each, in the same atomic
+        step: all happen, or (when it was not `pending`) none. So an approval
+        is counted once, however many right codes race for it.
 
         Exactly one of several concurrent callers succeeds. Ending a
         verification removes it from the expiry schedule and keeps it
@@ -269,11 +279,18 @@ class HistoryStore(Protocol):
 class WindowStore(Protocol):
     """Counting windows: rate limits and failure budgets (engine/stores/windows.py)."""
 
-    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
+    async def hit(
+        self, windows: Sequence[Window], now: float, *, guard: GuardCheck | None = None
+    ) -> Refused | GuardRefused | None:
         """Record one event in every counted window if each window has room, and
         return None; else record nothing and return the first window without
         room, with the seconds until it would have room. One atomic step: two
         concurrent hits can never both take the last place of a window.
+
+        With ``guard``, once every window has room, the pumping guard decides in
+        the same step (engine/stores/guard.py): a GuardRefused records nothing
+        but the hold it may raise; an admitted send is also counted in
+        ``guard.counted``.
 
         An exact window's events are shared with `begin_attempt`'s budgets: a
         window of the same key counts the same events."""
@@ -281,6 +298,19 @@ class WindowStore(Protocol):
     async def unhit(self, windows: Sequence[Window], now: float) -> None:
         """Take back the event that ``hit(windows, now)`` recorded in each counted window
         (a send that then failed, a failure budget given back for a right code)."""
+
+
+class HoldStore(Protocol):
+    """The pumping guard's holds (raised inside `WindowStore.hit`): listed, and ended early."""
+
+    async def holds(self, now: float) -> list[Hold]:
+        """Every hold still in force at ``now``, the newest first."""
+
+    async def release_hold(self, prefix: str, forget: Sequence[Window], now: float) -> Hold | None:
+        """End ``prefix``'s hold now, and forget the events of the bucketed windows in
+        ``forget`` (its counts, so it is judged afresh), in one step.
+
+        The hold as it was, or None when the prefix was not held at ``now``."""
 
 
 class ClaimStore(Protocol):
@@ -349,6 +379,7 @@ class Store(
     VerificationStore,
     DeliveryStore,
     WindowStore,
+    HoldStore,
     ClaimStore,
     RecordStore,
     OutboxStore,

@@ -43,6 +43,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +61,17 @@ from engine.stores.base import (
     OutboxItem,
     Record,
     Store,
+)
+from engine.stores.guard import (
+    HELD,
+    GuardCheck,
+    GuardRefused,
+    Hold,
+    country_limit,
+    country_refusal,
+    hold_for,
+    should_hold,
+    weighted,
 )
 from engine.stores.history import (
     ALL_AGENTS,
@@ -178,6 +190,11 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (queue, due_at);
 
 CREATE TABLE IF NOT EXISTS secret (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 
+-- The pumping guard's holds (engine/stores/guard.py). No forget_at index: a few rows at most.
+CREATE TABLE IF NOT EXISTS hold (
+    prefix TEXT PRIMARY KEY, country TEXT NOT NULL, since REAL NOT NULL, until REAL NOT NULL,
+    sends INTEGER NOT NULL, approved INTEGER NOT NULL, reason TEXT NOT NULL, forget_at REAL NOT NULL
+) WITHOUT ROWID;
 -- The history (engine/stores/history.py). country is '' when unknown (a verification from
 -- before countries were kept).
 CREATE TABLE IF NOT EXISTS history (
@@ -270,6 +287,7 @@ _FORGETTING_TABLES = {
     "counter": "key",
     "claim": "key",
     "record": "kind, id",
+    "hold": "prefix",
     "history": "id",
     "history_rollup": _ROLLUP_KEY,
 }
@@ -409,6 +427,14 @@ def _take_back_event(db: sqlite3.Connection, window: Window) -> None:
         " (SELECT rowid FROM hit WHERE key = ? ORDER BY at DESC, rowid DESC LIMIT 1)",
         (window.key,),
     )
+
+
+_HOLD_COLUMNS = "prefix, country, since, until, sends, approved, reason"
+
+
+def _hold(row: Sequence[Any]) -> Hold:
+    prefix, country, since, until, sends, approved, reason = row
+    return Hold(prefix, country, float(since), float(until), int(sends), int(approved), reason)
 
 
 def _json(data: dict[str, Any]) -> str:
@@ -780,12 +806,23 @@ class SqliteStore(Store):
         await self._write(refund)
 
     async def transition(
-        self, verification_id: str, to: Status, now: float, *, record: Record | None = None
+        self,
+        verification_id: str,
+        to: Status,
+        now: float,
+        *,
+        record: Record | None = None,
+        count: Sequence[Window] = (),
     ) -> Verification | None:
         def end_and_record(db: sqlite3.Connection) -> Verification | None:
             ended = self._end(db, verification_id, to, now)
-            if ended is not None and record is not None:
-                _put_record(db, record)
+            if ended is not None:
+                if record is not None:
+                    _put_record(db, record)
+                wall = time.time()
+                for window in count:
+                    assert not window.exact, "a transition counts bucketed windows only"
+                    self._add_to_bucket(db, window, now, 1, wall)
             return ended
 
         return await self._write(end_and_record)
@@ -1012,8 +1049,10 @@ class SqliteStore(Store):
         return sums.tallies()
 
     # -- counters and limits ------------------------------------------------
-    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
-        def count_all(db: sqlite3.Connection) -> Refused | None:
+    async def hit(
+        self, windows: Sequence[Window], now: float, *, guard: GuardCheck | None = None
+    ) -> Refused | GuardRefused | None:
+        def count_all(db: sqlite3.Connection) -> Refused | GuardRefused | None:
             wall = time.time()
             for index, window in enumerate(windows):
                 retry_after = (
@@ -1023,7 +1062,13 @@ class SqliteStore(Store):
                 )
                 if retry_after is not None:
                     return Refused(index, retry_after)
-            for window in windows:
+            counted = list(windows)
+            if guard is not None:
+                refused = self._guard(db, guard, now, wall)
+                if refused is not None:
+                    return refused
+                counted += guard.counted
+            for window in counted:
                 if not window.counted:
                     continue
                 if window.exact:
@@ -1034,15 +1079,50 @@ class SqliteStore(Store):
 
         return await self._write(count_all)
 
-    @staticmethod
-    def _log_room(db: sqlite3.Connection, window: Window, now: float) -> float | None:
-        """None if the exact window has room; else the seconds until it has."""
-        count, oldest = _log_count(db, window, now)
-        return None if count < window.limit else log_retry_after(window, oldest, now)
+    def _guard(
+        self, db: sqlite3.Connection, guard: GuardCheck, now: float, wall: float
+    ) -> GuardRefused | None:
+        """The pumping guard's decision (engine/stores/guard.py), inside `hit`'s transaction."""
+        row = db.execute(
+            f"SELECT {_HOLD_COLUMNS} FROM hold WHERE prefix = ? AND forget_at > ?",  # noqa: S608
+            (guard.prefix, wall),
+        ).fetchone()
+        if row is not None and float(row[3]) > now:
+            hold = _hold(row)
+            return GuardRefused(HELD, hold.until - now, hold)
+        # Every count the decision may need, in one query: the prefix's sends and approvals,
+        # the country's sends and approvals, each a previous and a current bucket.
+        budget = guard.budget
+        windows = (guard.sends, guard.approvals, budget.sends, budget.approvals)
+        keys = [
+            bucket_key(window, number)
+            for window in windows
+            for number in (bucket(now, window.seconds) - 1, bucket(now, window.seconds))
+        ]
+        found = dict(
+            db.execute(
+                "SELECT key, value FROM counter WHERE key IN (?, ?, ?, ?, ?, ?, ?, ?) AND forget_at > ?",
+                (*keys, wall),
+            ).fetchall()
+        )
+        counts = [found.get(key, 0) for key in keys]
+        sends = weighted(guard.sends, counts[0], counts[1], now)
+        approved = weighted(guard.approvals, counts[2], counts[3], now)
+        if should_hold(guard, sends, approved):
+            hold = hold_for(guard, sends, approved, now)
+            db.execute(
+                f"INSERT OR REPLACE INTO hold ({_HOLD_COLUMNS}, forget_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (*astuple(hold), wall + guard.hold_seconds),
+            )
+            return GuardRefused(HELD, guard.hold_seconds, hold, raised=True)
+        limit = country_limit(budget, weighted(budget.approvals, counts[6], counts[7], now))
+        if limit is not None and weighted(budget.sends, counts[4], counts[5], now) + 1 > limit:
+            return country_refusal(budget, counts[4], counts[5], limit, now)
+        return None
 
     @staticmethod
-    def _buckets_room(db: sqlite3.Connection, window: Window, now: float, wall: float) -> float | None:
-        """None if the bucketed window has room; else the seconds until it has."""
+    def _bucket_counts(db: sqlite3.Connection, window: Window, now: float, wall: float) -> tuple[int, int]:
+        """A bucketed window's previous and current bucket at ``now``."""
         number = bucket(now, window.seconds)
         counts = dict(
             db.execute(
@@ -1050,8 +1130,18 @@ class SqliteStore(Store):
                 (bucket_key(window, number - 1), bucket_key(window, number), wall),
             ).fetchall()
         )
-        previous = counts.get(bucket_key(window, number - 1), 0)
-        current = counts.get(bucket_key(window, number), 0)
+        return counts.get(bucket_key(window, number - 1), 0), counts.get(bucket_key(window, number), 0)
+
+    @staticmethod
+    def _log_room(db: sqlite3.Connection, window: Window, now: float) -> float | None:
+        """None if the exact window has room; else the seconds until it has."""
+        count, oldest = _log_count(db, window, now)
+        return None if count < window.limit else log_retry_after(window, oldest, now)
+
+    @classmethod
+    def _buckets_room(cls, db: sqlite3.Connection, window: Window, now: float, wall: float) -> float | None:
+        """None if the bucketed window has room; else the seconds until it has."""
+        previous, current = cls._bucket_counts(db, window, now, wall)
         if buckets_have_room(window, previous, current, now):
             return None
         return buckets_retry_after(window, previous, current, now)
@@ -1086,6 +1176,30 @@ class SqliteStore(Store):
                     self._add_to_bucket(db, window, now, -1, wall)
 
         await self._write(take_back)
+
+    # -- the pumping guard's holds -------------------------------------------
+    async def holds(self, now: float) -> list[Hold]:
+        rows = await self._read(
+            f"SELECT {_HOLD_COLUMNS} FROM hold WHERE until > ? AND forget_at > ? ORDER BY since DESC",  # noqa: S608
+            (now, time.time()),
+        )
+        return [_hold(row) for row in rows]
+
+    async def release_hold(self, prefix: str, forget: Sequence[Window], now: float) -> Hold | None:
+        def release(db: sqlite3.Connection) -> Hold | None:
+            row = db.execute(
+                f"DELETE FROM hold WHERE prefix = ? AND forget_at > ? RETURNING {_HOLD_COLUMNS}",  # noqa: S608
+                (prefix, time.time()),
+            ).fetchone()
+            for window in forget:
+                number = bucket(now, window.seconds)
+                db.execute(
+                    "DELETE FROM counter WHERE key IN (?, ?)",
+                    (bucket_key(window, number - 1), bucket_key(window, number)),
+                )
+            return _hold(row) if row is not None and float(row[3]) > now else None
+
+        return await self._write(release)
 
     # -- repeated requests --------------------------------------------------
     async def claim(self, key: str, ttl: float) -> Claim:

@@ -69,6 +69,10 @@
     ["sends_per_agent_per_minute", "This agent is sending too many codes right now"],
     ["sends_per_minute", "The service is sending too many codes right now"],
     ["failures_per_number_per_day", "Too many wrong codes for this number today"],
+    // The SMS pumping guard refused the send.
+    ["fraud_suspected", "Number's range is held: too few codes entered there"],
+    ["new_country_budget", "Country new here: its codes for this hour are used up"],
+    ["fraud_blocked", "Number's range or country is blocked (MFA_FRAUD_BLOCK)"],
     // SignalWire could not send it.
     ["server_error", "SignalWire had a server error"],
     ["rate_limited", "SignalWire is rate limiting requests"],
@@ -492,6 +496,8 @@
         showBanner(`The server refused a request: ${data.message || data.error}`);
       } else {
         apply(data);
+        // For the other panels (holds.js): every event as it arrives.
+        document.dispatchEvent(new CustomEvent("mfa:event", { detail: data }));
       }
     });
     socket.addEventListener("close", () => {

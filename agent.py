@@ -389,6 +389,8 @@ def build_app(agent: MfaAgent) -> FastAPI:
     sdk_adapter.add_innermost_middleware(
         app, Middleware(RequestEdge, accepts=auth.accepts, max_body_bytes=max_body, refusals=refusals)
     )
+    # The platform's requests (the SWML fetch, function requests) past the edge, without the router.
+    sdk_adapter.serve_directly(app, agent)
     return app
 
 

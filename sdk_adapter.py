@@ -34,23 +34,33 @@ changes it underneath.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import functools
 import importlib.metadata
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote_plus, unquote_plus
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from signalwire import AgentBase
+from signalwire.core._sync_handlers import run_sync_handler
+from signalwire.core.function_result import FunctionResult
+from signalwire.core.mixins.web_mixin import _request_proxy_url
 from signalwire.core.security.session_manager import SessionManager
 from signalwire.core.swaig_function import SWAIGFunction
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.routing import BaseRoute
 
 from server.errors import error_response
 
@@ -73,10 +83,27 @@ OVERRIDDEN = {
     "_handle_swaig_request": ("request", "response"),
     "_tool_token_rejection": ("function_name", "token", "call_id", "conversation_id"),
     "_build_webhook_url": ("endpoint", "query_params"),
+    "_render_swml": ("call_id", "modifications"),
 }
-# The methods of AgentBase this module calls, or relies on (the catch-all route calls `_dispatch_unmatched`).
-CALLED = ("_detect_proxy_from_request", "_check_basic_auth", "_check_content_type", "_dispatch_unmatched")
+# The methods of AgentBase this module calls, or relies on (the catch-all route calls `_dispatch_unmatched`),
+# with the parameters (after self) it calls them with.
+CALLED = {
+    "_detect_proxy_from_request": ("request",),
+    "_check_basic_auth": ("request",),
+    "_check_content_type": ("request",),
+    "_dispatch_unmatched": ("request", "full_path"),
+    "_handle_root_request": ("request",),
+    "_read_body_with_limit": ("request",),
+    "_webhook_signature_check": (),
+    "_swaig_configures_per_call": (),
+    "_swaig_handler_is_async": ("target", "function_name"),
+    "on_function_call": ("name", "args", "raw_data"),
+}
 CALLED_PUBLIC = ("define_tools", "get_basic_auth_credentials", "get_app")
+# The SDK's route endpoints the platform's requests reach (web_mixin.py `_register_routes`), which
+# `DirectRoutes` serves without the router: the SWML fetch and a SWAIG function request.
+SWML_ENDPOINT = "handle_root_post"
+SWAIG_ENDPOINT = "handle_swaig_post"
 
 
 class SdkMismatch(RuntimeError):
@@ -126,10 +153,16 @@ def missing_internal() -> str | None:
             return f"AgentBase has no {name}(), which sdk_adapter.SdkAgent overrides"
         if tuple(inspect.signature(method).parameters)[1:] != parameters:
             return f"AgentBase.{name}() no longer takes ({', '.join(parameters)})"
-    for name in (*CALLED, *CALLED_PUBLIC):
+    for name, parameters in CALLED.items():
+        method = getattr(AgentBase, name, None)
+        if not callable(method):
+            return f"AgentBase has no {name}()"
+        if tuple(inspect.signature(method).parameters)[1 : 1 + len(parameters)] != parameters:
+            return f"AgentBase.{name}() no longer takes ({', '.join(parameters)})"
+    for name in CALLED_PUBLIC:
         if not callable(getattr(AgentBase, name, None)):
             return f"AgentBase has no {name}()"
-    for name in ("create_tool_token", "validate_tool_token"):
+    for name in ("create_tool_token", "validate_tool_token", "create_session"):
         if not callable(getattr(SessionManager, name, None)):
             return f"SessionManager has no {name}()"
     if "secret_key" not in inspect.signature(SessionManager).parameters:
@@ -167,11 +200,44 @@ class SdkAgent(AgentBase):
         """Query parameters to add to the URL of ``endpoint`` (e.g. "swaig") in the SWML."""
         return {}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._swml = SwmlTemplates()
+
     # -- the SDK's private methods, overridden --------------------------------------------
 
     async def _handle_swaig_request(self, request: Request, response: Response) -> SwaigAnswer:
-        sdk = functools.partial(super()._handle_swaig_request, request, response)
+        sdk = functools.partial(self._sdk_swaig, request, response)
         return await self.answer_swaig(request, sdk)
+
+    def _render_swml(self, call_id: str | None = None, modifications: dict[str, Any] | None = None) -> str:
+        # The document is the same for every call up to its function tokens: the SDK renders
+        # it once per set of URLs (SwmlTemplates), and each call gets it with its own tokens.
+        if modifications or self._dynamic_config_callback is not None:
+            document: str = super()._render_swml(call_id, modifications)
+            return document
+        key = self._swml_key()
+        template = self._swml.get(key)
+        if template is None:
+            document = super()._render_swml(call_id, modifications)
+            self._swml.learn(key, document)
+            return document
+        subject = call_id if call_id is not None else self._session_manager.create_session()
+        return template.fill([self.create_token(function, subject) for function in template.functions])
+
+    def _swml_key(self) -> tuple[Any, ...]:
+        """What a SWML document's URLs depend on, request by request: the proxy base the SDK
+        read from this request or keeps from an earlier one, and the query parameters the
+        subclass adds to each kind of URL in the document."""
+        return (
+            _request_proxy_url.get(),
+            self._proxy_url_base,
+            *(tuple(self.webhook_query(endpoint).items()) for endpoint in _DOCUMENT_ENDPOINTS),
+        )
+
+    def forget_swml(self) -> None:
+        """Render the SWML anew: call it after changing anything the document is made of."""
+        self._swml.clear()
 
     def _tool_token_rejection(
         self,
@@ -260,9 +326,205 @@ class SdkAgent(AgentBase):
         definition["web_hook_url"] = self._build_webhook_url("swaig", query)
         return definition
 
+    async def _sdk_swaig(self, request: Request, response: Response) -> SwaigAnswer:
+        """The SDK's answer to a SWAIG request, as `SWMLService._handle_swaig_request` gives it.
+
+        A POST is answered here, step for step as the SDK does (credentials, content type,
+        body, function name, arguments, the function token, the call), without what the
+        SDK does besides on every request: a structlog logger bound and a dozen debug calls,
+        and copies of the query and headers for a per-call configuration this agent does not
+        have. Anything else (a GET, or an agent with per-call configuration) is the SDK's.
+        tests/test_sdk_adapter.py holds the two to the same answers.
+        """
+        if request.method != "POST" or self._swaig_configures_per_call():
+            answer: SwaigAnswer = await super()._handle_swaig_request(request, response)
+            return answer
+        try:
+            if not self._check_basic_auth(request):
+                return sdk_unauthorized()
+            if not self._check_content_type(request):
+                return _sdk_error(415, "Content-Type must be application/json")
+            try:
+                await self._read_body_with_limit(request)
+            except ValueError:
+                return _sdk_error(413, "Request body too large")
+            try:
+                body = await request.json()
+            except Exception:  # any unreadable body is an empty one, as for the SDK
+                body = {}
+            function_name = body.get("function")
+            if not function_name:
+                return _sdk_error(400, "Missing function name")
+            if not _FUNCTION_NAME.match(function_name):
+                return _sdk_error(400, f"Invalid function name format: '{function_name}'")
+            arguments = _sdk_arguments(body)
+            call_id = body.get("call_id")
+            query = request.query_params
+            token = query.get("__token") or query.get("token")
+            conversation_id = _conversation_id(body)
+            extra = {"conversation_id": conversation_id} if conversation_id else {}
+            rejection = self._tool_token_rejection(function_name, token, call_id, **extra)
+            if rejection is not None:
+                return rejection
+            try:
+                if self._swaig_handler_is_async(self, function_name):
+                    result = self.on_function_call(function_name, arguments, body)
+                else:
+                    result = await run_sync_handler(self.on_function_call, function_name, arguments, body)
+                if inspect.isawaitable(result):
+                    result = await result
+                if isinstance(result, FunctionResult):
+                    answered: dict[str, Any] = result.to_dict()
+                    return answered
+                if isinstance(result, dict):
+                    return result
+                return {"response": str(result)}
+            except Exception as error:  # the SDK answers a failed function so
+                return {"error": str(error), "function": function_name}
+        except Exception:  # e.g. a body that is JSON but no object: the SDK's 500
+            return _sdk_error(500, "Internal server error")
+
 
 def _arguments_checked_by_handler(args: dict[str, Any]) -> tuple[bool, list[str]]:
     return True, []
+
+
+# The SDK's rule for a function name in a SWAIG request (swml_service.py).
+_FUNCTION_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _sdk_arguments(body: dict[str, Any]) -> Any:
+    """A SWAIG request's arguments, where the SDK looks for them: ``argument.parsed[0]``,
+    else ``argument.raw`` as JSON, else a flat ``arguments`` object."""
+    arguments: Any = {}
+    argument = body.get("argument")
+    if "argument" in body and isinstance(argument, dict):
+        parsed = argument.get("parsed")
+        if "parsed" in argument and isinstance(parsed, list) and parsed:
+            arguments = parsed[0]
+        elif argument.get("raw"):
+            # The SDK logs raw arguments it cannot read and goes on without arguments.
+            with contextlib.suppress(Exception):
+                arguments = json.loads(argument["raw"])
+    elif "arguments" in body and isinstance(body["arguments"], dict):
+        arguments = body["arguments"]
+    return arguments if isinstance(arguments, dict) else {}
+
+
+def _conversation_id(body: dict[str, Any]) -> str | None:
+    value = body.get("conversation_id")
+    return value if isinstance(value, str) and value else None
+
+
+def _sdk_error(status: int, message: str) -> Response:
+    """An error as the SDK's SWAIG handler writes it."""
+    return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+# -- the SWML document, rendered once per set of URLs --------------------------------------
+
+# The kinds of URL the SDK writes into a SWML document (functions, post-prompt, debug events).
+_DOCUMENT_ENDPOINTS = ("swaig", "post_prompt", "debug_events")
+# A function token in a URL of the document: base64url, its padding URL-encoded.
+_TOKEN_IN_URL = re.compile(r"__token=([A-Za-z0-9_-]+(?:%3D)*)")
+# Documents kept: one per set of URLs (a proxy base, an agent id), and there are few.
+MAX_SWML_TEMPLATES = 64
+
+
+@dataclass(frozen=True)
+class SwmlTemplate:
+    """A SWML document the SDK rendered, cut where its function tokens go.
+
+    ``pieces`` is the document's text around the tokens, one more than ``functions``,
+    the function each token is for, in order.
+    """
+
+    pieces: tuple[str, ...]
+    functions: tuple[str, ...]
+
+    def fill(self, tokens: Sequence[str]) -> str:
+        """The document with ``tokens`` (one per function, in order) where the SDK puts them."""
+        parts = [self.pieces[0]]
+        for token, piece in zip(tokens, self.pieces[1:], strict=True):
+            parts.append(quote_plus(token))  # as urlencode() writes it into the URL
+            parts.append(piece)
+        return "".join(parts)
+
+    @classmethod
+    def cut(cls, document: str) -> SwmlTemplate | None:
+        """The template of a document the SDK rendered, or None when it cannot be cut safely:
+        no token, a token that is not the SDK's, tokens for more than one call, the call's
+        id anywhere else in the document, or a template that does not give the document back."""
+        pieces: list[str] = []
+        functions: list[str] = []
+        tokens: list[str] = []
+        calls: set[str] = set()
+        start = 0
+        for match in _TOKEN_IN_URL.finditer(document):
+            token = unquote_plus(match.group(1))
+            named = _token_names(token)
+            if named is None:
+                return None
+            calls.add(named[0])
+            functions.append(named[1])
+            tokens.append(token)
+            pieces.append(document[start : match.start(1)])
+            start = match.end(1)
+        pieces.append(document[start:])
+        if len(calls) != 1:
+            return None
+        (call_id,) = calls
+        template = cls(tuple(pieces), tuple(functions))
+        spellings = {call_id, json.dumps(call_id)[1:-1], quote_plus(call_id)}
+        if any(spelling in piece for piece in pieces for spelling in spellings):
+            return None
+        return template if template.fill(tokens) == document else None
+
+
+def _token_names(token: str) -> tuple[str, str] | None:
+    """(call id, function) of an SDK function token (SessionManager.generate_token), or None."""
+    try:
+        decoded = base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    parts = decoded.rsplit(".", 4)  # the call id may hold dots; the other four never do
+    if len(parts) != 5 or not parts[0] or not parts[1]:
+        return None
+    return parts[0], parts[1]
+
+
+class SwmlTemplates:
+    """The SWML documents rendered so far, by what their URLs depend on (`SdkAgent._swml_key`).
+
+    The SDK builds the whole document for every call (prompt, steps, functions, each
+    function's URL and token: the largest part of a call's cost in the SDK). Everything
+    but the tokens is the same for every call with the same URLs, so the first document
+    rendered for a set of URLs is kept, cut where its tokens are, and each later call
+    gets it with tokens of its own. The document is the SDK's own: `SwmlTemplate.cut`
+    refuses to keep one it cannot give back exactly.
+    """
+
+    def __init__(self, limit: int = MAX_SWML_TEMPLATES) -> None:
+        self.limit = limit
+        self._templates: dict[tuple[Any, ...], SwmlTemplate] = {}
+
+    def get(self, key: tuple[Any, ...]) -> SwmlTemplate | None:
+        return self._templates.get(key)
+
+    def learn(self, key: tuple[Any, ...], document: str) -> None:
+        """Keep ``document`` for ``key`` if it can be cut (else the next call tries again)."""
+        template = SwmlTemplate.cut(document)
+        if template is None:
+            return
+        if len(self._templates) >= self.limit:
+            self._templates.pop(next(iter(self._templates)))  # the oldest
+        self._templates[key] = template
+
+    def clear(self) -> None:
+        self._templates.clear()
+
+    def __len__(self) -> int:
+        return len(self._templates)
 
 
 # What the SDK answers for a body it cannot process (500: a JSON body that is not an object).
@@ -368,6 +630,99 @@ def add_innermost_middleware(app: FastAPI, middleware: Middleware) -> None:
 def remove_route(app: FastAPI, path: str) -> None:
     """Drop the SDK's routes at ``path`` (e.g. its `/ready`, to serve our own)."""
     app.router.routes[:] = [route for route in app.router.routes if getattr(route, "path", None) != path]
+
+
+class DirectRoutes:
+    """The platform's two requests served without Starlette's router and FastAPI's
+    request handling: the SWML fetch and a SWAIG function request.
+
+    A POST to a path the SDK's SWML route (`handle_root_post`) or SWAIG route
+    (`handle_swaig_post`) serves goes straight to the handler that route calls,
+    after the signature check the route runs when the agent has a signing key. That
+    skips, per request, matching the path against every route, FastAPI's dependency
+    solving, and its per-request exit stacks and telemetry: work the two routes do not
+    need. Every other request goes on to the app, and so does one whose signature
+    fails, so the SDK's route refuses it in its own words. It is the innermost
+    middleware (`add_innermost_middleware`): credentials before the body, the body cap,
+    CORS and the security headers still apply to it.
+    """
+
+    def __init__(self, app: ASGIApp, agent: SdkAgent) -> None:
+        self.app = app
+        self.agent = agent
+        self.paths = direct_paths(agent)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        endpoint = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.paths.get(scope["path"])
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        body = await request.body()
+        if not await _signature_passes(self.agent, request):
+            await self.app(scope, _replay(body, receive), send)
+            return
+        if endpoint == SWML_ENDPOINT:
+            answer: SwaigAnswer = await self.agent._handle_root_request(request)
+        else:
+            answer = await self.agent._handle_swaig_request(request, Response())
+        response = answer if isinstance(answer, Response) else JSONResponse(answer)
+        await response(scope, receive, send)
+
+
+def direct_paths(agent: AgentBase) -> dict[str, str]:
+    """The paths `DirectRoutes` serves, each with the SDK endpoint whose route serves it there:
+    the agent's route (the SWML) and its `swaig` endpoint, with and without the slash."""
+    prefix = agent.route.rstrip("/")
+    swaig = {f"{prefix}/swaig": SWAIG_ENDPOINT, f"{prefix}/swaig/": SWAIG_ENDPOINT}
+    return {f"{prefix}/": SWML_ENDPOINT, **swaig}
+
+
+def sdk_post_endpoints(routes: Iterable[BaseRoute]) -> set[str]:
+    """The names of the endpoints that take a POST among ``routes``, included routers too."""
+    names: set[str] = set()
+    for route in routes:
+        if isinstance(route, APIRoute) and "POST" in (route.methods or ()):
+            names.add(route.endpoint.__name__)
+        included = getattr(route, "original_router", None)  # FastAPI keeps an included router whole
+        if included is not None:
+            names |= sdk_post_endpoints(included.routes)
+    return names
+
+
+def serve_directly(app: FastAPI, agent: SdkAgent) -> None:
+    """Serve the platform's requests with `DirectRoutes`, innermost of the middleware.
+
+    SdkMismatch when the SDK's SWML or SWAIG route is not in ``app``: then the paths
+    `direct_paths` names may be served by something else.
+    """
+    if not {SWML_ENDPOINT, SWAIG_ENDPOINT} <= sdk_post_endpoints(app.router.routes):
+        raise SdkMismatch("the SDK's SWML and SWAIG routes were not found; check sdk_adapter.py")
+    add_innermost_middleware(app, Middleware(DirectRoutes, agent=agent))
+
+
+async def _signature_passes(agent: AgentBase, request: Request) -> bool:
+    """The SDK's webhook signature check (SIGNALWIRE_SIGNING_KEY), as its routes run it."""
+    check = agent._webhook_signature_check()
+    if check is None:
+        return True
+    try:
+        await check(request, Response())
+    except HTTPException:
+        return False
+    return True
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """``receive`` for the app: the body already read, then what comes next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Any:
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 # What the SDK's catch-all route (`handle_all_routes`, web_mixin.py `_dispatch_unmatched`)

@@ -596,7 +596,18 @@ class SecurityHeaders:
 
 def ssl_enabled(agent: AgentBase) -> bool:
     """The SDK's own test, per response, since SSL may be switched on after the app is built."""
-    return bool(getattr(agent, "_ssl_enabled", False) or getattr(agent, "ssl_enabled", False))
+    return bool(_plain_attribute(agent, "_ssl_enabled") or _plain_attribute(agent, "ssl_enabled"))
+
+
+def _plain_attribute(agent: AgentBase, name: str) -> Any:
+    """``getattr(agent, name, False)`` without the SDK's ``__getattr__``, which builds a SWML
+    verb method for a name it does not find (SWMLService) before giving up: on every
+    response for ``_ssl_enabled``, which nothing sets."""
+    found = vars(agent).get(name, _MISSING)
+    return getattr(type(agent), name, False) if found is _MISSING else found
+
+
+_MISSING = object()
 
 
 def find_security_headers_middleware(app: FastAPI) -> int | None:

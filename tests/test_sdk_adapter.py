@@ -400,6 +400,11 @@ def test_ssl_enabled_is_the_attribute_the_sdk_reads() -> None:
     assert not sdk_adapter.ssl_enabled(agent)
     agent.ssl_enabled = True
     assert sdk_adapter.ssl_enabled(agent)
+    other = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True)
+    other._ssl_enabled = True  # the other name the SDK's middleware reads
+    assert sdk_adapter.ssl_enabled(other)
+    # Nothing sets `_ssl_enabled`: reading it goes to the SDK's __getattr__, which the adapter skips.
+    assert "_ssl_enabled" not in vars(agent) and not hasattr(type(agent), "_ssl_enabled")
 
 
 async def test_the_catch_all_route_is_handle_all_routes_and_serves_exactly_the_listed_paths() -> None:

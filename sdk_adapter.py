@@ -248,6 +248,12 @@ class SdkAgent(AgentBase):
     ) -> dict[str, Any] | None:
         if self.token_admitted(function_name, token, call_id):
             return None
+        if (
+            token
+            and call_id is not None
+            and self._session_manager.validate_tool_token(function_name, token, call_id)
+        ):
+            return None  # the SDK's verdict on a good token, without its logger bound and two debug lines
         # A token is honoured only for the call it was issued for. The SDK also takes one
         # issued for the body's `conversation_id` (its chat sessions, which this agent does
         # not serve): a token for call A would then run under any made-up call_id that names

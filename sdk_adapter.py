@@ -44,6 +44,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
@@ -213,17 +214,82 @@ class SdkAgent(AgentBase):
     def _render_swml(self, call_id: str | None = None, modifications: dict[str, Any] | None = None) -> str:
         # The document is the same for every call up to its function tokens: the SDK renders
         # it once per set of URLs (SwmlTemplates), and each call gets it with its own tokens.
-        if modifications or self._dynamic_config_callback is not None:
+        # Only for a call named by text, or by nothing (the SDK makes one up): the SDK mints
+        # no token for an empty id, and writes others as they come.
+        plain_call = call_id is None or (isinstance(call_id, str) and call_id != "")
+        if modifications or self._dynamic_config_callback is not None or not plain_call:
             document: str = super()._render_swml(call_id, modifications)
             return document
         key = self._swml_key()
+        _swml_rendered_for.set(key)
         template = self._swml.get(key)
         if template is None:
             document = super()._render_swml(call_id, modifications)
             self._swml.learn(key, document)
             return document
+        return self._filled(template, call_id)
+
+    def _filled(self, template: SwmlTemplate, call_id: str | None) -> str:
+        """``template`` with fresh tokens for ``call_id`` (one made up without one, as the SDK does)."""
         subject = call_id if call_id is not None else self._session_manager.create_session()
         return template.fill([self.create_token(function, subject) for function in template.functions])
+
+    async def answer_swml(self, request: Request) -> Response:
+        """The SDK's answer to a POST for the SWML (`_handle_root_request`), without its work
+        when a request like this one was answered before.
+
+        "Like this one": the same address as the SDK reads it for the document's URLs
+        (scheme, host, proxy headers), the same query parameters added to them, and the
+        SDK's proxy state unchanged by answering it. Such a request gets the document the
+        SDK rendered then, with tokens for its own call, once its credentials, content
+        type and body have passed the SDK's checks. Any other request, and one whose body
+        is not the platform's (not a JSON object, or a call id that is not text), is the
+        SDK's to answer, which renders (and so learns) its document.
+        """
+        if self._dynamic_config_callback is not None or type(self).on_swml_request is not _ON_SWML_REQUEST:
+            answer: Response = await self._handle_root_request(request)
+            return answer
+        key = self._swml_request_key(request)
+        template = self._swml.for_request(key)
+        if template is not None:
+            filled = await self._swml_from(template, request)
+            if filled is not None:
+                return filled
+        before = self._proxy_url_base
+        rendered = _swml_rendered_for.set(None)
+        try:
+            answer = await self._handle_root_request(request)
+            used = _swml_rendered_for.get()
+        finally:
+            _swml_rendered_for.reset(rendered)
+        if used is not None and self._proxy_url_base == before and answer.status_code == 200:
+            self._swml.remember(key, used)
+        return answer
+
+    def _swml_request_key(self, request: Request) -> tuple[Any, ...]:
+        """What the SDK's answer to a SWML fetch depends on besides the call: see `answer_swml`."""
+        scope = request.scope
+        headers = tuple((name, value) for name, value in scope["headers"] if name in _ADDRESS_HEADERS)
+        return (scope.get("scheme"), scope.get("server"), scope.get("root_path"), headers, *self._swml_key())
+
+    async def _swml_from(self, template: SwmlTemplate, request: Request) -> Response | None:
+        """``template`` filled for the request's call, if the request passes as the SDK
+        would pass it; None for the SDK to answer."""
+        if (
+            request.method != "POST"
+            or not self._check_basic_auth(request)
+            or not self._check_content_type(request)
+        ):
+            return None
+        try:
+            raw = await self._read_body_with_limit(request)
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            return None
+        found, call_id = _swml_call_id(body)
+        if not found:
+            return None
+        return Response(content=self._filled(template, call_id), media_type="application/json")
 
     def _swml_key(self) -> tuple[Any, ...]:
         """What a SWML document's URLs depend on, request by request: the proxy base the SDK
@@ -395,6 +461,35 @@ def _arguments_checked_by_handler(args: dict[str, Any]) -> tuple[bool, list[str]
     return True, []
 
 
+# The key of the SWML document `_render_swml` gave in this request (see `answer_swml`).
+_swml_rendered_for: ContextVar[tuple[Any, ...] | None] = ContextVar("_swml_rendered_for", default=None)
+# The headers the SDK reads for the address its URLs are built on (web_mixin.py `_handle_root_request`,
+# swml_service.py `_detect_proxy_from_primitives`), X-Forwarded-For aside (it only logs it).
+_ADDRESS_HEADERS = frozenset(
+    {b"host", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded", b"x-original-host"}
+)
+_ON_SWML_REQUEST = AgentBase.on_swml_request
+
+
+def _swml_call_id(body: Any) -> tuple[bool, str | None]:
+    """(True, the call id) where the SDK's SWML fetch finds it in ``body`` (`call_id`, else
+    `call.call_id`; None when neither is there), or (False, None) for a body it would
+    answer otherwise (not an object, `call` not an object, a call id that is not text)."""
+    if not isinstance(body, dict):
+        return False, None
+    call_id = body.get("call_id")
+    if not call_id and "call" in body:
+        call = body["call"]
+        if not isinstance(call, dict):
+            return False, None
+        call_id = call.get("call_id")
+    if call_id is None:
+        return True, None
+    if isinstance(call_id, str) and call_id:
+        return True, call_id
+    return False, None
+
+
 # The SDK's rule for a function name in a SWAIG request (swml_service.py).
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -513,9 +608,23 @@ class SwmlTemplates:
     def __init__(self, limit: int = MAX_SWML_TEMPLATES) -> None:
         self.limit = limit
         self._templates: dict[tuple[Any, ...], SwmlTemplate] = {}
+        self._by_request: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
     def get(self, key: tuple[Any, ...]) -> SwmlTemplate | None:
         return self._templates.get(key)
+
+    def for_request(self, request_key: tuple[Any, ...]) -> SwmlTemplate | None:
+        """The document a request like this one was answered with (`SdkAgent.answer_swml`)."""
+        key = self._by_request.get(request_key)
+        return None if key is None else self._templates.get(key)
+
+    def remember(self, request_key: tuple[Any, ...], key: tuple[Any, ...]) -> None:
+        """Requests like this one are answered with the document kept for ``key``."""
+        if key not in self._templates:
+            return
+        if len(self._by_request) >= self.limit:
+            self._by_request.pop(next(iter(self._by_request)))
+        self._by_request[request_key] = key
 
     def learn(self, key: tuple[Any, ...], document: str) -> None:
         """Keep ``document`` for ``key`` if it can be cut (else the next call tries again)."""
@@ -528,6 +637,7 @@ class SwmlTemplates:
 
     def clear(self) -> None:
         self._templates.clear()
+        self._by_request.clear()
 
     def __len__(self) -> int:
         return len(self._templates)
@@ -682,7 +792,7 @@ class DirectRoutes:
             await self.app(scope, _replay(body, receive), send)
             return
         if endpoint == SWML_ENDPOINT:
-            answer: SwaigAnswer = await self.agent._handle_root_request(request)
+            answer: SwaigAnswer = await self.agent.answer_swml(request)
         else:
             answer = await self.agent._handle_swaig_request(request, Response())
         response = answer if isinstance(answer, Response) else JSONResponse(answer)

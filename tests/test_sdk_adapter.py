@@ -795,3 +795,74 @@ def _as_wire(answer: sdk_adapter.SwaigAnswer) -> tuple[int, str, dict[str, str]]
     """(status, body, headers) as the route would send ``answer``."""
     response = answer if isinstance(answer, Response) else sdk_adapter.JSONResponse(answer)
     return response.status_code, bytes(response.body).decode(), dict(response.headers)
+
+
+async def test_a_swml_fetch_like_one_answered_before_skips_the_sdks_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = Probe()
+    app = agent.get_app()
+    sdk_adapter.serve_directly(app, agent)
+    answered: list[str] = []
+    root = AgentBase._handle_root_request
+
+    async def counted(self: AgentBase, request: Request) -> Any:
+        answered.append(request.headers.get("host", ""))
+        return await root(self, request)
+
+    monkeypatch.setattr(AgentBase, "_handle_root_request", counted)
+
+    async def fetch(call_id: str, *headers: tuple[str, str]) -> str:
+        body = json.dumps({"call": {"call_id": call_id}}).encode()
+        answer = await _request(app, "POST", "/", body=body, headers=[_auth_header(), *headers])
+        assert answer.status == 200
+        return _echo_url(answer.body.decode())
+
+    for n in range(3):
+        url = await fetch(f"call-{n:04d}-abcdef")
+        token = parse_qs(urlsplit(url).query)["__token"][0]
+        assert agent.signed_with_any("echo", token, f"call-{n:04d}-abcdef", [agent.token_secret])
+    # The first fetch moved the SDK's proxy state (the server's own name is not local), so
+    # the second is the SDK's too; from the third on, none is.
+    assert len(answered) == 2
+    # Another address for the URLs: the SDK answers it, and the next plain fetch (its proxy
+    # state moved again); after that the plain fetch is known again.
+    assert (
+        urlsplit(await fetch("call-0100-abcdef", ("host", "mfa.example.org"))).hostname == "mfa.example.org"
+    )
+    assert urlsplit(await fetch("call-0101-abcdef")).hostname == "agent.example"
+    assert len(answered) == 4
+    await fetch("call-0102-abcdef")
+    assert len(answered) == 4
+    # Wrong credentials are the SDK's to refuse.
+    refused = await _request(app, "POST", "/", body=b"{}", headers=[_auth_header(("probe", "nope"))])
+    assert refused.status == 401 and len(answered) == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        ({"call": {"call_id": "c-1"}}, (True, "c-1")),
+        ({"call_id": "c-2", "call": {"call_id": "c-1"}}, (True, "c-2")),
+        ({"call_id": "", "call": {"call_id": "c-1"}}, (True, "c-1")),
+        ({}, (True, None)),
+        ({"call": {}}, (True, None)),
+        ({"call_id": ""}, (False, None)),
+        ({"call_id": 7}, (False, None)),
+        ({"call": "c-1"}, (False, None)),
+        ([1], (False, None)),
+    ],
+)
+def test_the_call_id_of_a_swml_fetch_is_where_the_sdk_looks_for_it(
+    body: Any, found: tuple[bool, Any]
+) -> None:
+    assert sdk_adapter._swml_call_id(body) == found
+
+
+def test_a_call_id_the_sdk_mints_no_token_for_is_rendered_by_the_sdk() -> None:
+    agent = Probe()
+    agent._render_swml("3f1c0a52-call-one")  # the document is kept
+    document = json.loads(agent._render_swml(""))
+    ai = next(verb["ai"] for verb in document["sections"]["main"] if "ai" in verb)
+    echo = next(f for f in ai["SWAIG"]["functions"] if f["function"] == "echo")
+    assert "web_hook_url" not in echo  # the SDK's own render: no token, so no URL, for an empty id

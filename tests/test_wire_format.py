@@ -189,6 +189,7 @@ class Agents:
         self.ours, self.theirs = ours, theirs
         self.ours_app, self.theirs_app = build_app(ours), sdk_only_app(theirs)
         self.renders_for_ours = 0
+        self.sdk_swml_answers_for_ours = 0
         self.settings: tuple[Settings, Settings] | None = None
 
     def __iter__(self) -> Iterator[FastAPI]:
@@ -223,6 +224,14 @@ async def two_agents(
         return document
 
     monkeypatch.setattr(AgentBase, "_render_swml", counted)
+    root = AgentBase._handle_root_request
+
+    async def answered(agent: AgentBase, request: Request) -> Response:
+        agents.sdk_swml_answers_for_ours += agent is agents.ours
+        answer: Response = await root(agent, request)
+        return answer
+
+    monkeypatch.setattr(AgentBase, "_handle_root_request", answered)
     async with AsyncExitStack() as running:
         for app in agents:
             await running.enter_async_context(app.router.lifespan_context(app))
@@ -273,6 +282,12 @@ async def test_the_swml_document_is_the_sdks_up_to_the_tokens(
         assert len(agents.ours._swml) == distinct_urls
         document = (await http(ours, "POST", "/", platform_swml_body(), [JSON])).body.decode()
         assert agents.renders_for_ours == distinct_urls
+        # A request like one answered before is answered without the SDK's handler at all.
+        answered_by_sdk = agents.sdk_swml_answers_for_ours
+        again = await http(ours, "POST", "/", platform_swml_body(), [JSON])
+        same_on_the_wire(again, await http(theirs, "POST", "/", platform_swml_body(), [JSON]))
+        assert agents.sdk_swml_answers_for_ours == answered_by_sdk
+        assert agents.sdk_swml_answers_for_ours < len(SWML_REQUESTS)
         if proxy:
             assert f"@{urlsplit(proxy).netloc}/swaig/?__token=" in document
 
@@ -419,6 +434,30 @@ async def test_a_refused_request_is_refused_in_the_same_words(
             assert ours_answer.status == 401
         for method, path in (("GET", "/"), ("GET", "/swaig"), ("POST", "//swaig"), ("POST", "/swaig//")):
             same_on_the_wire(await http(ours, method, path), await http(theirs, method, path))
+        # A fetch of the SWML with a body the platform would not send, after one it would.
+        for app in agents:
+            await http(app, "POST", "/", platform_swml_body(), [JSON])
+        odd_bodies = {
+            "not JSON": b"{nope",
+            "a list": b"[1]",
+            "call not an object": b'{"call": "x"}',
+            "an empty call id": b'{"call_id": ""}',
+            "a call id that is a number": b'{"call_id": 5}',
+            "a call id that is an object": b'{"call": {"call_id": {"a": 1}}}',
+            "a top call id of zero, a nested one": b'{"call_id": 0, "call": {"call_id": "nested-call-0001"}}',
+        }
+        for name, body in odd_bodies.items():
+            ours_answer = await http(ours, "POST", "/", body, [JSON])
+            theirs_answer = await http(theirs, "POST", "/", body, [JSON])
+            try:
+                same_on_the_wire(ours_answer, theirs_answer, ["5", "nested-call-0001", "{'a': 1}"])
+            except AssertionError as difference:
+                raise AssertionError(f"{name}: {difference}") from None
+        text = ("content-type", "text/plain")
+        same_on_the_wire(
+            await http(ours, "POST", "/", platform_swml_body(), [text]),
+            await http(theirs, "POST", "/", platform_swml_body(), [text]),
+        )
 
 
 async def test_a_whole_call_is_answered_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

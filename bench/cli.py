@@ -242,12 +242,15 @@ async def measure(run: Run, fake: Service, control_url: str) -> dict[str, Any]:
                 raise SystemExit("--rate is needed when the capacity phase does not run")
             _say(f"open loop: bare at {rate:.1f} calls/s ...")
             results["open_loop_bare"] = await open_phase("bare", 0.0, rate)
-            if "realistic" in phases:
-                _say(f"open loop: ours at {rate:.1f} calls/s, provider delay {args.delay:g} s ...")
-                results["realistic"] = await open_phase("ours", args.delay, rate)
-            if "slow" in phases:
-                _say(f"open loop: ours at {rate:.1f} calls/s, provider delay {args.slow_delay:g} s ...")
-                results["slow"] = await open_phase("ours", args.slow_delay, rate)
+            # Every tree of ours, at the same rate (a compared tree's under "realistic <name>").
+            for name in (name for name in run.targets if name != "bare"):
+                suffix = "" if name == "ours" else f" {name}"
+                if "realistic" in phases:
+                    _say(f"open loop: {name} at {rate:.1f} calls/s, provider delay {args.delay:g} s ...")
+                    results[f"realistic{suffix}"] = await open_phase(name, args.delay, rate)
+                if "slow" in phases:
+                    _say(f"open loop: {name} at {rate:.1f} calls/s, provider delay {args.slow_delay:g} s ...")
+                    results[f"slow{suffix}"] = await open_phase(name, args.slow_delay, rate)
 
         if "memory" in phases:
             _say("memory per pending verification ...")

@@ -305,23 +305,27 @@ def render(document: dict[str, Any]) -> str:
         sections.append(_capacity(document))
     if "kinds" in document:
         sections.append(_kinds(document))
-    if "realistic" in document:
+    for key in [key for key in document if key == "realistic" or key.startswith("realistic ")]:
         sections.append(
             _open(
                 document,
-                "realistic",
-                "2. Realistic load: open loop, {rate} calls/s (a share of the bare capacity), "
-                "callers pausing between steps, provider delay {delay:g} s",
+                key,
+                "2. Realistic load"
+                + key.removeprefix("realistic")
+                + ": open loop, {rate} calls/s (a share of "
+                "the bare capacity), callers pausing between steps, provider delay {delay:g} s",
                 REALISTIC_P99_MS,
                 all_within=False,
             )
         )
-    if "slow" in document:
+    for key in [key for key in document if key == "slow" or key.startswith("slow ")]:
         sections.append(
             _open(
                 document,
-                "slow",
-                "3. Slow provider: open loop, {rate} calls/s, provider delay {delay:g} s",
+                key,
+                "3. Slow provider"
+                + key.removeprefix("slow")
+                + ": open loop, {rate} calls/s, provider delay {delay:g} s",
                 SLOW_P99_MS,
                 all_within=True,
             )

@@ -284,7 +284,7 @@ class SdkAgent(AgentBase):
         try:
             raw = await self._read_body_with_limit(request)
             body = json.loads(raw) if raw else {}
-        except ValueError:
+        except Exception:  # too large, not JSON, nested too deep: the SDK answers it its way
             return None
         found, call_id = _swml_call_id(body)
         if not found:

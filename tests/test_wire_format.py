@@ -380,6 +380,7 @@ async def test_swaig_answers_are_the_sdks_for_every_kind_of_request(
             "not JSON": (send, b"{not json", [JSON]),
             "JSON but not an object": (send, b"[1, 2, 3]", [JSON]),
             "not UTF-8": (send, b'{"function": "\xff"}', [JSON]),
+            "nested deeper than JSON can be read": (send, b"[" * 100_000 + b"]" * 100_000, [JSON]),
             "a text content type": (send, swaig_body("send_mfa", {}), [("content-type", "text/plain")]),
             "no content type": (send, swaig_body("transfer_to_person", {}), []),
             "a discovery": (
@@ -444,6 +445,7 @@ async def test_a_refused_request_is_refused_in_the_same_words(
             "an empty call id": b'{"call_id": ""}',
             "a call id that is a number": b'{"call_id": 5}',
             "a call id that is an object": b'{"call": {"call_id": {"a": 1}}}',
+            "nested deeper than JSON can be read": b"[" * 100_000 + b"]" * 100_000,
             "a top call id of zero, a nested one": b'{"call_id": 0, "call": {"call_id": "nested-call-0001"}}',
         }
         for name, body in odd_bodies.items():

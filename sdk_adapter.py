@@ -61,6 +61,7 @@ from signalwire.core.swaig_function import SWAIGFunction
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 
 from server.errors import error_response
@@ -787,7 +788,10 @@ class DirectRoutes:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            return  # the client left in the middle of its body: nobody to answer
         if not await _signature_passes(self.agent, request):
             await self.app(scope, _replay(body, receive), send)
             return

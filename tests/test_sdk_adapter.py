@@ -866,3 +866,28 @@ def test_a_call_id_the_sdk_mints_no_token_for_is_rendered_by_the_sdk() -> None:
     ai = next(verb["ai"] for verb in document["sections"]["main"] if "ai" in verb)
     echo = next(f for f in ai["SWAIG"]["functions"] if f["function"] == "echo")
     assert "web_hook_url" not in echo  # the SDK's own render: no token, so no URL, for an empty id
+
+
+async def test_a_client_that_leaves_in_the_middle_of_its_body_gets_nothing_and_breaks_nothing() -> None:
+    agent = Probe()
+    app = agent.get_app()
+    sdk_adapter.replace_security_headers_middleware(app, agent)  # the SDK's has nothing to send either
+    sdk_adapter.serve_directly(app, agent)
+    for path in sdk_adapter.direct_paths(agent):
+        sent = await _leaving(app, path)
+        assert sent == [], path
+
+
+async def _leaving(app: Any, path: str) -> list[Any]:
+    """What ``app`` sends to a client that sends part of its body and leaves."""
+    chunks = [{"type": "http.request", "body": b'{"call": ', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(_scope("POST", path, [_auth_header(), ("content-length", "100")], ""), receive, send)
+    return sent

@@ -489,3 +489,34 @@ async def test_a_whole_call_is_answered_the_same(tmp_path: Path, monkeypatch: py
         assert "not correct" in (await step("verify_mfa", wrong)).json()["response"]
         verified = await step("verify_mfa", [{"token": code} for code in codes])
         assert "connect" in verified.body.decode()  # handed on to MFA_ON_VERIFIED
+
+
+async def test_with_a_signing_key_only_signed_requests_are_served_as_by_the_sdk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from signalwire.core.security.webhook_validator import _hex_hmac_sha1
+
+    monkeypatch.setenv("SIGNALWIRE_SIGNING_KEY", "PSK_wire_format_signing_key")
+
+    def signed(target: str, body: bytes) -> tuple[str, str]:
+        url = f"http://127.0.0.1:3000{target}"  # as the agent sees it (no proxy here)
+        return ("x-signalwire-signature", _hex_hmac_sha1("PSK_wire_format_signing_key", url + body.decode()))
+
+    async with two_agents(tmp_path, monkeypatch, None) as agents:
+        swml = platform_swml_body()
+        for headers, status in (([JSON], 403), ([JSON, ("x-signalwire-signature", "0" * 40)], 403)):
+            for target in ("/", "/swaig", "/swaig/"):
+                answers = [await http(app, "POST", target, swml, headers) for app in agents]
+                same_on_the_wire(answers[0], answers[1])
+                assert answers[0].status == status, target
+        answers = [await http(app, "POST", "/", swml, [JSON, signed("/", swml)]) for app in agents]
+        same_on_the_wire(answers[0], answers[1])
+        assert answers[0].status == 200
+        urls = [path_of(function_urls(answer)["verify_mfa"]) for answer in answers]
+        body = swaig_body("verify_mfa", {"token": "123456"})
+        checked = [
+            await http(app, "POST", url, body, [JSON, signed(url, body)])
+            for app, url in zip(agents, urls, strict=True)
+        ]
+        same_on_the_wire(checked[0], checked[1])
+        assert "No code has been sent" in checked[0].json()["response"]

@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
+import os
 import re
 import secrets
 import sys
@@ -44,13 +46,15 @@ from starlette.routing import BaseRoute, Match
 # The module, not its names: `swaig-test` serves any agent class it finds in this file's namespace.
 import sdk_adapter
 from api import build_api_router
+from api.delivery_status import MAX_REPORT_BYTES, build_delivery_router
 from config import Settings, config_errors
 from config.logs import announce, configure_logging
 from config.settings import AGENT_ID
 from conversation import configure_conversation
+from engine.delivery.signalwire_messaging import STATUS_CALLBACK_PATH
 from engine.discoveries import bind_to_call
 from engine.errors import StoreUnavailable
-from engine.providers import PROVIDERS
+from engine.providers import PROVIDERS, reports_delivery
 from engine.runtime import NotStarted, Runtime
 from functions import STORE_DOWN, MfaFunctions
 from functions.includes import (
@@ -64,10 +68,10 @@ from functions.includes import (
     parse_discovery,
 )
 from languages import LANGUAGES, Texts
-from server import RequestEdge, uvicorn_config
+from server import RequestEdge, SignedRoute, uvicorn_config
 from server.auth import BasicAuth, unauthorized_response
 from server.context import request_agent_id, request_from_include
-from server.errors import body_too_large_response
+from server.errors import body_too_large_response, not_signed_response
 from web import build_live_router
 
 log = logging.getLogger("mfa")
@@ -103,6 +107,8 @@ class MfaAgent(sdk_adapter.SdkAgent):
             self.settings.swml_basic_auth_user or "signalwire",
             password.get_secret_value() if password else secrets.token_urlsafe(18),
         )
+        # The Signing Key too: with it the SDK refuses SWML and function requests SignalWire did not sign.
+        signing_key = self.settings.signalwire_signing_key
         super().__init__(
             name="mfa",
             route="/",
@@ -110,6 +116,7 @@ class MfaAgent(sdk_adapter.SdkAgent):
             port=self.settings.port,
             basic_auth=basic_auth,
             suppress_logs=True,
+            signing_key=signing_key.get_secret_value() if signing_key else None,
         )
         # Function tokens are signed with the key ring's secret, the same on every instance.
         self.runtime.keys.on_change(lambda keys: self.use_token_secret(keys.swaig_secret))
@@ -338,17 +345,19 @@ class RouteRefusals:
     it as a module, and a dataclass needs its module registered.
     """
 
-    def __init__(self, *, api_routes: tuple[BaseRoute, ...], max_body_bytes: int) -> None:
+    def __init__(self, *, api_routes: tuple[BaseRoute, ...]) -> None:
         self.api_routes = api_routes  # every route this project mounts
-        self.max_body_bytes = max_body_bytes
 
     def unauthorized(self, scope: Scope) -> Response:
         return unauthorized_response() if self._is_api(scope) else sdk_adapter.sdk_unauthorized()
 
-    def too_large(self, scope: Scope) -> Response:
+    def too_large(self, scope: Scope, limit: int) -> Response:
         if str(scope["path"]).strip("/") == "swaig":
             return JSONResponse({"response": UNREADABLE_REQUEST})
-        return body_too_large_response(self.max_body_bytes)
+        return body_too_large_response(limit)
+
+    def forbidden(self, scope: Scope) -> Response:
+        return not_signed_response()
 
     def _is_api(self, scope: Scope) -> bool:
         # A partial match (the path with another method) is one of ours too.
@@ -379,15 +388,43 @@ def build_app(agent: MfaAgent) -> FastAPI:
         build_api_router(runtime, auth),
         build_live_router(runtime, auth),
     ]
+    signed_routes = []
+    settings = runtime.settings
+    if reports_delivery(settings):
+        # SignalWire's delivery reports: signed with the Signing Key instead of Basic credentials.
+        assert settings.signalwire_signing_key is not None and settings.swml_proxy_url_base is not None
+        signing_key = settings.signalwire_signing_key.get_secret_value()
+        routers.append(
+            build_delivery_router(
+                runtime,
+                public_url=settings.swml_proxy_url_base,
+                signed=functools.partial(sdk_adapter.signed_by_signalwire, signing_key),
+            )
+        )
+        signed_routes.append(
+            SignedRoute(
+                "POST",
+                STATUS_CALLBACK_PATH,
+                tuple(name.encode() for name in sdk_adapter.SIGNATURE_HEADERS),
+                MAX_REPORT_BYTES,
+            )
+        )
     for router in routers:
         agent.mount(router)
     sdk_adapter.answer_unknown_paths_with_404(app, agent)
     # Innermost of the middleware: its answers still get the security headers (and CORS).
     max_body = runtime.settings.mfa_max_body_bytes
     api_routes = tuple(route for router in routers for route in router.routes)
-    refusals = RouteRefusals(api_routes=api_routes, max_body_bytes=max_body)
+    refusals = RouteRefusals(api_routes=api_routes)
     sdk_adapter.add_innermost_middleware(
-        app, Middleware(RequestEdge, accepts=auth.accepts, max_body_bytes=max_body, refusals=refusals)
+        app,
+        Middleware(
+            RequestEdge,
+            accepts=auth.accepts,
+            max_body_bytes=max_body,
+            refusals=refusals,
+            signed_routes=signed_routes,
+        ),
     )
     # The platform's requests (the SWML fetch, function requests) past the edge, without the router.
     sdk_adapter.serve_directly(app, agent)
@@ -492,6 +529,10 @@ def serve(argv: list[str] | None = None) -> None:
     )
     options = arguments.parse_args(argv)
     settings = load_settings()
+    if settings.swml_proxy_url_base:
+        # The SDK reads it from the process environment only (its function URLs, its signature
+        # check); one set in .env is handed to it there, so both build on the same public URL.
+        os.environ.setdefault("SWML_PROXY_URL_BASE", settings.swml_proxy_url_base)
     configure_logging(settings.log_level, settings.log_format)
     sdk_adapter.check_sdk()
     if options.check:

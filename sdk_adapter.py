@@ -25,6 +25,10 @@ module:
 - What the SDK answers on its own: `sdk_unauthorized()` (its 401),
   `sdk_could_not_read()` (its answers to an unreadable SWAIG body), and
   `basic_auth_credentials()` (the shape `get_basic_auth_credentials` returns).
+- SignalWire's webhook signatures: `signed_by_signalwire()` checks one the way the
+  SDK checks its own routes (`signalwire.core.security.webhook_middleware.validate`:
+  the SHA-256 header first, then `X-SignalWire-Signature` or `X-Twilio-Signature`;
+  JSON and form-encoded schemes; the default port in the URL or not).
 
 Checked against the SDK versions in `CHECKED_SDK_VERSIONS`; `check_sdk()` stops
 start-up with one line outside them, or when an internal used here is missing.
@@ -42,7 +46,7 @@ import importlib.metadata
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -56,6 +60,7 @@ from signalwire import AgentBase
 from signalwire.core._sync_handlers import run_sync_handler
 from signalwire.core.function_result import FunctionResult
 from signalwire.core.mixins.web_mixin import _request_proxy_url
+from signalwire.core.security import webhook_middleware
 from signalwire.core.security.session_manager import SessionManager
 from signalwire.core.swaig_function import SWAIGFunction
 from starlette.datastructures import MutableHeaders
@@ -106,6 +111,10 @@ CALLED_PUBLIC = ("define_tools", "get_basic_auth_credentials", "get_app")
 # `DirectRoutes` serves without the router: the SWML fetch and a SWAIG function request.
 SWML_ENDPOINT = "handle_root_post"
 SWAIG_ENDPOINT = "handle_swaig_post"
+# The parameters of the SDK's framework-free signature check (`signed_by_signalwire`).
+SIGNATURE_CHECK = ("method", "url", "headers", "body", "signing_key")
+# The headers a SignalWire signature comes in (lower case), any one of them (security.md).
+SIGNATURE_HEADERS = ("x-signalwire-sha256-signature", "x-signalwire-signature", "x-twilio-signature")
 
 
 class SdkMismatch(RuntimeError):
@@ -172,6 +181,9 @@ def missing_internal() -> str | None:
     for name in ("validate_args", "to_swaig"):
         if not callable(getattr(SWAIGFunction, name, None)):
             return f"SWAIGFunction has no {name}()"
+    validate = getattr(webhook_middleware, "validate", None)
+    if not callable(validate) or tuple(inspect.signature(validate).parameters) != SIGNATURE_CHECK:
+        return f"webhook_middleware.validate() no longer takes ({', '.join(SIGNATURE_CHECK)})"
     return None
 
 
@@ -662,6 +674,17 @@ def sdk_unauthorized() -> Response:
         headers={"WWW-Authenticate": "Basic"},
         media_type="application/json",
     )
+
+
+def signed_by_signalwire(signing_key: str, url: str, headers: Mapping[str, str], body: str) -> bool:
+    """Whether a POST to ``url`` with ``body`` carries SignalWire's signature made with
+    ``signing_key``; ``headers`` are looked up by lower-case name (Starlette's are).
+
+    ``url`` is the one SignalWire called: the public URL, not the one the server saw
+    behind a proxy. A signature has no timestamp: whoever acts on a signed request
+    must make acting on it twice harmless.
+    """
+    return webhook_middleware.validate("POST", url, headers, body, signing_key=signing_key) is None
 
 
 def basic_auth_credentials(agent: AgentBase) -> tuple[str, str]:

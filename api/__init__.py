@@ -1,5 +1,6 @@
-"""The HTTP verification API (`/verifications`) and the walkthrough's workflow API
-(`/orchestrators/E4_SmsPhoneVerification`), over the same engine as the calls."""
+"""The HTTP verification API (`/verifications`), the walkthrough's workflow API
+(`/orchestrators/E4_SmsPhoneVerification`) and the pumping guard's holds (`/fraud/holds`),
+over the same engine as the calls."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from api.errors import ApiRoute
+from api.fraud import build_fraud_router
 from api.openapi import openapi_document
 from api.orchestrators import build_orchestrators_router
 from api.verifications import build_verifications_router
@@ -20,6 +22,7 @@ def build_api_router(runtime: Runtime, auth: BasicAuth) -> APIRouter:
     router = APIRouter(dependencies=[Depends(auth)], route_class=ApiRoute)
     router.include_router(build_verifications_router(runtime))
     router.include_router(build_orchestrators_router(runtime))
+    router.include_router(build_fraud_router(runtime))
     document: dict[str, Any] = {}
 
     @router.get("/openapi.json", include_in_schema=False)

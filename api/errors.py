@@ -19,12 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from engine.errors import ProviderUnavailable, RateLimited, VerificationError
+from engine.errors import FraudRefused, ProviderUnavailable, RateLimited, VerificationError
 from server.errors import ErrorBody, error_response
 
 
 def _retry_after(error: VerificationError) -> int | None:
-    return error.retry_after if isinstance(error, RateLimited | ProviderUnavailable) else None
+    return error.retry_after if isinstance(error, RateLimited | ProviderUnavailable | FraudRefused) else None
 
 
 def _validation_message(error: RequestValidationError) -> str:
@@ -81,12 +81,13 @@ _RETRY_AFTER = {
 _DESCRIPTIONS = {
     400: "The request cannot be acted on.",
     401: "Missing or wrong Basic credentials.",
-    404: "No such verification or instance.",
+    404: "No such verification, instance or hold.",
     410: "The instance has finished.",
     412: "The instance is still running.",
     413: "The request body is larger than the server reads (`body_too_large`).",
     422: "The request body or a parameter is not valid, or the number may not receive a code.",
-    429: "A rate limit was reached.",
+    429: "A rate limit was reached, or the SMS pumping guard refused the number for now "
+    "(`fraud_suspected`: its prefix is held; `new_country_budget`: its country's hourly budget is spent).",
     502: "The provider refused the request (a configuration problem).",
     503: "The provider or the store is unavailable right now.",
 }

@@ -18,7 +18,8 @@ VERSION = "1.0.0"
 DESCRIPTION = (
     "One-time codes for web and app sign-in flows (`/verifications`), and the phone-verification "
     "walkthrough's workflow (`/orchestrators/E4_SmsPhoneVerification` and its instance URIs), over the "
-    "same engine as the voice agent: the same destination policy, rate limits and events. Every error "
+    "same engine as the voice agent: the same destination policy, rate limits, SMS pumping guard "
+    "(`/fraud/holds`: the prefixes it holds) and events. Every error "
     'answers `{"error": {"code", "message"}}`. Numbers are masked to their last four digits; codes '
     "never appear in an answer."
 )

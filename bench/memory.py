@@ -1,9 +1,9 @@
 """Memory per pending verification, in each store.
 
 N verifications are started through the engine itself (destination policy,
-the three rate-limit counters a send records, the verification record and
-its place in the expiry schedule), with a stub provider that answers at
-once, as a SignalWire send would. Then:
+the three rate-limit counters a send records, the pumping guard's counts of
+its prefix and country, the verification record and its place in the expiry
+schedule), with a stub provider that answers at once, as a SignalWire send would. Then:
 
 - SQLite: the database file's growth after a WAL checkpoint, per verification,
   with the bytes of each table and index (SQLite's ``dbstat``);
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.events.publisher import EventPublisher
+from engine.fraud import FraudGuard, FraudSettings
 from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
 from engine.models import Verification
@@ -55,8 +56,15 @@ async def _engine(store: Store) -> VerificationEngine:
     keys = KeyRing()
     await keys.sync(store)
     limits = Limits(store, LimitSettings(big, big, big, big, big, big), keys)
+    # As deployed, but a new country's budget out of the way: every number is in the US.
+    fraud = FraudGuard(store, FraudSettings(new_country_sends=100_000))
     return VerificationEngine(
-        store=store, provider=StubProvider(), publisher=EventPublisher(), limits=limits, shape=SHAPE
+        store=store,
+        provider=StubProvider(),
+        publisher=EventPublisher(),
+        limits=limits,
+        shape=SHAPE,
+        fraud=fraud,
     )
 
 

@@ -239,6 +239,10 @@ def our_agent(
         MFA_SENDS_PER_AGENT_PER_MINUTE="100000000",
         MFA_SENDS_PER_MINUTE="100000000",
         MFA_MAX_FAILURES_PER_NUMBER_PER_DAY="100",
+        # The pumping guard stays on and does all its work (every send counted per prefix and
+        # country, every approval counted); only a new country's first-hour budget is raised, as
+        # the limits above are: every call goes to the US, which is new to each fresh store.
+        MFA_FRAUD_NEW_COUNTRY_SENDS="100000",
         # The bare agent looks nothing up: neither does ours here (a lookup is once a day per number).
         MFA_LINE_TYPE_CHECK="off",
         # Every simulated call comes from this one address, up to thousands of connections at once.

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     mfa_webhook_secret: SecretStr | None = None
     # SignalWire's Signing Key (dashboard, API credentials): checks its delivery status callbacks.
     signalwire_signing_key: SecretStr | None = None
+    # The SDK's own variable: the agent's public base URL. The SDK builds its function URLs
+    # from it; the agent builds the delivery status callback URL it gives SignalWire from it.
+    swml_proxy_url_base: str | None = None
 
     # Insight: how long history stays, delivery follow-up, and the SMS pumping guard.
     mfa_history_days: int = Field(30, ge=1, le=400)
@@ -195,6 +198,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             language, _, region = value.strip().replace("_", "-").partition("-")
             return f"{language.lower()}-{region.upper()}" if region else language.lower()
+        return value
+
+    @field_validator("swml_proxy_url_base")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be the agent's public base URL, such as https://agent.example.com")
         return value
 
     @field_validator("mfa_from_number")

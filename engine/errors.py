@@ -6,6 +6,11 @@ is safe to show anyone: no number, code or secret ever goes into one.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.stores.guard import Hold
+
 
 class VerificationError(Exception):
     """Base of every refusal or failure the engine reports."""
@@ -46,6 +51,40 @@ class RateLimited(VerificationError):
         super().__init__(message)
         self.limit = limit
         self.retry_after = max(1, retry_after)
+
+
+class FraudRefused(VerificationError):
+    """The SMS pumping guard refused the send (engine/fraud.py); ``retry_after``: when it may go through.
+
+    ``reason`` is the event's and the metrics' (the subclass's ``code``); ``hold``
+    the prefix's hold, and ``raised`` True for the one send that raised it.
+    """
+
+    http_status = 429
+
+    def __init__(
+        self, message: str, retry_after: int, *, hold: Hold | None = None, raised: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+        self.hold = hold
+        self.raised = raised
+
+    @property
+    def reason(self) -> str:
+        return self.code
+
+
+class PrefixHeld(FraudRefused):
+    """The number's prefix is held: too few of the codes sent there lately were entered."""
+
+    code = "fraud_suspected"
+
+
+class NewCountryBudget(FraudRefused):
+    """The number's country is new here, and its sends for this hour are used up."""
+
+    code = "new_country_budget"
 
 
 class CallLocked(VerificationError):

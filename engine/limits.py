@@ -17,6 +17,9 @@ A failure is counted before the code is judged, in the same store step as
 the attempt, and given back when the code was right (or could not be
 judged), so no number of parallel wrong codes can pass a budget.
 
+The SMS pumping guard (engine/fraud.py) decides in the same store step as
+these windows: a send it refuses is counted in none of them.
+
 Store keys never hold a full number: destinations are keyed by a keyed hash
 (the key ring's limits key, read on every use: engine/keys.py).
 """
@@ -29,8 +32,10 @@ import math
 from dataclasses import dataclass
 
 from engine.errors import CallLocked, RateLimited
+from engine.fraud import refusal
 from engine.keys import NumberKey
 from engine.stores.base import WindowStore
+from engine.stores.guard import GuardCheck, GuardRefused
 from engine.stores.windows import EXACT_UP_TO, Window
 
 DAY = 24 * 3600.0
@@ -94,8 +99,11 @@ class Limits:
     def is_call_budget(window: Window) -> bool:
         return window.key.startswith(CALL_FAILURES_PREFIX)
 
-    async def admit_send(self, to: str, agent_id: str, call_id: str | None, now: float) -> Admission:
-        """Count one send against every limit, or raise without counting any."""
+    async def admit_send(
+        self, to: str, agent_id: str, call_id: str | None, now: float, *, guard: GuardCheck | None = None
+    ) -> Admission:
+        """Count one send against every limit (and the pumping guard's ``guard``), or raise
+        without counting any: RateLimited, CallLocked, or the guard's FraudRefused."""
         limits = self._settings
         checks: list[_Check] = []
         if call_id is not None:
@@ -132,13 +140,16 @@ class Limits:
             ),
         ]
         windows = tuple(check.window for check in checks)
-        refused = await self._store.hit(windows, now)
+        refused = await self._store.hit(windows, now, guard=guard)
+        if isinstance(refused, GuardRefused):
+            raise refusal(refused)
         if refused is not None:
             check = checks[refused.index]
             if check.limit_name == "call_locked":
                 raise CallLocked("This call has had too many wrong codes.")
             raise RateLimited(check.message, check.limit_name, math.ceil(refused.retry_after))
-        return Admission(tuple(window for window in windows if window.counted), now)
+        counted = tuple(window for window in windows if window.counted)
+        return Admission(counted + guard.counted if guard else counted, now)
 
     async def take_back(self, admission: Admission) -> None:
         """A send that failed does not count against the limits."""

@@ -24,6 +24,51 @@ class Status(StrEnum):
     CANCELED = "canceled"
 
 
+class DeliveryState(StrEnum):
+    """A text as the carrier last reported it. It only moves forward, and the first final
+    state (delivered, undelivered, failed) is the last."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"  # the carrier reported it could not deliver it
+    FAILED = "failed"  # SignalWire could not send it
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL_DELIVERY
+
+    @property
+    def rank(self) -> int:
+        """Its place in the order states come in; every final state shares the last place."""
+        return _DELIVERY_RANK[self]
+
+    @property
+    def not_delivered(self) -> bool:
+        return self in (DeliveryState.UNDELIVERED, DeliveryState.FAILED)
+
+
+_FINAL_DELIVERY = frozenset({DeliveryState.DELIVERED, DeliveryState.UNDELIVERED, DeliveryState.FAILED})
+_DELIVERY_RANK = {
+    DeliveryState.QUEUED: 0,
+    DeliveryState.SENDING: 1,
+    DeliveryState.SENT: 2,
+    DeliveryState.DELIVERED: 3,
+    DeliveryState.UNDELIVERED: 3,
+    DeliveryState.FAILED: 3,
+}
+
+
+class Fallback(StrEnum):
+    """The voice call that follows a text that was not delivered (MFA_FALLBACK_TO_CALL)."""
+
+    CALLING = "calling"  # taken by one instance, the call being placed
+    PLACED = "placed"  # SignalWire took the call
+    REFUSED = "refused"  # a sending limit refused it
+    FAILED = "failed"  # SignalWire could not be asked
+
+
 class Verification(BaseModel):
     """One code sent to one number, and what has happened to it since.
 
@@ -48,6 +93,14 @@ class Verification(BaseModel):
     provider_ref: str | None = None  # the provider's own id, e.g. SignalWire's MFA id
     code_digest: str | None = None  # local provider only: HMAC of the code, never the code
     origin: Origin  # each interface acts only on its own verifications
+    # A text whose delivery the carrier reports (local engine, SignalWire messaging, callbacks
+    # on): its last state, the carrier's error code, the voice call that followed it, the
+    # digest of that call's code, and whether the caller has been told the text did not arrive.
+    delivery: DeliveryState | None = None
+    delivery_error: str | None = None
+    fallback: Fallback | None = None
+    fallback_digest: str | None = None
+    delivery_told: bool = False
 
     @property
     def attempts_left(self) -> int:

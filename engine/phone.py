@@ -12,6 +12,14 @@ VoIP ranges the numbering plan marks as such, and the non-geographic networks
 (+800, +808, +870, +881, +882, +883, +888, +979: satellite phones and
 international services, the favourite targets of pumping). A number written
 with letters ("+1 800 FLOWERS") is refused rather than guessed at.
+
+A destination also names the range it is in, as the SMS pumping guard
+(`engine.fraud`) counts it: its ``prefix`` is the country calling code and the
+first four digits of the national number (+1 2025 for +1 202 555 0143, +44 7400
+for +44 7400 123456). A national number shorter than ten digits gives fewer,
+so that six of its digits are never in the prefix (+45 20 for the eight digits
+of +45 20 12 34 56): a prefix shown beside a number masked to its last four
+digits (`engine.models.mask_number`) never gives the whole number away.
 """
 
 from __future__ import annotations
@@ -35,14 +43,23 @@ _NON_GEOGRAPHIC = "001"
 # Digits and the punctuation people write numbers with; anything else (letters) is refused.
 _DIALABLE = re.compile(r"^\+?[0-9 ().\-]+$")
 _MAX_INPUT = 64  # longer than any dialable number, however it is punctuated
+# How many digits of the national number a prefix takes, and how many it always leaves out.
+PREFIX_DIGITS = 4
+PREFIX_LEAVES_OUT = 6
 
 
 @dataclass(frozen=True)
 class Destination:
-    """A number a code may go to: E.164, and whether the numbering plan says it is a landline."""
+    """A number a code may go to: E.164, and whether the numbering plan says it is a landline.
+
+    ``region`` is its ISO region ("GB"); ``prefix`` the range the pumping guard counts it in
+    ("+447400"; see the module's docstring).
+    """
 
     e164: str
     landline: bool
+    region: str
+    prefix: str
 
 
 def checked_destination(raw: str, allowed_regions: Collection[str]) -> Destination:
@@ -77,7 +94,21 @@ def checked_destination(raw: str, allowed_regions: Collection[str]) -> Destinati
     if kind not in _RECEIVING_TYPES:
         raise DestinationRefused("Codes can only be sent to mobile numbers and landlines.", "not_a_phone")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return Destination(e164, landline=kind == PhoneNumberType.FIXED_LINE)
+    return Destination(
+        e164, landline=kind == PhoneNumberType.FIXED_LINE, region=region or "", prefix=_prefix(number)
+    )
+
+
+def number_range(e164: str) -> tuple[str, str]:
+    """The ISO region and the pumping guard's prefix of a number that passed `checked_destination`."""
+    number = phonenumbers.parse(e164, None)
+    return phonenumbers.region_code_for_number(number) or "", _prefix(number)
+
+
+def _prefix(number: phonenumbers.PhoneNumber) -> str:
+    national = phonenumbers.national_significant_number(number)
+    digits = min(PREFIX_DIGITS, max(0, len(national) - PREFIX_LEAVES_OUT))
+    return f"+{number.country_code}{national[:digits]}"
 
 
 def same_number(first: str, second: str) -> bool:

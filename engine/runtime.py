@@ -23,6 +23,8 @@ from engine.events import attach_event_sinks
 from engine.events.live import LiveHub
 from engine.events.metrics import Metrics
 from engine.events.publisher import EventPublisher
+from engine.follow_up import FALLBACK_AFTER_SECONDS, DeliveryFollowUp
+from engine.fraud import FraudGuard, FraudSettings
 from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
 from engine.lookup import LineTypes
@@ -58,6 +60,8 @@ class Runtime:
         self._engine: VerificationEngine | None = None
         self._repeats: Repeats | None = None
         self._workflow: PhoneVerificationWorkflow | None = None
+        self._fraud: FraudGuard | None = None
+        self._follow_up: DeliveryFollowUp | None = None
         self._store: Store | None = None
         self._http: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
@@ -80,6 +84,21 @@ class Runtime:
         if self._workflow is None:
             raise NotStarted("the runtime has not started")
         return self._workflow
+
+    @property
+    def fraud(self) -> FraudGuard:
+        """The SMS pumping guard: its holds, for the HTTP API and the dashboard."""
+        if self._fraud is None:
+            raise NotStarted("the runtime has not started")
+        return self._fraud
+
+    @property
+    def follow_up(self) -> DeliveryFollowUp | None:
+        """Delivery reports and the fallback call; None when no text is reported on
+        (the provider or delivery gets no status callbacks)."""
+        if self._engine is None:
+            raise NotStarted("the runtime has not started")
+        return self._follow_up
 
     @property
     def store(self) -> Store:
@@ -130,6 +149,17 @@ class Runtime:
             self.keys,
         )
         self._repeats = Repeats(store)
+        self._fraud = FraudGuard(
+            store,
+            FraudSettings(
+                guard=settings.mfa_fraud_guard,
+                min_sends=settings.mfa_fraud_min_sends,
+                min_conversion=settings.mfa_fraud_min_conversion,
+                allow=tuple(settings.mfa_fraud_allow),
+                block=tuple(settings.mfa_fraud_block),
+                new_country_sends=settings.mfa_fraud_new_country_sends,
+            ),
+        )
         shape = CodeShape(
             token_length=settings.mfa_token_length,
             valid_for=settings.mfa_valid_for,
@@ -149,6 +179,10 @@ class Runtime:
             line_types=LineTypes(rest, store, limits.number_digest)
             if rest and settings.mfa_line_type_check
             else None,
+            fraud=self._fraud,
+            fallback_after=FALLBACK_AFTER_SECONDS
+            if provider.reports_delivery and settings.mfa_fallback_to_call
+            else None,
             clock=self.clock,
         )
         # The walkthrough's workflow: the same message and alphabet, its own length, window and tries.
@@ -162,8 +196,21 @@ class Runtime:
                 max_attempts=settings.mfa_workflow_tries,
             ),
         )
+        workflow_shape = self._workflow.shape
+        self._follow_up = (
+            DeliveryFollowUp(
+                self._engine,
+                store,
+                shapes={"call": shape, "api": shape, "workflow": workflow_shape},
+                call_intro=LANGUAGES[settings.mfa_language].fallback_call,
+            )
+            if provider.reports_delivery
+            else None
+        )
         self._stop.clear()
         self.spawn(self._engine.run_expiry_timer(self._stop))
+        if self._follow_up is not None:
+            self.spawn(self._follow_up.run(self._stop))
         if self.keys.stored_names:
             self.spawn(self.keys.keep_in_sync(store, self._stop))
         attach_event_sinks(self)
@@ -215,5 +262,7 @@ class Runtime:
         self._engine = None
         self._repeats = None
         self._workflow = None
+        self._fraud = None
+        self._follow_up = None
         self._store = None
         self._http = None

@@ -16,24 +16,29 @@ import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from engine.breaker import CircuitBreaker
 from engine.errors import (
     CallLocked,
     DestinationRefused,
+    FraudRefused,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
+    StoreUnavailable,
     VerificationNotFound,
 )
 from engine.events.publisher import EventPublisher
+from engine.fraud import FraudGuard
 from engine.limits import Limits
 from engine.lookup import LineTypes
 from engine.models import (
     Channel,
     CheckOutcome,
     CheckResult,
+    DeliveryState,
     Event,
     EventType,
     Origin,
@@ -45,17 +50,29 @@ from engine.models import (
 )
 from engine.phone import Destination, checked_destination
 from engine.providers.base import Answer, Provider, SendRequest
-from engine.stores.base import Attempt, AttemptGate, Record, VerificationStore, WindowStore
+from engine.stores.base import (
+    Attempt,
+    AttemptGate,
+    OutboxStore,
+    Record,
+    VerificationStore,
+    WindowStore,
+)
+from engine.stores.guard import Hold
 
 log = logging.getLogger(__name__)
 
 CALL_RECORD = "call"
 CALL_RECORD_TTL = 24 * 3600.0
+# The outbox queue of texts to follow with a voice call when due (engine/follow_up.py):
+# each item's payload is the verification id.
+FALLBACK_QUEUE = "fallback"
 
 
-class EngineStore(VerificationStore, WindowStore, Protocol):
-    """What the engine keeps: its verifications, and the windows it gives an event back to
-    (a failure budget refunded for a right code, a send that failed)."""
+class EngineStore(VerificationStore, WindowStore, OutboxStore, Protocol):
+    """What the engine keeps: its verifications, the windows it gives an event back to
+    (a failure budget refunded for a right code, a send that failed), and the queue of
+    texts to follow up."""
 
 
 @dataclass
@@ -112,6 +129,8 @@ class VerificationEngine:
         from_number: str | None = None,
         breaker: CircuitBreaker | None = None,
         line_types: LineTypes | None = None,
+        fraud: FraudGuard | None = None,
+        fallback_after: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -123,6 +142,10 @@ class VerificationEngine:
         self.from_number = from_number
         self.breaker = breaker or CircuitBreaker()
         self.line_types = line_types
+        self.fraud = fraud
+        # Seconds after which a text not reported delivered is followed by a voice call;
+        # None: never (MFA_FALLBACK_TO_CALL=off, or no delivery reports to wait for).
+        self.fallback_after = fallback_after
         self.clock = clock
 
     # -- start ---------------------------------------------------------------
@@ -145,17 +168,25 @@ class VerificationEngine:
         try:
             destination = checked_destination(to, self.allowed_regions)
             number = destination.e164
+            guard = self.fraud.check(destination) if self.fraud else None
         except DestinationRefused as refusal:
             await self._publish_failure(failed, None, refusal.reason)
             raise
         now = self.clock()
         try:
-            admission = await self.limits.admit_send(number, agent_id, call_id, now)
+            admission = await self.limits.admit_send(number, agent_id, call_id, now, guard=guard)
         except CallLocked:
             await self._publish_failure(failed, number, "call_locked", "mfa.locked")
             raise
         except RateLimited as refusal:
             await self._publish_failure(failed, number, refusal.limit)
+            raise
+        except FraudRefused as refusal:
+            if refusal.raised and refusal.hold is not None:
+                await self.publish_hold(
+                    refusal.hold, origin=origin, agent_id=agent_id, call_id=call_id, channel=channel
+                )
+            await self._publish_failure(failed, number, refusal.reason)
             raise
         asked = channel
         if channel == "sms" and await self._is_landline(destination):
@@ -192,11 +223,25 @@ class VerificationEngine:
             provider_ref=sent.provider_ref,
             code_digest=sent.code_digest,
             origin=origin,
+            delivery=DeliveryState.QUEUED if sent.delivery_reported else None,
         )
         await self.store.create_verification(verification)
+        if verification.delivery is not None and self.fallback_after is not None:
+            await self._follow_up_later(verification, now + self.fallback_after)
         event = Event.about("mfa.sent", verification)
         await self.publisher.publish(event)
         return Started(verification=verification, event=event, by_call_instead=channel != asked)
+
+    async def _follow_up_later(self, verification: Verification, due_at: float) -> None:
+        """Look at the text again at ``due_at``: unless delivered by then, a call follows it."""
+        try:
+            await self.store.enqueue(FALLBACK_QUEUE, verification.id, verification.id, due_at)
+        except StoreUnavailable:
+            # The code went out and is recorded; only the follow-up on silence is lost
+            # (a report that it was not delivered still brings the call).
+            log.warning(
+                "verification %s: its text will not be followed up if no report comes", verification.id
+            )
 
     async def _is_landline(self, destination: Destination) -> bool:
         if destination.landline:
@@ -218,6 +263,31 @@ class VerificationEngine:
                 channel=failed.channel,
                 to=mask_number(number) if number else None,
                 reason=reason,
+            )
+        )
+
+    async def publish_hold(
+        self, hold: Hold, *, origin: Origin, agent_id: str, call_id: str | None, channel: Channel
+    ) -> None:
+        """`mfa.fraud_suspected` for the hold a send raised (that send's origin, agent, call, channel)."""
+        log.warning(
+            "SMS pumping guard: prefix %s (%s) held until %s: %d codes in the last hour, %d approved",
+            hold.prefix,
+            hold.country,
+            datetime.fromtimestamp(hold.until, UTC).isoformat(timespec="seconds"),
+            hold.sends,
+            hold.approved,
+        )
+        # The prefix, never the number: beside a number's last four digits a prefix must not complete it.
+        await self.publisher.publish(
+            Event(
+                type="mfa.fraud_suspected",
+                origin=origin,
+                agent_id=agent_id,
+                call_id=call_id,
+                channel=channel,
+                prefix=hold.prefix,
+                reason=hold.reason,
             )
         )
 
@@ -341,7 +411,11 @@ class VerificationEngine:
         if counted.call_id is not None:
             data = {"verified": True, "verification_id": counted.id}
             call_record = Record(CALL_RECORD, counted.call_id, data, CALL_RECORD_TTL)
-        approved = await self.store.transition(counted.id, Status.APPROVED, self.clock(), record=call_record)
+        # The pumping guard counts the approval in the same step: once, whoever wins a race of right codes.
+        conversions = self.fraud.approvals(counted.to) if self.fraud else ()
+        approved = await self.store.transition(
+            counted.id, Status.APPROVED, self.clock(), record=call_record, count=conversions
+        )
         if approved is None:
             # Another request ended it first (a parallel right code, or expiry).
             current = await self.store.get_verification(counted.id) or counted

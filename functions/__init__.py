@@ -63,6 +63,7 @@ class MfaFunctions:
                 request,
                 agent_id=request_agent_id.get() or self.runtime.settings.agent_id,
                 any_destination=self.runtime.settings.mfa_destinations == "any",
+                follow_up=self.runtime.follow_up,
             )
 
         return await self._serve("send_mfa", run, args, raw_data)
@@ -73,7 +74,11 @@ class MfaFunctions:
                 VerifyMfaArgs, arguments, "Ask the caller for the code and call verify_mfa with it as token."
             )
             return await verify_mfa(
-                self.runtime.engine, parsed, request, language=self.runtime.settings.mfa_language
+                self.runtime.engine,
+                parsed,
+                request,
+                language=self.runtime.settings.mfa_language,
+                follow_up=self.runtime.follow_up,
             )
 
         return await self._serve("verify_mfa", run, args, raw_data)

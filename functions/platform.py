@@ -40,6 +40,13 @@ class SwaigRequest(BaseModel):
         return {} if value is None else value
 
 
+def verification_id_of(request: SwaigRequest) -> str | None:
+    """The verification this call's `send_mfa` recorded in meta_data (``mfa.id``), if any."""
+    mfa = request.meta_data.get("mfa")
+    verification_id = mfa.get("id") if isinstance(mfa, dict) else None
+    return verification_id if isinstance(verification_id, str) and len(verification_id) <= 128 else None
+
+
 class BadRequest(Exception):
     """The request cannot be acted on; ``reply`` says so to the model."""
 

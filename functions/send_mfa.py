@@ -15,15 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine.errors import (
     CallLocked,
     DestinationRefused,
+    FraudRefused,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
     StoreUnavailable,
 )
+from engine.follow_up import DeliveryFollowUp
 from engine.phone import same_number
 from engine.verifications import VerificationEngine
-from functions.platform import BadRequest, Reply, SwaigRequest, spoken_wait
-from functions.replies import call_locked, not_answering
+from functions.platform import BadRequest, Reply, SwaigRequest, spoken_wait, verification_id_of
+from functions.replies import call_locked, not_answering, text_not_resent
 from functions.steps import AWAIT_CODE
 
 _CHANNEL_WORDS = {"sms": "sms", "text": "sms", "call": "call", "voice": "call"}
@@ -63,8 +65,14 @@ async def send_mfa(
     *,
     agent_id: str,
     any_destination: bool,
+    follow_up: DeliveryFollowUp | None = None,
 ) -> tuple[Reply, bool]:
-    """Send a code; the reply, and whether a repeat of this request should get it too."""
+    """Send a code; the reply, and whether a repeat of this request should get it too.
+
+    When the call's last text to the same number did not arrive (``follow_up`` knows),
+    the first request after that hears so instead: a call with a new code is on its
+    way, or, asked for another text, that a call is the better way.
+    """
     destination = request.caller_id_num
     if args.phone_number is not None:
         # Punctuation aside, "+1 (202) 555-0143" is the caller's own "+12025550143".
@@ -85,6 +93,12 @@ async def send_mfa(
                 offers_person=True,
             )
         )
+    previous = verification_id_of(request)
+    if follow_up is not None and previous is not None:
+        news = await follow_up.tell_about(previous, call_id=request.call_id, destination=destination)
+        if news is not None and (news.calling or args.channel == "sms"):
+            # Marked in meta_data, so the model's next request is a new one, not a repeat of this.
+            return text_not_resent(news).with_action("set_meta_data", {"delivery_told": previous}), True
     try:
         started = await engine.start(
             destination, args.channel, agent_id=agent_id, origin="call", call_id=request.call_id
@@ -99,6 +113,17 @@ async def send_mfa(
                 f"Nothing was sent: {limited.message} Another code can be sent in "
                 f"{spoken_wait(limited.retry_after)}.",
                 "Tell the caller when they can try again.",
+                offers_person=True,
+            ),
+            False,
+        )
+    except FraudRefused:
+        # The pumping guard: nothing the caller did, and nothing the model should quote or argue with.
+        return (
+            Reply(
+                "Nothing was sent: codes to this number are paused for a while as a precaution. "
+                "Trying again now will not help.",
+                "Apologize, say a code cannot be sent to this number right now, and suggest trying later.",
                 offers_person=True,
             ),
             False,

@@ -12,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.codes import UnreadableCode
 from engine.errors import ProviderUnavailable, StoreUnavailable, VerificationNotFound
+from engine.follow_up import DeliveryFollowUp
 from engine.models import CheckOutcome, CheckResult
 from engine.reading import SeveralCodesFound, read_code
 from engine.verifications import VerificationEngine
-from functions.platform import BadRequest, Reply, SwaigRequest, spoken_wait
-from functions.replies import call_locked, not_answering
+from functions.platform import BadRequest, Reply, SwaigRequest, spoken_wait, verification_id_of
+from functions.replies import call_locked, not_answering, with_text_news
 from functions.steps import LOCKED, VERIFIED
 
 _NEW_CODE = "Offer to send a new code with send_mfa."
@@ -42,12 +43,6 @@ class VerifyMfaArgs(BaseModel):
         return value
 
 
-def _verification_id(request: SwaigRequest) -> str | None:
-    mfa = request.meta_data.get("mfa")
-    verification_id = mfa.get("id") if isinstance(mfa, dict) else None
-    return verification_id if isinstance(verification_id, str) and len(verification_id) <= 128 else None
-
-
 def _no_code_yet() -> Reply:
     return Reply(
         "No code has been sent on this call yet.",
@@ -56,15 +51,21 @@ def _no_code_yet() -> Reply:
 
 
 async def verify_mfa(
-    engine: VerificationEngine, args: VerifyMfaArgs, request: SwaigRequest, *, language: str
+    engine: VerificationEngine,
+    args: VerifyMfaArgs,
+    request: SwaigRequest,
+    *,
+    language: str,
+    follow_up: DeliveryFollowUp | None = None,
 ) -> tuple[Reply, bool]:
     """Check a code; the reply, and whether a repeat of this request should get it too.
 
     The code is read out of the whole utterance, in ``language`` (`engine.reading`):
     a reading with no code, or with more than one thing that could be the code, is
-    asked again and uses no attempt.
+    asked again and uses no attempt. A wrong or unreadable code from a caller whose
+    text did not arrive (``follow_up`` knows) also tells the model so, once.
     """
-    verification_id = _verification_id(request)
+    verification_id = verification_id_of(request)
     if verification_id is None:
         return _no_code_yet(), False
     shape = engine.shape
@@ -73,21 +74,19 @@ async def verify_mfa(
             args.token, length=shape.token_length, allow_alphas=shape.allow_alphas, language=language
         )
     except SeveralCodesFound:
-        raise BadRequest(
-            Reply(
-                "No attempt was used: what the caller said holds more than one number, so the code "
-                "could not be told apart.",
-                _SAY_AGAIN.format(what="only the code"),
-            )
-        ) from None
+        unread = Reply(
+            "No attempt was used: what the caller said holds more than one number, so the code "
+            "could not be told apart.",
+            _SAY_AGAIN.format(what="only the code"),
+        )
+        raise BadRequest(await _with_news(unread, follow_up, verification_id, request)) from None
     except UnreadableCode:
         kind = "character" if shape.allow_alphas else "digit"
-        raise BadRequest(
-            Reply(
-                f"No attempt was used: that could not be read as a {shape.token_length}-{kind} code.",
-                _SAY_AGAIN.format(what="the code again"),
-            )
-        ) from None
+        unread = Reply(
+            f"No attempt was used: that could not be read as a {shape.token_length}-{kind} code.",
+            _SAY_AGAIN.format(what="the code again"),
+        )
+        raise BadRequest(await _with_news(unread, follow_up, verification_id, request)) from None
     try:
         result = await engine.check(verification_id, code, origin="call", call_id=request.call_id)
     except VerificationNotFound:
@@ -101,7 +100,22 @@ async def verify_mfa(
             ),
             False,
         )
-    return _reply_for(result).with_event(result.event), True
+    reply = _reply_for(result)
+    if follow_up is not None and result.outcome is CheckOutcome.WRONG_CODE:
+        news = await follow_up.tell(result.verification)
+        if news is not None:
+            reply = with_text_news(reply, news)
+    return reply.with_event(result.event), True
+
+
+async def _with_news(
+    reply: Reply, follow_up: DeliveryFollowUp | None, verification_id: str, request: SwaigRequest
+) -> Reply:
+    """``reply``, telling the model too when the caller's text did not arrive (once)."""
+    if follow_up is None:
+        return reply
+    news = await follow_up.tell_about(verification_id, call_id=request.call_id)
+    return reply if news is None else with_text_news(reply, news)
 
 
 def _verified(reply: Reply) -> Reply:

@@ -36,6 +36,9 @@ class Texts:
     fillers_transfer: tuple[str, ...]
     hints: tuple[str, ...]
     sms_message: str  # the text before the code in the message a caller receives
+    # Said first in the voice call that follows a text that was not delivered (or not
+    # confirmed delivered in time), before the message and its new code.
+    fallback_call: str
 
 
 from languages.en_us import EN_US  # noqa: E402 - the registry needs Texts first

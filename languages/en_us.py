@@ -76,4 +76,5 @@ EN_US = Texts(
         "agent",
     ),
     sms_message="Your verification code is",
+    fallback_call="We are calling because your text message may not have arrived.",
 )

@@ -76,4 +76,5 @@ ES_US = Texts(
         "agente",
     ),
     sms_message="Su código de verificación es",
+    fallback_call="Le llamamos porque es posible que su mensaje de texto no haya llegado.",
 )

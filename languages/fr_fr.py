@@ -77,4 +77,5 @@ FR_FR = Texts(
         "un conseiller",
     ),
     sms_message="Votre code de vérification est",
+    fallback_call="Nous vous appelons car votre SMS n'est peut-être pas arrivé.",
 )

@@ -2,8 +2,9 @@
 
 - `server.connections`: per connection, a deadline and a size cap for each request's
   head, and a cap on the connections one client address holds (in uvicorn's protocols);
-- `server.edge`: per request, credentials before any body is read, and a cap on
-  the body (an ASGI middleware, wired in by `agent.build_app`);
+- `server.edge`: per request, credentials (or, on a signed route, a signature
+  header) before any body is read, and a cap on the body (an ASGI middleware,
+  wired in by `agent.build_app`);
 - `server.auth`: the Basic credentials every route but /health needs, and their 401;
 - `server.errors`: the one error shape every route of ours answers in;
 - `server.context`: what one request carries down to its handler (the agent id, whether
@@ -26,9 +27,9 @@ from server.connections import (
     check_uvicorn,
     quiet_bad_client_text,
 )
-from server.edge import Refusals, RequestEdge
+from server.edge import Refusals, RequestEdge, SignedRoute
 
-__all__ = ["WS_MAX_MESSAGE_BYTES", "Refusals", "RequestEdge", "uvicorn_config"]
+__all__ = ["WS_MAX_MESSAGE_BYTES", "Refusals", "RequestEdge", "SignedRoute", "uvicorn_config"]
 
 # A client's WebSocket messages are subscriptions of a few dozen bytes; a larger one is
 # refused as soon as its frame header says so (close code 1009), before it is buffered.

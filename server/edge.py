@@ -5,11 +5,18 @@ credentials check written as a dependency comes after the whole body is in memor
 and nothing caps that body. `RequestEdge` does both first, as a plain ASGI
 middleware (no ``BaseHTTPMiddleware``: no task or stream per request), and the
 routes behind it only ever see an authorised request with a body within the cap.
+
+A `SignedRoute` (SignalWire's delivery reports) has no Basic credentials: its
+credential is a signature over the URL and the body, made with a key only
+SignalWire and the agent hold. The edge cannot check it without the body, so it
+asks for what it can before reading a byte (a signature header, a small body),
+and the route checks the signature itself before acting on anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Protocol
 
 from starlette.responses import Response
@@ -25,8 +32,26 @@ class Refusals(Protocol):
     def unauthorized(self, scope: Scope) -> Response:
         """No or wrong credentials (a 401 with a Basic challenge)."""
 
-    def too_large(self, scope: Scope) -> Response:
-        """A body over the cap."""
+    def too_large(self, scope: Scope, limit: int) -> Response:
+        """A body over the cap, ``limit`` bytes for this route."""
+
+    def forbidden(self, scope: Scope) -> Response:
+        """A signed route's request without a signature (a 403)."""
+
+
+@dataclass(frozen=True)
+class SignedRoute:
+    """A route whose requests carry a signature instead of Basic credentials.
+
+    The edge refuses one without any of ``signature_headers`` (lower-case names)
+    before reading its body, and caps the body at ``max_body_bytes``; the route
+    itself checks the signature.
+    """
+
+    method: str
+    path: str
+    signature_headers: tuple[bytes, ...]
+    max_body_bytes: int
 
 
 class BodyTooLarge(Exception):
@@ -37,8 +62,9 @@ class RequestEdge:
     """Credentials before any body is read, and no body over ``max_body_bytes``.
 
     A request without the right credentials is refused before a byte of its body is
-    read, on every route but `OPEN_ROUTE`. A body whose Content-Length is over the
-    cap is refused before it is read; a chunked one is counted as it streams and
+    read, on every route but `OPEN_ROUTE` and the ``signed_routes`` (see `SignedRoute`,
+    whose requests need a signature header instead). A body whose Content-Length is
+    over the cap is refused before it is read; a chunked one is counted as it streams and
     refused as soon as it passes the cap (one within it is handed on whole). A
     refused request with a body left unread ends its connection (``Connection:
     close``): the server would otherwise read all of it only to drop it.
@@ -53,11 +79,13 @@ class RequestEdge:
         accepts: Callable[[str | None], bool],
         max_body_bytes: int,
         refusals: Refusals,
+        signed_routes: Collection[SignedRoute] = (),
     ) -> None:
         self.app = app
         self.accepts = accepts
         self.max_body_bytes = max_body_bytes
         self.refusals = refusals
+        self.signed_routes = {(route.method, route.path): route for route in signed_routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -70,18 +98,25 @@ class RequestEdge:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         length = _announced_length(scope)
-        is_open = (scope["method"], scope["path"]) == OPEN_ROUTE
-        if not is_open and not self.accepts(_header(scope, b"authorization")):
+        route = (scope["method"], scope["path"])
+        signed = self.signed_routes.get(route)
+        max_body = self.max_body_bytes
+        if signed is not None:
+            if not any(_header(scope, name) for name in signed.signature_headers):
+                await _refuse(self.refusals.forbidden(scope), scope, receive, send, body_left=length != 0)
+                return
+            max_body = signed.max_body_bytes
+        elif route != OPEN_ROUTE and not self.accepts(_header(scope, b"authorization")):
             await _refuse(self.refusals.unauthorized(scope), scope, receive, send, body_left=length != 0)
             return
-        if length is not None and length > self.max_body_bytes:
-            await _refuse(self.refusals.too_large(scope), scope, receive, send, body_left=True)
+        if length is not None and length > max_body:
+            await _refuse(self.refusals.too_large(scope, max_body), scope, receive, send, body_left=True)
             return
         if length is None:
             try:
-                body = await _read_chunked(receive, self.max_body_bytes)
+                body = await _read_chunked(receive, max_body)
             except BodyTooLarge:
-                await _refuse(self.refusals.too_large(scope), scope, receive, send, body_left=True)
+                await _refuse(self.refusals.too_large(scope, max_body), scope, receive, send, body_left=True)
                 return
             if body is None:
                 return  # the client left in the middle of its body: nobody to answer

@@ -56,3 +56,8 @@ def error_response(
 def body_too_large_response(limit: int) -> Response:
     """The 413 for a body over the server's cap (MFA_MAX_BODY_BYTES)."""
     return error_response(413, "body_too_large", f"The request body is larger than {limit} bytes.")
+
+
+def not_signed_response() -> Response:
+    """The 403 for a request to a signed route (SignalWire's reports) without a good signature."""
+    return error_response(403, "forbidden", "The request is not signed with this project's Signing Key.")

@@ -11,6 +11,7 @@ import pytest_asyncio
 import redis
 
 from engine.codes import Message
+from engine.delivery import Receipt
 from engine.delivery.outbox import OutboxDelivery
 from engine.delivery.signalwire_messaging import SignalWireMessaging
 from engine.stores import RedisStore, SqliteStore, Store
@@ -79,13 +80,19 @@ def delivered(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Delivered]]:
     write_outbox = OutboxDelivery.deliver
     send_through_signalwire = SignalWireMessaging.deliver
 
-    async def outbox(self: OutboxDelivery, to: str, channel: str, message: Message) -> None:
-        await write_outbox(self, to, channel, message)
-        DELIVERED.append(Delivered(self.path.resolve(), to, channel, message))
+    async def outbox(
+        self: OutboxDelivery, to: str, channel: str, message: Message, *, reference: str | None = None
+    ) -> Receipt:
+        receipt = await write_outbox(self, to, channel, message, reference=reference)
+        DELIVERED.append(Delivered(self.path.resolve(), to, channel, message, reference))
+        return receipt
 
-    async def signalwire(self: SignalWireMessaging, to: str, channel: str, message: Message) -> None:
-        await send_through_signalwire(self, to, channel, message)
-        DELIVERED.append(Delivered("signalwire", to, channel, message))
+    async def signalwire(
+        self: SignalWireMessaging, to: str, channel: str, message: Message, *, reference: str | None = None
+    ) -> Receipt:
+        receipt = await send_through_signalwire(self, to, channel, message, reference=reference)
+        DELIVERED.append(Delivered("signalwire", to, channel, message, reference))
+        return receipt
 
     monkeypatch.setattr(OutboxDelivery, "deliver", outbox)
     monkeypatch.setattr(SignalWireMessaging, "deliver", signalwire)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import socket
 import uuid
@@ -23,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import uvicorn
+import yarl
 
 from agent import MfaAgent, build_app
 from config import Settings
@@ -108,9 +111,15 @@ class RunningAgent:
 
 
 @contextlib.asynccontextmanager
-async def serve_agent(settings: Settings, *, clock: Any = None) -> AsyncIterator[RunningAgent]:
-    """The real app (SDK routes, our lifespan, the server's edge) served by uvicorn on a loopback port."""
-    runtime = Runtime(settings, clock=clock) if clock else Runtime(settings)
+async def serve_agent(
+    settings: Settings, *, clock: Any = None, runtime: Runtime | None = None
+) -> AsyncIterator[RunningAgent]:
+    """The real app (SDK routes, our lifespan, the server's edge) served by uvicorn on a loopback port.
+
+    ``runtime``: one built (not started) by the test, e.g. to watch its events from the start.
+    """
+    if runtime is None:
+        runtime = Runtime(settings, clock=clock) if clock else Runtime(settings)
     agent = MfaAgent(settings, runtime=runtime)
     app = build_app(agent)
     # The server `python agent.py` runs (its protocols, limits and WebSocket cap), on the test's loop.
@@ -134,9 +143,20 @@ async def serving(server: uvicorn.Server) -> AsyncIterator[None]:
         await task
 
 
+def signalwire_signature(signing_key: str, url: str, body: bytes) -> str:
+    """The signature SignalWire puts on a JSON request it POSTs (hex HMAC-SHA1 over the URL it
+    called, without credentials, and the raw body)."""
+    public = str(yarl.URL(url).with_user(None))
+    return hmac.new(signing_key.encode(), public.encode() + body, hashlib.sha1).hexdigest()
+
+
 @dataclass
 class FakePlatform:
-    """One call as the SignalWire platform would make it."""
+    """One call as the SignalWire platform would make it.
+
+    With ``signing_key`` (the project's Signing Key) every request is signed as the
+    platform signs it (`X-SignalWire-Signature`).
+    """
 
     session: aiohttp.ClientSession
     base_url: str
@@ -148,6 +168,14 @@ class FakePlatform:
     meta_data: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     global_data: dict[str, Any] = field(default_factory=dict)
+    signing_key: str | None = None
+
+    def signed(self, url: str, body: bytes) -> dict[str, str]:
+        """The headers of a JSON POST of ``body`` to ``url``, signed when there is a key."""
+        headers = {"Content-Type": "application/json"}
+        if self.signing_key is not None:
+            headers["X-SignalWire-Signature"] = signalwire_signature(self.signing_key, url, body)
+        return headers
 
     async def start_call(self) -> dict[str, Any]:
         """Fetch the SWML as the platform does when the call starts, and note the function URLs."""
@@ -188,8 +216,9 @@ class FakePlatform:
         return definitions
 
     async def fetch_swml(self, url: str, auth: aiohttp.BasicAuth) -> dict[str, Any]:
-        body = {"call": {"call_id": self.call_id, "from": self.caller_id_num, "to": "+12025550100"}}
-        async with self.session.post(url, json=body, auth=auth) as resp:
+        call = {"call": {"call_id": self.call_id, "from": self.caller_id_num, "to": "+12025550100"}}
+        body = json.dumps(call).encode()
+        async with self.session.post(url, data=body, auth=auth, headers=self.signed(url, body)) as resp:
             assert resp.status == 200, await resp.text()
             swml: dict[str, Any] = await resp.json(content_type=None)
         return swml
@@ -220,7 +249,8 @@ class FakePlatform:
 
     async def post(self, function: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST one SWAIG request to the function's URL; the platform insists on HTTP 200."""
-        async with self.session.post(self.urls[function], json=payload) as resp:
+        url, body = self.urls[function], json.dumps(payload).encode()
+        async with self.session.post(url, data=body, headers=self.signed(url, body)) as resp:
             text = await resp.text()
             assert resp.status == 200, f"{resp.status}: {text}"
             result: dict[str, Any] = json.loads(text)
@@ -288,6 +318,7 @@ class Delivered:
     to: str
     channel: str
     message: Message
+    reference: str | None = None  # the verification it was sent for
 
 
 # This test's messages, in the order they were delivered; kept by the spy in tests/conftest.py.

@@ -74,6 +74,12 @@ ENGINE_REASONS = (
     "call_failures",
     "number_failures",
     "provider",
+    # a new code by a call after a text that did not arrive (engine/follow_up.py)
+    "fallback",
+    # the SMS pumping guard (engine/fraud.py)
+    "fraud_suspected",
+    "new_country_budget",
+    "fraud_blocked",
 )
 
 
@@ -308,3 +314,135 @@ async def test_on_a_phone_the_page_fits_the_width_and_the_first_screen_shows_a_v
             assert id_box is not None and id_box["x"] + id_box["width"] <= width, (code, id_box)
         for shown in (".to", ".channel", ".origin", "time.last"):
             await expect(row.locator(shown)).to_be_visible()
+
+
+def on_call(type_: str, verification_id: str, **fields: Any) -> Event:
+    """An event of a verification on a call to ***0143, as the engine raises them."""
+    base = {"origin": "call", "agent_id": "mfa", "to": "***0143", "attempts_left": 3, "channel": "sms"}
+    return Event.model_validate({**base, "type": type_, "verification_id": verification_id, **fields})
+
+
+async def test_each_texts_delivery_shows_beside_its_channel_on_a_wide_screen_and_a_phone(
+    tmp_path: Path, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    async with serve_agent(settings_for(tmp_path)) as agent:
+        publish = agent.runtime.publisher.publish
+        shots = tmp_path / "screens"
+        shots.mkdir()
+        for width, height in ((1280, 800), PHONE):
+            page = await open_dashboard(browser, agent, "mfa", width, height)
+            arrived_id, lost_id, unseen_id = (f"{name}-{width}" for name in ("arrived", "lost", "unseen"))
+            for verification_id in (arrived_id, lost_id):
+                await publish(on_call("mfa.sent", verification_id))
+            arrived = page.locator(f'tr[data-verification-id="{arrived_id}"]')
+            lost = page.locator(f'tr[data-verification-id="{lost_id}"]')
+            await expect(arrived.locator(".channel")).to_have_text("sms", timeout=WAIT_MS)
+            assert await arrived.locator(".delivery").count() == 0  # nothing reported yet: nothing said
+
+            await publish(on_call("mfa.delivered", arrived_id))
+            await expect(arrived.locator(".delivery")).to_have_text("Text delivered", timeout=WAIT_MS)
+            await expect(arrived.locator(".delivery")).to_have_attribute("data-delivery", "delivered")
+            await expect(arrived.locator(".status")).to_have_text("Sent")  # the status is the code's
+
+            await publish(on_call("mfa.undelivered", lost_id, reason="undelivered", error_code="30003"))
+            await publish(on_call("mfa.sent", lost_id, channel="call", reason="fallback"))
+            delivery = lost.locator(".delivery")
+            await expect(delivery).to_have_text("Text not delivered (carrier error 30003)", timeout=WAIT_MS)
+            await expect(lost.locator(".channel")).to_have_text("call")
+            await expect(lost.locator(".reason")).to_have_text(
+                "The text did not arrive in time: a new code went by a call"
+            )
+            shown = "element => getComputedStyle(element).color"
+            assert await delivery.evaluate(shown) != await arrived.locator(".delivery").evaluate(shown)
+
+            # A failed text, reported for a verification the page never saw sent.
+            await publish(
+                on_call("mfa.undelivered", unseen_id, reason="failed", error_code="30006", status="pending")
+            )
+            unseen = page.locator(f'tr[data-verification-id="{unseen_id}"]')
+            await expect(unseen.locator(".delivery")).to_have_text(
+                "Text not sent (carrier error 30006)", timeout=WAIT_MS
+            )
+            await expect(unseen.locator(".status")).to_have_text("Sent")
+
+            assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+            if (width, height) == PHONE:
+                box = await lost.bounding_box()
+                assert box is not None and box["x"] + box["width"] <= width, box
+                # The longest delivery words wrap beside the attempts, never under them.
+                words, attempts = (
+                    await delivery.bounding_box(),
+                    await lost.locator(".attempts").bounding_box(),
+                )
+                assert words is not None and attempts is not None
+                assert (
+                    words["x"] + words["width"] <= attempts["x"]
+                    or words["y"] >= attempts["y"] + attempts["height"]
+                )
+            await page.screenshot(path=str(shots / f"delivery-{width}.png"), full_page=True)
+            await page.close()
+
+
+# -- the SMS pumping guard's panel: held prefixes beside the live table ---------------------------
+
+SCREENSHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")  # a folder to keep the pictures in, to look at
+
+
+async def trip_a_hold(http: aiohttp.ClientSession, agent: RunningAgent, sends: int) -> None:
+    """Unconverted codes to one prefix (+1 312 5...) until the guard holds it."""
+    url = f"{agent.base_url}/verifications"
+    for n in range(sends + 1):
+        async with http.post(url, json={"to": f"+1312555{n:04d}"}, auth=agent.auth) as response:
+            assert response.status == (201 if n < sends else 429)
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), PHONE], ids=["1280px", "390px"])
+async def test_a_prefix_the_guard_holds_shows_at_once_as_pictures_with_numbers_beside_them(
+    tmp_path: Path, browser: Any, viewport: tuple[int, int]
+) -> None:
+    from playwright.async_api import expect
+
+    settings = settings_for(tmp_path, mfa_fraud_min_sends=3)
+    async with aiohttp.ClientSession() as http, serve_agent(settings) as agent:
+        width, height = viewport
+        page = await open_dashboard(browser, agent, "mfa", width, height)
+        panel = page.locator("#holds")
+        await expect(panel).to_be_hidden()  # nothing held: no panel
+
+        await trip_a_hold(http, agent, 3)
+
+        # The event brings it in without waiting for the next refresh.
+        hold = panel.locator('li.hold[data-prefix="+13125"]')
+        await expect(hold).to_be_visible(timeout=WAIT_MS)
+        await expect(hold.locator(".prefix")).to_have_text("+13125")
+        await expect(hold.locator(".country")).to_have_text("United States")
+        await expect(hold.locator(".region")).to_have_text("US")
+        await expect(hold.locator(".entered .words")).to_have_text("0 of 3 codes entered")
+        await expect(hold.locator(".left .words")).to_contain_text("1 h left")
+        entered = await hold.locator(".entered .fill").bounding_box()
+        left, track = (
+            await hold.locator(".left .fill").bounding_box(),
+            await hold.locator(".left .hold-bar").bounding_box(),
+        )
+        assert entered is not None and entered["width"] == 0  # none of them entered
+        assert (
+            left is not None and track is not None and left["width"] == pytest.approx(track["width"], abs=2)
+        )
+        # The refused send's row reads in words.
+        reason = page.locator('td.reason[data-reason="fraud_suspected"]')
+        await expect(reason).to_have_text("Number's range is held: too few codes entered there")
+
+        assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+        box = await hold.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, box
+        if SCREENSHOTS:
+            await page.screenshot(path=f"{SCREENSHOTS}/holds-{width}.png", full_page=True)
+
+        # Released through the API: gone from the panel on the next read.
+        async with http.delete(f"{agent.base_url}/fraud/holds/%2B13125", auth=agent.auth) as response:
+            assert response.status == 200
+        await page.reload()
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        await expect(panel).to_be_hidden()

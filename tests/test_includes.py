@@ -14,6 +14,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -41,9 +42,11 @@ from tests.platform import (
     serve_agent,
     serving,
     settings_for,
+    signalwire_signature,
     swml_ai,
     user_events,
 )
+from tests.processes import AgentProcess
 
 CALLER = "+12025550143"
 REFUSED = "the security token for this function is invalid or expired"
@@ -253,6 +256,40 @@ async def test_function_urls_follow_swml_proxy_url_base(
         definitions = await discover(http, agent.base_url + "/swaig", {}, auth=agent.auth)
     for definition in definitions:
         assert definition["web_hook_url"].startswith(f"https://{USER}:{PASSWORD}@mfa.example.com/swaig/?")
+
+
+async def test_a_proxy_url_base_set_in_dot_env_reaches_the_sdks_urls_and_signature_check(
+    tmp_path: Any, http: aiohttp.ClientSession
+) -> None:
+    # The SDK reads SWML_PROXY_URL_BASE from the process environment only; a deployer who
+    # puts it in .env (with the Signing Key) must get function URLs and signature checks
+    # built on the same public URL, or every signed call would be refused.
+    key = "PSKtest-dot-env-0123456789"
+    (tmp_path / ".env").write_text(
+        f"SWML_PROXY_URL_BASE=https://mfa.example.com\nSIGNALWIRE_SIGNING_KEY={key}\n"
+        f"MFA_STORE=sqlite:///{tmp_path}/mfa.sqlite3\nMFA_OUTBOX={tmp_path}/outbox.jsonl\n"
+    )
+    agent = AgentProcess({}, tmp_path / "agent.log")
+    await agent.start()
+    try:
+        body = json.dumps({"call_id": str(uuid.uuid4())}).encode()
+        public = "https://mfa.example.com/"
+        signed = {
+            "Content-Type": "application/json",
+            "X-SignalWire-Signature": signalwire_signature(key, public, body),
+        }
+        async with http.post(agent.base_url + "/", data=body, headers=signed, auth=agent.auth) as resp:
+            assert resp.status == 200, agent.log()
+            swml = await resp.json()
+        urls = [f["web_hook_url"] for f in swml_ai(swml)["SWAIG"]["functions"]]
+        assert urls and all(
+            url.startswith(f"https://{USER}:{PASSWORD}@mfa.example.com/swaig") for url in urls
+        )
+        unsigned = {"Content-Type": "application/json"}
+        async with http.post(agent.base_url + "/", data=body, headers=unsigned, auth=agent.auth) as resp:
+            assert resp.status == 403
+    finally:
+        await agent.stop()
 
 
 # -- tokens: one call each ----------------------------------------------------------

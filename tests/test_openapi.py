@@ -75,6 +75,8 @@ def test_the_document_is_served_behind_auth_and_describes_the_api(agent_url: str
         "/runtime/webhooks/durabletask/instances/{instance_id}",
         "/runtime/webhooks/durabletask/instances/{instance_id}/raiseEvent/{event_name}",
         "/runtime/webhooks/durabletask/instances/{instance_id}/terminate",
+        "/fraud/holds",
+        "/fraud/holds/{prefix}",
     }
     for path in document["paths"].values():
         for operation in path.values():

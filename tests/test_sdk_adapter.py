@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from signalwire import AgentBase
 from signalwire.core.function_result import FunctionResult
+from signalwire.core.security import webhook_middleware
 from signalwire.core.security.session_manager import SessionManager
 from signalwire.core.swaig_function import SWAIGFunction
 from starlette.middleware import Middleware
@@ -891,3 +892,31 @@ async def _leaving(app: Any, path: str) -> list[Any]:
 
     await app(_scope("POST", path, [_auth_header(), ("content-length", "100")], ""), receive, send)
     return sent
+
+
+# -- SignalWire's webhook signatures --------------------------------------------------
+
+
+def test_signatures_are_checked_as_the_sdk_documents_them() -> None:
+    # The test vectors of the SDK's security.md ("Webhook Signature Validation").
+    form_url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    form = "CallSid=CA1234567890ABCDE&Caller=%2B14158675309&Digits=1234&From=%2B14158675309&To=%2B18005551212"
+    signed = {"x-signalwire-signature": "RSOYDt4T1cUTdK1PDd93/VVr8B8="}
+    assert sdk_adapter.signed_by_signalwire("12345", form_url, signed, form)
+    assert sdk_adapter.signed_by_signalwire(
+        "12345", form_url, {"x-twilio-signature": signed["x-signalwire-signature"]}, form
+    )
+    # With the default port written into the URL, as the platform signs some requests.
+    assert sdk_adapter.signed_by_signalwire(
+        "12345", "https://mycompany.com:443/myapp.php?foo=1&bar=2", signed, form
+    )
+    assert not sdk_adapter.signed_by_signalwire("12346", form_url, signed, form)
+    assert not sdk_adapter.signed_by_signalwire("12345", form_url, signed, form.replace("1234&", "1235&"))
+    assert not sdk_adapter.signed_by_signalwire("12345", form_url, {}, form)
+    json_url, body = (
+        "https://example.ngrok.io/webhook",
+        '{"event":"call.state","params":{"call_id":"abc-123","state":"answered"}}',
+    )
+    json_signed = {"x-signalwire-signature": "c3c08c1fefaf9ee198a100d5906765a6f394bf0f"}
+    assert sdk_adapter.signed_by_signalwire("PSKtest1234567890abcdef", json_url, json_signed, body)
+    assert tuple(inspect.signature(webhook_middleware.validate).parameters) == sdk_adapter.SIGNATURE_CHECK

@@ -65,6 +65,8 @@ def test_credentials_pick_signalwire_and_loopback_spaces_use_http() -> None:
         ({"mfa_provider": "signalwire"}, "SIGNALWIRE_PROJECT_ID"),
         ({"mfa_message": "x" * 150, "mfa_workflow_token_length": 12}, "MFA_MESSAGE"),
         ({"mfa_webhook_urls": "https://hooks.example.com/mfa"}, "MFA_WEBHOOK_SECRET"),
+        ({"swml_proxy_url_base": "agent.example.com"}, "SWML_PROXY_URL_BASE"),
+        ({"swml_proxy_url_base": "https://agent.example.com/?x=1"}, "SWML_PROXY_URL_BASE"),
     ],
 )
 def test_each_wrong_value_is_named(values: dict[str, object], names: str) -> None:
@@ -80,3 +82,9 @@ def test_a_wrong_value_stops_the_agent_with_one_line_and_no_secret(tmp_path: Pat
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("configuration error: MFA_TOKEN_LENGTH: "), lines
     assert "PT-top-secret-value" not in result.stdout + result.stderr
+
+
+def test_the_public_url_is_kept_without_its_last_slash() -> None:
+    settings = Settings(_env_file=None, swml_proxy_url_base="https://agent.example.com/mfa/ ")  # type: ignore[call-arg]
+    assert settings.swml_proxy_url_base == "https://agent.example.com/mfa"
+    assert Settings(_env_file=None, swml_proxy_url_base="").swml_proxy_url_base is None  # type: ignore[call-arg]

@@ -5,6 +5,11 @@ recent events on this instance (the ones a replay can show), most recently
 active first, at most `engine.events.live.RECENT_AGENTS`. The dashboard offers
 them when the agent id it watches has none, which is most often a typo.
 
+`GET /dashboard/holds` answers ``{"holds": [...]}``: the prefixes the SMS
+pumping guard holds now, for every agent (a hold is the deployment's), in the
+shape of the HTTP API's `GET /fraud/holds`. The page's held-prefixes panel
+(`static/holds.js`) reads it.
+
 `/websocket` protocol (JSON text frames):
 
 - the client sends ``{"type": "subscribe", "agent_id": "mfa"}`` (add ``"replay": true``
@@ -41,6 +46,7 @@ from engine.errors import StoreUnavailable
 from engine.events.live import MAX_SUBSCRIPTIONS, LiveHub, Subscriber
 from engine.events.metrics import CONTENT_TYPE_LATEST
 from engine.events.webhooks import QUEUE as WEBHOOK_QUEUE
+from engine.fraud import hold_document
 from engine.runtime import Runtime
 from server.auth import BasicAuth
 
@@ -63,6 +69,8 @@ _PAGE_DIR = Path(__file__).parent
 _STATIC = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "holds.js": "text/javascript; charset=utf-8",
+    "holds.css": "text/css; charset=utf-8",
 }
 # The page loads only its own script and style and talks only to this origin.
 _PAGE_HEADERS = {
@@ -117,6 +125,16 @@ def build_routes(runtime: Runtime, auth: BasicAuth) -> APIRouter:
     @router.get("/dashboard/agents", dependencies=[Depends(auth)], include_in_schema=False)
     async def dashboard_agents() -> Response:
         body = json.dumps({"agent_ids": runtime.live.recent_agent_ids()})
+        return Response(body, media_type="application/json", headers=_DATA_HEADERS)
+
+    @router.get("/dashboard/holds", dependencies=[Depends(auth)], include_in_schema=False)
+    async def dashboard_holds() -> Response:
+        try:
+            holds = await runtime.fraud.holds(runtime.clock())
+        except StoreUnavailable:
+            # The page keeps what it showed and says it could not refresh it.
+            return Response(status_code=503, headers=_DATA_HEADERS)
+        body = json.dumps({"holds": [hold_document(hold) for hold in holds]})
         return Response(body, media_type="application/json", headers=_DATA_HEADERS)
 
     @router.get("/metrics", dependencies=[Depends(auth)], include_in_schema=False)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from engine.codes import Message
+from engine.delivery import Receipt
 from engine.models import utc_now_iso
 from engine.private_files import PRIVATE_FILE, make_private, private_folder
 
@@ -30,11 +31,16 @@ class OutboxDelivery:
         self._lock = asyncio.Lock()
         make_private(path)
 
-    async def deliver(self, to: str, channel: str, message: Message) -> None:
+    reports_delivery = False  # a file reports nothing back
+
+    async def deliver(
+        self, to: str, channel: str, message: Message, *, reference: str | None = None
+    ) -> Receipt:
         body = message.text()  # the SMS text, also for a call: the file stands in for the phone
         line = json.dumps({"to": to, "channel": channel, "body": body, "at": utc_now_iso()}) + "\n"
         async with self._lock:
             await asyncio.to_thread(self._append, line)
+        return Receipt()
 
     def _append(self, line: str) -> None:
         private_folder(self.path.parent)

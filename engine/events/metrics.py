@@ -24,6 +24,9 @@ _ENDED = {
     "mfa.canceled": "canceled",
 }
 
+# The reasons a send refused by the SMS pumping guard is published with (engine/fraud.py).
+_GUARD_REASONS = frozenset({"fraud_suspected", "new_country_budget", "fraud_blocked"})
+
 # SignalWire answers in tens to hundreds of milliseconds; the tail up to the 9 s timeout matters.
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 9.0)
 
@@ -52,7 +55,32 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.fraud_holds = Counter(
+            "mfa_fraud_holds",
+            "Destination prefixes the SMS pumping guard held (one per hold, across instances).",
+            registry=registry,
+        )
+        self.fraud_refused = Counter(
+            "mfa_fraud_refused_sends",
+            "Sends the SMS pumping guard refused, by reason (fraud_suspected: a held prefix; "
+            "new_country_budget: a new country's hourly budget; fraud_blocked: MFA_FRAUD_BLOCK).",
+            ["reason"],
+            registry=registry,
+        )
         self.wrong_codes = Counter("mfa_wrong_codes", "Codes checked and found wrong.", registry=registry)
+        self.deliveries = Counter(
+            "mfa_deliveries",
+            "Texts whose delivery the carrier reported final, by state (delivered, undelivered, failed).",
+            ["state"],
+            registry=registry,
+        )
+        self.fallback_calls = Counter(
+            "mfa_fallback_calls",
+            "Voice calls with a new code after a text did not arrive in time, by outcome "
+            "(placed; not_placed: a limit refused it or SignalWire failed).",
+            ["outcome"],
+            registry=registry,
+        )
         self.upstream_latency = Histogram(
             "mfa_upstream_request_seconds",
             "Time of each request to SignalWire's REST API, by endpoint.",
@@ -94,11 +122,21 @@ class Metrics:
     async def observe_event(self, event: Event) -> None:
         """An event sink: counts sends and outcomes from the events the engine publishes here."""
         channel = event.channel or "unknown"
+        if _fallback(event):
+            self.fallback_calls.labels("placed" if event.type == "mfa.sent" else "not_placed").inc()
         if event.type == "mfa.sent":
             self.sends.labels(channel, "sent").inc()
+        elif event.type == "mfa.delivered":
+            self.deliveries.labels("delivered").inc()
+        elif event.type == "mfa.undelivered":
+            self.deliveries.labels("failed" if event.reason == "failed" else "undelivered").inc()
         elif event.type == "mfa.send_failed" or _refused_send(event):
             self.sends.labels(channel, "failed").inc()
             self.send_failures.labels(event.reason or "unknown").inc()
+            if event.reason in _GUARD_REASONS:
+                self.fraud_refused.labels(event.reason).inc()
+        elif event.type == "mfa.fraud_suspected":
+            self.fraud_holds.inc()
         elif event.type == "mfa.rejected":
             self.wrong_codes.inc()
         elif event.type in _ENDED:
@@ -113,6 +151,14 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+def _fallback(event: Event) -> bool:
+    # The call after a text that did not arrive: a send for a verification that exists
+    # already (a first send that fails never has one).
+    return (event.type == "mfa.sent" and event.reason == "fallback") or (
+        event.type == "mfa.send_failed" and event.verification_id is not None
+    )
 
 
 def _refused_send(event: Event) -> bool:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from config.settings import Settings
 from engine.delivery import Delivery
 from engine.delivery.outbox import OutboxDelivery
-from engine.delivery.signalwire_messaging import SignalWireMessaging
+from engine.delivery.signalwire_messaging import STATUS_CALLBACK_PATH, SignalWireMessaging
 from engine.keys import CodeKeys
 from engine.providers.base import Provider
 from engine.providers.local import LocalProvider
@@ -51,7 +52,13 @@ def _local(parts: ProviderParts) -> Provider:
     delivery: Delivery
     if settings.mfa_delivery == "signalwire":
         assert parts.rest is not None and settings.signalwire_project_id and settings.mfa_from_number
-        delivery = SignalWireMessaging(parts.rest, settings.signalwire_project_id, settings.mfa_from_number)
+        delivery = SignalWireMessaging(
+            parts.rest,
+            settings.signalwire_project_id,
+            settings.mfa_from_number,
+            status_callback=status_callback_url(settings),
+            language=settings.mfa_language,
+        )
         log.info("codes are made here and sent through SignalWire messaging")
     else:
         delivery = OutboxDelivery(settings.mfa_outbox)
@@ -60,6 +67,46 @@ def _local(parts: ProviderParts) -> Provider:
             settings.mfa_outbox.resolve(),
         )
     return LocalProvider(parts.keys, delivery)
+
+
+def reports_delivery(settings: Settings) -> bool:
+    """Whether texts ask SignalWire for delivery reports: the local engine delivering through
+    SignalWire messaging, with the Signing Key and the public URL set (`status_callback_url`)."""
+    return (
+        settings.mfa_provider == "local"
+        and settings.mfa_delivery == "signalwire"
+        and settings.signalwire_signing_key is not None
+        and settings.swml_proxy_url_base is not None
+    )
+
+
+def status_callback_url(settings: Settings) -> str | None:
+    """The public URL SignalWire reports each text's delivery to, or None (said once, with why).
+
+    Reports are asked for only when they can be trusted and can arrive: with the Signing
+    Key (a report is accepted only when signed with it) and the agent's public URL.
+    Without them no text is followed by a call either, since no report would ever come.
+    """
+    missing = [
+        name
+        for name, value in (
+            ("SIGNALWIRE_SIGNING_KEY", settings.signalwire_signing_key),
+            ("SWML_PROXY_URL_BASE", settings.swml_proxy_url_base),
+        )
+        if value is None
+    ]
+    if missing:
+        log.warning(
+            "delivery reports are off: %s not set (SignalWire needs the public URL to report to, and "
+            "a report counts only when signed with the Signing Key); texts are not followed by a call",
+            " and ".join(missing) + (" is" if len(missing) == 1 else " are"),
+        )
+        return None
+    url = f"{settings.swml_proxy_url_base}{STATUS_CALLBACK_PATH}"
+    parts = urlsplit(url)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never a password
+    log.info("SignalWire reports each text's delivery to %s", shown)
+    return url
 
 
 # MFA_PROVIDER -> how to build that provider.

@@ -3,12 +3,13 @@
 Each consumer names the job it uses: the limiter `WindowStore`, repeated
 requests `ClaimStore`, webhooks `OutboxStore`, the live page `BroadcastStore`,
 the key ring `KeyStore`, the verification engine `VerificationStore` and
-`WindowStore`, the workflow and the line-type lookup `RecordStore`. `Store` is
+`WindowStore`, the delivery follow-up `DeliveryStore`, the workflow and the
+line-type lookup `RecordStore`, the pumping guard's holds `HoldStore`. `Store` is
 all of them, with `Lifecycle`: what a backend implements and what the runtime
 opens. Two backends implement it: SQLite (one instance, the default) and Redis
-(several instances). Every method that decides something does so atomically
-in the store (a transaction in SQLite, a Lua script in Redis), so two
-requests or two instances can never both win the same race.
+(several instances). Every method that decides something does so atomically in
+the store (a transaction in SQLite, a Lua script in Redis), so two requests or
+two instances can never both win the same race.
 
 Times are UNIX seconds as floats, passed in by the caller (so tests can use a
 fake clock); the store never reads the clock itself, except where Redis uses
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from engine.models import Status, Verification
+from engine.models import DeliveryState, Fallback, Status, Verification
+from engine.stores.guard import GuardCheck, GuardRefused, Hold
 from engine.stores.windows import Refused, Window
 
 # How long a finished verification stays readable after it ended (or expired),
@@ -173,12 +175,20 @@ class VerificationStore(Protocol):
         and take back its event in ``budgets``, in one step."""
 
     async def transition(
-        self, verification_id: str, to: Status, now: float, *, record: Record | None = None
+        self,
+        verification_id: str,
+        to: Status,
+        now: float,
+        *,
+        record: Record | None = None,
+        count: Sequence[Window] = (),
     ) -> Verification | None:
         """Move a `pending` verification to ``to``; None if it was not `pending`.
 
-        With ``record``, the move also keeps that record, in the same atomic
-        step: both happen, or (when it was not `pending`) neither.
+        With ``record``, the move also keeps that record, and with ``count``
+        (bucketed windows) it counts one event in each, in the same atomic
+        step: all happen, or (when it was not `pending`) none. So an approval
+        is counted once, however many right codes race for it.
 
         Exactly one of several concurrent callers succeeds. Ending a
         verification removes it from the expiry schedule and keeps it
@@ -192,14 +202,62 @@ class VerificationStore(Protocol):
         """The earliest ``expires_at`` among `pending` verifications, or None."""
 
 
+@dataclass(frozen=True)
+class DeliveryChange:
+    """The answer of `DeliveryStore.record_delivery`: the verification as it now stands, and
+    whether this very report moved its text to a final state (so its event is raised once)."""
+
+    verification: Verification
+    became_final: bool = False
+
+
+class DeliveryStore(Protocol):
+    """A text's delivery as the carrier reports it, and the one voice call that may follow it."""
+
+    async def record_delivery(
+        self, verification_id: str, carrier_ref: str, state: DeliveryState, error_code: str | None
+    ) -> DeliveryChange | None:
+        """Record a carrier's report on a verification's text, atomically.
+
+        None when the id is unknown, its text's delivery is not tracked (``delivery`` is
+        None), or ``carrier_ref`` is not the id its send got (``provider_ref``). Else the
+        state only moves forward: a report of a state no later than the recorded one
+        (repeated, or out of order) changes nothing, and once a final state is recorded
+        nothing changes again. ``error_code`` is kept with a final state only.
+        ``became_final`` is True for the one report that made it final. Reports are
+        recorded whatever the verification's status.
+        """
+
+    async def claim_fallback(self, verification_id: str, now: float, code_digest: str) -> Verification | None:
+        """Take the verification's one voice call, atomically: only while it is `pending` and
+        not expired at ``now``, its delivery tracked and not `delivered`, and no call taken yet.
+        Then ``fallback`` becomes `calling` with ``code_digest`` (the call's code), and the
+        verification is returned; else None and nothing changes."""
+
+    async def settle_fallback(self, verification_id: str, outcome: Fallback) -> Verification | None:
+        """Record how the call taken with `claim_fallback` went (``fallback`` was `calling`);
+        the verification, or None if there was no call being placed."""
+
+    async def mark_delivery_told(self, verification_id: str) -> bool:
+        """Note that the caller was told about the text's delivery; True only for the one
+        caller that noted it (so two answers never both tell it)."""
+
+
 class WindowStore(Protocol):
     """Counting windows: rate limits and failure budgets (engine/stores/windows.py)."""
 
-    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
+    async def hit(
+        self, windows: Sequence[Window], now: float, *, guard: GuardCheck | None = None
+    ) -> Refused | GuardRefused | None:
         """Record one event in every counted window if each window has room, and
         return None; else record nothing and return the first window without
         room, with the seconds until it would have room. One atomic step: two
         concurrent hits can never both take the last place of a window.
+
+        With ``guard``, once every window has room, the pumping guard decides in
+        the same step (engine/stores/guard.py): a GuardRefused records nothing
+        but the hold it may raise; an admitted send is also counted in
+        ``guard.counted``.
 
         An exact window's events are shared with `begin_attempt`'s budgets: a
         window of the same key counts the same events."""
@@ -207,6 +265,19 @@ class WindowStore(Protocol):
     async def unhit(self, windows: Sequence[Window], now: float) -> None:
         """Take back the event that ``hit(windows, now)`` recorded in each counted window
         (a send that then failed, a failure budget given back for a right code)."""
+
+
+class HoldStore(Protocol):
+    """The pumping guard's holds (raised inside `WindowStore.hit`): listed, and ended early."""
+
+    async def holds(self, now: float) -> list[Hold]:
+        """Every hold still in force at ``now``, the newest first."""
+
+    async def release_hold(self, prefix: str, forget: Sequence[Window], now: float) -> Hold | None:
+        """End ``prefix``'s hold now, and forget the events of the bucketed windows in
+        ``forget`` (its counts, so it is judged afresh), in one step.
+
+        The hold as it was, or None when the prefix was not held at ``now``."""
 
 
 class ClaimStore(Protocol):
@@ -273,7 +344,9 @@ class Store(
     Lifecycle,
     KeyStore,
     VerificationStore,
+    DeliveryStore,
     WindowStore,
+    HoldStore,
     ClaimStore,
     RecordStore,
     OutboxStore,

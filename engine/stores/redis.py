@@ -15,6 +15,8 @@ Keys, all under ``prefix`` (default ``mfa:``):
 - ``hit:{key}``: sorted set of an exact window's events by time (see ``windows``): a
   send limit's, or a failure budget's wrong codes;
 - ``count:{key}@{bucket}``: a bucketed window's count in one fixed bucket;
+- ``hold:{prefix}``: a pumping guard's hold, as a hash (see ``_hold``); ``holds``: sorted
+  set of held prefixes by the end of their hold;
 - ``claim:{key}``, ``record:{kind}:{id}``, ``secret:{name}``: strings;
 - ``outbox:{queue}:due`` (sorted set by due time), ``outbox:{queue}:payload`` and
   ``outbox:{queue}:attempts`` (hashes by item id);
@@ -45,7 +47,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 
 from engine.errors import StoreUnavailable
-from engine.models import Status, Verification
+from engine.models import DeliveryState, Fallback, Status, Verification
 from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
@@ -53,10 +55,12 @@ from engine.stores.base import (
     Budgets,
     Claim,
     ClaimState,
+    DeliveryChange,
     OutboxItem,
     Record,
     Store,
 )
+from engine.stores.guard import HELD, GuardCheck, GuardRefused, Hold, country_refusal
 from engine.stores.windows import (
     Refused,
     Window,
@@ -89,6 +93,11 @@ _SHORT = {
     "provider_ref": "pr",
     "code_digest": "cd",
     "origin": "og",
+    "delivery": "dl",
+    "delivery_error": "de",
+    "fallback": "fb",
+    "fallback_digest": "fd",
+    "delivery_told": "dt",
 }
 _LONG = {short: field for field, short in _SHORT.items()}
 _RUNNING = "running"  # a claim's value while its owner works; a finished one holds JSON
@@ -170,32 +179,45 @@ return 0
 """
 
 _TRANSITION = """
--- KEYS: verification, expiry schedule [, a record to keep with it].
--- ARGV: id, to, now, retain_ms [, the record's JSON, its ttl_ms].
+-- KEYS: verification, expiry schedule, the record to keep with it (the verification again when
+-- none), then the current bucket of each window to count.
+-- ARGV: id, to, now, retain_ms, the record's JSON ('' when none), its ttl_ms, then each bucket's ttl_ms.
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
   -- Also drops the schedule entry of a verification that Redis already forgot.
   redis.call('ZREM', KEYS[2], ARGV[1])
   return false
 end
 redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ua', ARGV[3])
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6]) end
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6]) end
+for i = 4, #KEYS do
+  redis.call('INCR', KEYS[i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[i + 3])
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('HGETALL', KEYS[1])
 """
 
 _HIT = """
--- Count one event in every counted window if each window has room, else in none.
--- ARGV: now, a unique member, then four per window: kind, limit, ttl_ms, and for an exact
--- window ('e', KEYS: its event log; 'p' for one that is tested, never counted) the window's
--- start (events at or before it are gone), for a bucketed one ('b', KEYS: previous and
--- current bucket) the previous bucket's weight.
+-- Count one event in every counted window if each window has room, else in none. With the
+-- pumping guard, once every window has room, its decision in the same step
+-- (engine/stores/guard.py).
+-- ARGV: now, a unique member, the number of windows, then four per window: kind, limit, ttl_ms,
+-- and for an exact window ('e', KEYS: its event log; 'p' for one that is tested, never counted)
+-- the window's start (events at or before it are gone), for a bucketed one ('b', KEYS: previous
+-- and current bucket) the previous bucket's weight. Then, with the guard (its first at g): prefix,
+-- country, min sends, min conversion, the hold's end, its ttl_ms, the hour's previous-bucket
+-- weight, an hour bucket's ttl_ms, the country's base, sends per approval, approvals at which it
+-- is established, and its approvals' previous-bucket weight.
+-- KEYS after the windows' (from k), with the guard: the hold, the holds index, then the previous
+-- and current bucket of the prefix's sends, its approvals, the country's sends, its approvals.
 -- Nil when counted; else {index of the first full window (0-based), then for 'e'/'p' the
--- oldest event's time, for 'b' the previous and current counts}.
-local windows = (#ARGV - 2) / 4
+-- oldest event's time, for 'b' the previous and current counts}; or the guard's refusal:
+-- {'held', the hold's fields}, {'raised', the hold's fields}, {'budget', previous, current, limit}.
+local windows = tonumber(ARGV[3])
 local k = 1
 for i = 0, windows - 1 do
-  local kind, limit, extra = ARGV[3 + 4 * i], tonumber(ARGV[4 + 4 * i]), ARGV[6 + 4 * i]
+  local kind, limit, extra = ARGV[4 + 4 * i], tonumber(ARGV[5 + 4 * i]), ARGV[7 + 4 * i]
   if kind == 'b' then
     local previous = tonumber(redis.call('GET', KEYS[k]) or '0')
     local current = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
@@ -209,9 +231,43 @@ for i = 0, windows - 1 do
     k = k + 1
   end
 end
+local g = 4 + 4 * windows
+local guarded = #ARGV >= g
+if guarded then
+  local function get(key) return tonumber(redis.call('GET', KEYS[key]) or '0') end
+  local now, hour = tonumber(ARGV[1]), tonumber(ARGV[g + 6])
+  local held_until = redis.call('HGET', KEYS[k], 'until')
+  if held_until and tonumber(held_until) > now then
+    return {'held', redis.call('HGETALL', KEYS[k])}
+  end
+  local sends = get(k + 2) * hour + get(k + 3)
+  local approved = get(k + 4) * hour + get(k + 5)
+  if sends >= tonumber(ARGV[g + 2]) and approved < tonumber(ARGV[g + 3]) * sends then
+    local fields = {
+      'country', ARGV[g + 1], 'since', ARGV[1], 'until', ARGV[g + 4], 'sends', math.floor(sends + 0.5),
+      'approved', math.floor(approved + 0.5), 'reason', 'fraud_suspected',
+    }
+    redis.call('DEL', KEYS[k])
+    redis.call('HSET', KEYS[k], unpack(fields))
+    redis.call('PEXPIRE', KEYS[k], ARGV[g + 5])
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', ARGV[1])
+    redis.call('ZADD', KEYS[k + 1], ARGV[g + 4], ARGV[g])
+    if redis.call('PTTL', KEYS[k + 1]) < tonumber(ARGV[g + 5]) then
+      redis.call('PEXPIRE', KEYS[k + 1], ARGV[g + 5])
+    end
+    return {'raised', fields}
+  end
+  local country_approvals = get(k + 8) * tonumber(ARGV[g + 11]) + get(k + 9)
+  if country_approvals < tonumber(ARGV[g + 10]) then
+    local limit = tonumber(ARGV[g + 8]) + tonumber(ARGV[g + 9]) * country_approvals
+    local previous, current = get(k + 6), get(k + 7)
+    if previous * hour + current + 1 > limit then return {'budget', previous, current, tostring(limit)} end
+  end
+end
+local guard_keys = k
 k = 1
 for i = 0, windows - 1 do
-  local kind, ttl = ARGV[3 + 4 * i], tonumber(ARGV[5 + 4 * i])
+  local kind, ttl = ARGV[4 + 4 * i], tonumber(ARGV[6 + 4 * i])
   if kind == 'e' then
     redis.call('ZADD', KEYS[k], ARGV[1], ARGV[2])
     redis.call('PEXPIRE', KEYS[k], ttl)
@@ -222,6 +278,12 @@ for i = 0, windows - 1 do
     redis.call('INCR', KEYS[k + 1])
     redis.call('PEXPIRE', KEYS[k + 1], 2 * ttl)
     k = k + 2
+  end
+end
+if guarded then
+  for _, current in ipairs({guard_keys + 3, guard_keys + 7}) do
+    redis.call('INCR', KEYS[current])
+    redis.call('PEXPIRE', KEYS[current], 2 * tonumber(ARGV[g + 7]))
   end
 end
 return false
@@ -236,6 +298,18 @@ for i, key in ipairs(KEYS) do
     redis.call('DECR', key)
   end
 end
+"""
+
+_RELEASE_HOLD = """
+-- KEYS: the hold, the holds index, then the buckets to forget. ARGV: prefix, now.
+-- The hold's fields if it was in force at now, else nil; either way it is gone after.
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1], unpack(KEYS, 3))
+for i = 1, #fields, 2 do
+  if fields[i] == 'until' and tonumber(fields[i + 1]) > tonumber(ARGV[2]) then return fields end
+end
+return false
 """
 
 _CLAIM = """
@@ -293,6 +367,57 @@ end
 return 0
 """
 
+# Each delivery state's place in the order states come in (engine.models.DeliveryState.rank).
+_RANKS = ", ".join(f"{state.value} = {state.rank}" for state in DeliveryState)
+_FINAL_RANK = DeliveryState.DELIVERED.rank
+
+_RECORD_DELIVERY = f"""
+-- KEYS: verification. ARGV: the carrier's id for the text, the reported state, error code ('' for none).
+-- Returns nil (unknown, not tracked, another carrier id), or {{1 if this report made it final else 0,
+-- the verification's fields}}. The state only moves forward; the first final one stays.
+local rank = {{{_RANKS}}}
+local key = KEYS[1]
+local recorded = redis.call('HGET', key, 'dl')
+if not recorded or redis.call('HGET', key, 'pr') ~= ARGV[1] then return false end
+local reported = rank[ARGV[2]]
+if rank[recorded] >= {_FINAL_RANK} or reported <= rank[recorded] then
+  return {{0, redis.call('HGETALL', key)}}
+end
+redis.call('HSET', key, 'dl', ARGV[2])
+if reported >= {_FINAL_RANK} then
+  if ARGV[3] ~= '' then redis.call('HSET', key, 'de', ARGV[3]) end
+  return {{1, redis.call('HGETALL', key)}}
+end
+return {{0, redis.call('HGETALL', key)}}
+"""
+
+_CLAIM_FALLBACK = """
+-- KEYS: verification. ARGV: now, 'calling', the call's code digest, 'delivered'.
+-- The verification's fields when this call took the fallback, else nil.
+local key = KEYS[1]
+if redis.call('HGET', key, 'st') ~= 'pending' then return false end
+if tonumber(ARGV[1]) >= tonumber(redis.call('HGET', key, 'ea')) then return false end
+local delivery = redis.call('HGET', key, 'dl')
+if not delivery or delivery == ARGV[4] or redis.call('HEXISTS', key, 'fb') == 1 then return false end
+redis.call('HSET', key, 'fb', ARGV[2], 'fd', ARGV[3])
+return redis.call('HGETALL', key)
+"""
+
+_SETTLE_FALLBACK = """
+-- KEYS: verification. ARGV: 'calling', the outcome. The verification's fields, or nil if no call was
+-- being placed.
+if redis.call('HGET', KEYS[1], 'fb') ~= ARGV[1] then return false end
+redis.call('HSET', KEYS[1], 'fb', ARGV[2])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_MARK_TOLD = """
+-- KEYS: verification. 1 when this call noted that the caller was told, else 0.
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'dt') == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'dt', '1')
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class _Scripts:
@@ -302,11 +427,16 @@ class _Scripts:
     transition: AsyncScript
     hit: AsyncScript
     unhit: AsyncScript
+    release_hold: AsyncScript
     claim: AsyncScript
     server_keys: AsyncScript
     enqueue: AsyncScript
     claim_due: AsyncScript
     retry_later: AsyncScript
+    record_delivery: AsyncScript
+    claim_fallback: AsyncScript
+    settle_fallback: AsyncScript
+    mark_told: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> _Scripts:
@@ -317,11 +447,16 @@ class _Scripts:
             transition=client.register_script(_TRANSITION),
             hit=client.register_script(_HIT),
             unhit=client.register_script(_UNHIT),
+            release_hold=client.register_script(_RELEASE_HOLD),
             claim=client.register_script(_CLAIM),
             server_keys=client.register_script(_SERVER_KEYS),
             enqueue=client.register_script(_ENQUEUE),
             claim_due=client.register_script(_CLAIM_DUE),
             retry_later=client.register_script(_RETRY_LATER),
+            record_delivery=client.register_script(_RECORD_DELIVERY),
+            claim_fallback=client.register_script(_CLAIM_FALLBACK),
+            settle_fallback=client.register_script(_SETTLE_FALLBACK),
+            mark_told=client.register_script(_MARK_TOLD),
         )
 
 
@@ -351,8 +486,9 @@ def _ms(seconds: float) -> int:
 def _to_hash(verification: Verification) -> list[str]:
     fields: list[str] = []
     for field, value in verification.model_dump(mode="json", exclude={"id"}).items():
-        if value is not None:
-            fields += [_SHORT[field], str(value)]
+        if value is None or value is False:
+            continue  # absent reads back as the field's default
+        fields += [_SHORT[field], "1" if value is True else str(value)]
     return fields
 
 
@@ -362,6 +498,18 @@ def _from_hash(verification_id: str, values: Mapping[str, str]) -> Verification:
     if "origin" not in fields:  # kept before verifications recorded it
         fields["origin"] = "call" if fields.get("call_id") else "api"
     return Verification.model_validate({"id": verification_id, **fields})
+
+
+def _hold(prefix: str, fields: Mapping[str, str]) -> Hold:
+    return Hold(
+        prefix=prefix,
+        country=fields["country"],
+        since=float(fields["since"]),
+        until=float(fields["until"]),
+        sends=int(fields["sends"]),
+        approved=int(fields["approved"]),
+        reason=fields["reason"],
+    )
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -546,13 +694,27 @@ class RedisStore(Store):
             await self._script.refund_attempt(keys=keys)
 
     async def transition(
-        self, verification_id: str, to: Status, now: float, *, record: Record | None = None
+        self,
+        verification_id: str,
+        to: Status,
+        now: float,
+        *,
+        record: Record | None = None,
+        count: Sequence[Window] = (),
     ) -> Verification | None:
-        keys = [self._key("v", verification_id), self._key("expiry")]
+        key = self._key("v", verification_id)
+        keys = [key, self._key("expiry")]
         args: list[str | int | float] = [verification_id, to.value, _num(now), _ms(RETAIN_FINISHED_SECONDS)]
         if record is not None:
             keys.append(self._key("record", record.kind, record.id))
             args += [_json(record.data), _ms(record.ttl)]
+        else:
+            keys.append(key)
+            args += ["", 0]
+        for window in count:
+            assert not window.exact, "a transition counts bucketed windows only"
+            keys.append(self._key("count", bucket_key(window, bucket(now, window.seconds))))
+            args.append(_ms(2 * window.seconds))
         with _unavailable():
             flat = await self._script.transition(keys=keys, args=args)
         return None if flat is None else _from_hash(verification_id, _pairs(flat))
@@ -569,11 +731,44 @@ class RedisStore(Store):
             )
         return float(earliest[0][1]) if earliest else None
 
+    # -- delivery ----------------------------------------------------------------
+    async def record_delivery(
+        self, verification_id: str, carrier_ref: str, state: DeliveryState, error_code: str | None
+    ) -> DeliveryChange | None:
+        with _unavailable():
+            answer = await self._script.record_delivery(
+                keys=[self._key("v", verification_id)], args=[carrier_ref, state.value, error_code or ""]
+            )
+        if answer is None:
+            return None
+        verification = _from_hash(verification_id, _pairs(answer[1]))
+        return DeliveryChange(verification, became_final=int(answer[0]) == 1)
+
+    async def claim_fallback(self, verification_id: str, now: float, code_digest: str) -> Verification | None:
+        args = [_num(now), Fallback.CALLING.value, code_digest, DeliveryState.DELIVERED.value]
+        with _unavailable():
+            flat = await self._script.claim_fallback(keys=[self._key("v", verification_id)], args=args)
+        return None if flat is None else _from_hash(verification_id, _pairs(flat))
+
+    async def settle_fallback(self, verification_id: str, outcome: Fallback) -> Verification | None:
+        with _unavailable():
+            flat = await self._script.settle_fallback(
+                keys=[self._key("v", verification_id)], args=[Fallback.CALLING.value, outcome.value]
+            )
+        return None if flat is None else _from_hash(verification_id, _pairs(flat))
+
+    async def mark_delivery_told(self, verification_id: str) -> bool:
+        with _unavailable():
+            marked = await self._script.mark_told(keys=[self._key("v", verification_id)])
+        return int(marked) == 1
+
     # -- counters and limits ------------------------------------------------
-    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
+    async def hit(
+        self, windows: Sequence[Window], now: float, *, guard: GuardCheck | None = None
+    ) -> Refused | GuardRefused | None:
         keys: list[str] = []
         # The member only has to be unique: two events may share a timestamp.
-        args: list[str | int | float] = [_num(now), secrets.token_hex(8)]
+        args: list[str | int | float] = [_num(now), secrets.token_hex(8), len(windows)]
         for window in windows:
             if window.exact:
                 keys.append(self._key("hit", window.key))
@@ -587,16 +782,60 @@ class RedisStore(Store):
                     self._key("count", bucket_key(window, number)),
                 ]
                 args += ["b", window.limit, _ms(window.seconds), _num(previous_weight(now, window.seconds))]
+        if guard is not None:
+            keys += self._guard_keys(guard, now)
+            args += self._guard_args(guard, now)
         with _unavailable():
             refused = await self._script.hit(keys=keys, args=args)
         if refused is None:
             return None
+        if guard is not None and isinstance(refused[0], str):
+            return self._guard_refused(guard, refused, now)
         index = int(refused[0])
         window = windows[index]
         if window.exact:
             oldest = float(refused[1]) if len(refused) > 1 else None
             return Refused(index, log_retry_after(window, oldest, now))
         return Refused(index, buckets_retry_after(window, int(refused[1]), int(refused[2]), now))
+
+    def _guard_keys(self, guard: GuardCheck, now: float) -> list[str]:
+        keys = [self._key("hold", guard.prefix), self._key("holds")]
+        for window in (guard.sends, guard.approvals, guard.budget.sends, guard.budget.approvals):
+            number = bucket(now, window.seconds)
+            keys += [
+                self._key("count", bucket_key(window, number - 1)),
+                self._key("count", bucket_key(window, number)),
+            ]
+        return keys
+
+    @staticmethod
+    def _guard_args(guard: GuardCheck, now: float) -> list[str | int | float]:
+        budget = guard.budget
+        return [
+            guard.prefix,
+            guard.country,
+            guard.min_sends,
+            _num(guard.min_conversion),
+            _num(now + guard.hold_seconds),
+            _ms(guard.hold_seconds),
+            _num(previous_weight(now, guard.sends.seconds)),
+            _ms(guard.sends.seconds),
+            budget.base,
+            _num(budget.per_approval),
+            budget.established_at,
+            _num(previous_weight(now, budget.approvals.seconds)),
+        ]
+
+    @staticmethod
+    def _guard_refused(guard: GuardCheck, refused: list[Any], now: float) -> GuardRefused:
+        verdict = refused[0]
+        if verdict == "budget":
+            previous, current, limit = int(refused[1]), int(refused[2]), float(refused[3])
+            return country_refusal(guard.budget, previous, current, limit, now)
+        hold = _hold(guard.prefix, _pairs([str(value) for value in refused[1]]))
+        if verdict == "raised":
+            return GuardRefused(HELD, guard.hold_seconds, hold, raised=True)
+        return GuardRefused(HELD, hold.until - now, hold)
 
     async def unhit(self, windows: Sequence[Window], now: float) -> None:
         counted = [window for window in windows if window.counted]
@@ -610,6 +849,31 @@ class RedisStore(Store):
             return
         with _unavailable():
             await self._script.unhit(keys=keys, args=["e" if window.exact else "b" for window in counted])
+
+    # -- the pumping guard's holds -------------------------------------------
+    async def holds(self, now: float) -> list[Hold]:
+        with _unavailable():
+            prefixes = cast(
+                list[str], await self._client.zrangebyscore(self._key("holds"), f"({_num(now)}", "+inf")
+            )
+            async with self._client.pipeline(transaction=False) as pipe:
+                for prefix in prefixes:
+                    pipe.hgetall(self._key("hold", prefix))
+                found = cast(list[dict[str, str]], await pipe.execute())
+        holds = [_hold(prefix, fields) for prefix, fields in zip(prefixes, found, strict=True) if fields]
+        return sorted((hold for hold in holds if hold.until > now), key=lambda hold: hold.since, reverse=True)
+
+    async def release_hold(self, prefix: str, forget: Sequence[Window], now: float) -> Hold | None:
+        keys = [self._key("hold", prefix), self._key("holds")]
+        for window in forget:
+            number = bucket(now, window.seconds)
+            keys += [
+                self._key("count", bucket_key(window, number - 1)),
+                self._key("count", bucket_key(window, number)),
+            ]
+        with _unavailable():
+            fields = await self._script.release_hold(keys=keys, args=[prefix, _num(now)])
+        return None if fields is None else _hold(prefix, _pairs(fields))
 
     # -- repeated requests --------------------------------------------------
     async def claim(self, key: str, ttl: float) -> Claim:

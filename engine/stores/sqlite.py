@@ -34,11 +34,12 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import StoreUnavailable
-from engine.models import Status, Verification
+from engine.models import DeliveryState, Fallback, Status, Verification
 from engine.private_files import create_private, make_private, private_folder
 from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
@@ -47,9 +48,21 @@ from engine.stores.base import (
     Budgets,
     Claim,
     ClaimState,
+    DeliveryChange,
     OutboxItem,
     Record,
     Store,
+)
+from engine.stores.guard import (
+    HELD,
+    GuardCheck,
+    GuardRefused,
+    Hold,
+    country_limit,
+    country_refusal,
+    hold_for,
+    should_hold,
+    weighted,
 )
 from engine.stores.windows import (
     Refused,
@@ -105,6 +118,11 @@ CREATE TABLE IF NOT EXISTS verification (
     "provider_ref" TEXT,
     "code_digest" TEXT,
     "origin" TEXT NOT NULL,
+    "delivery" TEXT,
+    "delivery_error" TEXT,
+    "fallback" TEXT,
+    "fallback_digest" TEXT,
+    "delivery_told" INTEGER NOT NULL DEFAULT 0,
     forget_at REAL NOT NULL
 ) WITHOUT ROWID;
 -- Partial: a verification leaves the expiry schedule when it stops being pending.
@@ -141,6 +159,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (queue, due_at);
 
 CREATE TABLE IF NOT EXISTS secret (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+
+-- The pumping guard's holds (engine/stores/guard.py). No forget_at index: a few rows at most.
+CREATE TABLE IF NOT EXISTS hold (
+    prefix TEXT PRIMARY KEY, country TEXT NOT NULL, since REAL NOT NULL, until REAL NOT NULL,
+    sends INTEGER NOT NULL, approved INTEGER NOT NULL, reason TEXT NOT NULL, forget_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 # Columns added since the first release, and how an older file gets them.
@@ -149,6 +173,11 @@ _MIGRATIONS = {
         "ALTER TABLE verification ADD COLUMN \"origin\" TEXT NOT NULL DEFAULT 'api'",
         "UPDATE verification SET \"origin\" = 'call' WHERE call_id IS NOT NULL",
     ),
+    "delivery": ('ALTER TABLE verification ADD COLUMN "delivery" TEXT',),
+    "delivery_error": ('ALTER TABLE verification ADD COLUMN "delivery_error" TEXT',),
+    "fallback": ('ALTER TABLE verification ADD COLUMN "fallback" TEXT',),
+    "fallback_digest": ('ALTER TABLE verification ADD COLUMN "fallback_digest" TEXT',),
+    "delivery_told": ('ALTER TABLE verification ADD COLUMN "delivery_told" INTEGER NOT NULL DEFAULT 0',),
 }
 
 # Each table whose rows are forgotten, with its key.
@@ -158,6 +187,7 @@ _FORGETTING_TABLES = {
     "counter": "key",
     "claim": "key",
     "record": "kind, id",
+    "hold": "prefix",
 }
 
 
@@ -239,6 +269,14 @@ def _take_back_event(db: sqlite3.Connection, window: Window) -> None:
         " (SELECT rowid FROM hit WHERE key = ? ORDER BY at DESC, rowid DESC LIMIT 1)",
         (window.key,),
     )
+
+
+_HOLD_COLUMNS = "prefix, country, since, until, sends, approved, reason"
+
+
+def _hold(row: Sequence[Any]) -> Hold:
+    prefix, country, since, until, sends, approved, reason = row
+    return Hold(prefix, country, float(since), float(until), int(sends), int(approved), reason)
 
 
 def _json(data: dict[str, Any]) -> str:
@@ -595,9 +633,15 @@ class SqliteStore(Store):
         await self._write(refund)
 
     async def transition(
-        self, verification_id: str, to: Status, now: float, *, record: Record | None = None
+        self,
+        verification_id: str,
+        to: Status,
+        now: float,
+        *,
+        record: Record | None = None,
+        count: Sequence[Window] = (),
     ) -> Verification | None:
-        if record is None:
+        if record is None and not count:
             # One UPDATE ... RETURNING: atomic without a transaction around it.
             return await self._run(
                 lambda db: self._end(db, verification_id, to, now),
@@ -608,7 +652,12 @@ class SqliteStore(Store):
         def end_and_record(db: sqlite3.Connection) -> Verification | None:
             ended = self._end(db, verification_id, to, now)
             if ended is not None:
-                _put_record(db, record)
+                if record is not None:
+                    _put_record(db, record)
+                wall = time.time()
+                for window in count:
+                    assert not window.exact, "a transition counts bucketed windows only"
+                    self._add_to_bucket(db, window, now, 1, wall)
             return ended
 
         return await self._write(end_and_record)
@@ -638,9 +687,70 @@ class SqliteStore(Store):
         earliest = rows[0][0]
         return None if earliest is None else float(earliest)
 
+    # -- delivery ----------------------------------------------------------------
+    async def record_delivery(
+        self, verification_id: str, carrier_ref: str, state: DeliveryState, error_code: str | None
+    ) -> DeliveryChange | None:
+        def record(db: sqlite3.Connection) -> DeliveryChange | None:
+            row = db.execute(_SELECT_VERIFICATION, (verification_id, time.time())).fetchone()
+            if row is None:
+                return None
+            verification = _verification(row)
+            recorded = verification.delivery
+            if recorded is None or verification.provider_ref != carrier_ref:
+                return None
+            if recorded.final or state.rank <= recorded.rank:
+                return DeliveryChange(verification)  # repeated, late or out of order
+            error = error_code if state.final else None
+            db.execute(
+                'UPDATE verification SET "delivery" = ?, "delivery_error" = ? WHERE id = ?',
+                (state.value, error, verification_id),
+            )
+            moved = verification.model_copy(update={"delivery": state, "delivery_error": error})
+            return DeliveryChange(moved, became_final=state.final)
+
+        return await self._write(record)
+
+    async def claim_fallback(self, verification_id: str, now: float, code_digest: str) -> Verification | None:
+        rows = await self._execute(
+            "UPDATE verification"  # noqa: S608 - column names from Verification
+            ' SET "fallback" = ?, "fallback_digest" = ?'
+            " WHERE id = ? AND status = 'pending' AND expires_at > ? AND forget_at > ?"
+            ' AND "delivery" IS NOT NULL AND "delivery" != ? AND "fallback" IS NULL'
+            f" RETURNING {_COLUMNS}",
+            (
+                Fallback.CALLING.value,
+                code_digest,
+                verification_id,
+                now,
+                time.time(),
+                DeliveryState.DELIVERED.value,
+            ),
+        )
+        return _verification(rows[0]) if rows else None
+
+    async def settle_fallback(self, verification_id: str, outcome: Fallback) -> Verification | None:
+        rows = await self._execute(
+            'UPDATE verification SET "fallback" = ?'  # noqa: S608 - column names from Verification
+            ' WHERE id = ? AND "fallback" = ? AND forget_at > ?'
+            f" RETURNING {_COLUMNS}",
+            (outcome.value, verification_id, Fallback.CALLING.value, time.time()),
+        )
+        return _verification(rows[0]) if rows else None
+
+    async def mark_delivery_told(self, verification_id: str) -> bool:
+        rows = await self._execute(
+            'UPDATE verification SET "delivery_told" = 1'
+            ' WHERE id = ? AND "delivery_told" = 0 AND forget_at > ? RETURNING 1',
+            (verification_id, time.time()),
+        )
+        return bool(rows)
+
     # -- counters and limits ------------------------------------------------
-    async def hit(self, windows: Sequence[Window], now: float) -> Refused | None:
-        def count_all(db: sqlite3.Connection) -> Refused | None:
+    async def hit(
+        self, windows: Sequence[Window], now: float, *, guard: GuardCheck | None = None
+    ) -> Refused | GuardRefused | None:
+        def count_all(db: sqlite3.Connection) -> Refused | GuardRefused | None:
             wall = time.time()
             for index, window in enumerate(windows):
                 retry_after = (
@@ -650,7 +760,13 @@ class SqliteStore(Store):
                 )
                 if retry_after is not None:
                     return Refused(index, retry_after)
-            for window in windows:
+            counted = list(windows)
+            if guard is not None:
+                refused = self._guard(db, guard, now, wall)
+                if refused is not None:
+                    return refused
+                counted += guard.counted
+            for window in counted:
                 if not window.counted:
                     continue
                 if window.exact:
@@ -661,15 +777,50 @@ class SqliteStore(Store):
 
         return await self._write(count_all)
 
-    @staticmethod
-    def _log_room(db: sqlite3.Connection, window: Window, now: float) -> float | None:
-        """None if the exact window has room; else the seconds until it has."""
-        count, oldest = _log_count(db, window, now)
-        return None if count < window.limit else log_retry_after(window, oldest, now)
+    def _guard(
+        self, db: sqlite3.Connection, guard: GuardCheck, now: float, wall: float
+    ) -> GuardRefused | None:
+        """The pumping guard's decision (engine/stores/guard.py), inside `hit`'s transaction."""
+        row = db.execute(
+            f"SELECT {_HOLD_COLUMNS} FROM hold WHERE prefix = ? AND forget_at > ?",  # noqa: S608
+            (guard.prefix, wall),
+        ).fetchone()
+        if row is not None and float(row[3]) > now:
+            hold = _hold(row)
+            return GuardRefused(HELD, hold.until - now, hold)
+        # Every count the decision may need, in one query: the prefix's sends and approvals,
+        # the country's sends and approvals, each a previous and a current bucket.
+        budget = guard.budget
+        windows = (guard.sends, guard.approvals, budget.sends, budget.approvals)
+        keys = [
+            bucket_key(window, number)
+            for window in windows
+            for number in (bucket(now, window.seconds) - 1, bucket(now, window.seconds))
+        ]
+        found = dict(
+            db.execute(
+                "SELECT key, value FROM counter WHERE key IN (?, ?, ?, ?, ?, ?, ?, ?) AND forget_at > ?",
+                (*keys, wall),
+            ).fetchall()
+        )
+        counts = [found.get(key, 0) for key in keys]
+        sends = weighted(guard.sends, counts[0], counts[1], now)
+        approved = weighted(guard.approvals, counts[2], counts[3], now)
+        if should_hold(guard, sends, approved):
+            hold = hold_for(guard, sends, approved, now)
+            db.execute(
+                f"INSERT OR REPLACE INTO hold ({_HOLD_COLUMNS}, forget_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (*astuple(hold), wall + guard.hold_seconds),
+            )
+            return GuardRefused(HELD, guard.hold_seconds, hold, raised=True)
+        limit = country_limit(budget, weighted(budget.approvals, counts[6], counts[7], now))
+        if limit is not None and weighted(budget.sends, counts[4], counts[5], now) + 1 > limit:
+            return country_refusal(budget, counts[4], counts[5], limit, now)
+        return None
 
     @staticmethod
-    def _buckets_room(db: sqlite3.Connection, window: Window, now: float, wall: float) -> float | None:
-        """None if the bucketed window has room; else the seconds until it has."""
+    def _bucket_counts(db: sqlite3.Connection, window: Window, now: float, wall: float) -> tuple[int, int]:
+        """A bucketed window's previous and current bucket at ``now``."""
         number = bucket(now, window.seconds)
         counts = dict(
             db.execute(
@@ -677,8 +828,18 @@ class SqliteStore(Store):
                 (bucket_key(window, number - 1), bucket_key(window, number), wall),
             ).fetchall()
         )
-        previous = counts.get(bucket_key(window, number - 1), 0)
-        current = counts.get(bucket_key(window, number), 0)
+        return counts.get(bucket_key(window, number - 1), 0), counts.get(bucket_key(window, number), 0)
+
+    @staticmethod
+    def _log_room(db: sqlite3.Connection, window: Window, now: float) -> float | None:
+        """None if the exact window has room; else the seconds until it has."""
+        count, oldest = _log_count(db, window, now)
+        return None if count < window.limit else log_retry_after(window, oldest, now)
+
+    @classmethod
+    def _buckets_room(cls, db: sqlite3.Connection, window: Window, now: float, wall: float) -> float | None:
+        """None if the bucketed window has room; else the seconds until it has."""
+        previous, current = cls._bucket_counts(db, window, now, wall)
         if buckets_have_room(window, previous, current, now):
             return None
         return buckets_retry_after(window, previous, current, now)
@@ -713,6 +874,30 @@ class SqliteStore(Store):
                     self._add_to_bucket(db, window, now, -1, wall)
 
         await self._write(take_back)
+
+    # -- the pumping guard's holds -------------------------------------------
+    async def holds(self, now: float) -> list[Hold]:
+        rows = await self._read(
+            f"SELECT {_HOLD_COLUMNS} FROM hold WHERE until > ? AND forget_at > ? ORDER BY since DESC",  # noqa: S608
+            (now, time.time()),
+        )
+        return [_hold(row) for row in rows]
+
+    async def release_hold(self, prefix: str, forget: Sequence[Window], now: float) -> Hold | None:
+        def release(db: sqlite3.Connection) -> Hold | None:
+            row = db.execute(
+                f"DELETE FROM hold WHERE prefix = ? AND forget_at > ? RETURNING {_HOLD_COLUMNS}",  # noqa: S608
+                (prefix, time.time()),
+            ).fetchone()
+            for window in forget:
+                number = bucket(now, window.seconds)
+                db.execute(
+                    "DELETE FROM counter WHERE key IN (?, ?)",
+                    (bucket_key(window, number - 1), bucket_key(window, number)),
+                )
+            return _hold(row) if row is not None and float(row[3]) > now else None
+
+        return await self._write(release)
 
     # -- repeated requests --------------------------------------------------
     async def claim(self, key: str, ttl: float) -> Claim:

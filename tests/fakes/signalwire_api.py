@@ -18,6 +18,14 @@ Start it with pytest-aiohttp::
 Then read what was sent from ``fake.sent`` (MFA) and ``fake.messages``
 (compatibility API), every request from ``fake.requests``, and inject faults
 with ``fake.delay`` and ``fake.fail_next(kind)``.
+
+A text sent with a ``StatusCallback`` (an absolute http(s) URL, else refused with
+error 21609 as SignalWire does) can then be reported on as SignalWire would:
+``await fake.report(sid, "delivered")`` POSTs the status callback form to that URL,
+signed with ``fake.signing_key`` (base64 HMAC-SHA1 over the URL and the form's
+fields sorted by name), in whatever order, as often, and as badly signed as the
+test asks (``signature="none"``, ``"wrong_key"``, ``"tampered"``; ``header=`` the
+Twilio alias; ``default_port=True`` signs the URL with ``:80`` in it).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import re
@@ -38,6 +47,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 MFA = "/api/relay/rest/mfa"
@@ -46,6 +56,8 @@ LAML = "/api/laml/2010-04-01/Accounts"
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 DEFAULT_MESSAGE = "Your code is"
 FAULT_KINDS = ("500", "429", "non_json", "reset", "hang", "401", "422")
+SIGNATURE_KINDS = ("valid", "none", "wrong_key", "tampered")
+STATUS_CALLBACK = re.compile(r"^https?://[^\s/?#]+(/\S*)?$")
 HANG_SECONDS = 3600.0
 
 # GSM 03.38: basic set (one septet) and extension table (two septets: escape + char).
@@ -106,6 +118,7 @@ class FakeSignalWire:
     delay_path_prefix: str = ""
     faults: list[Fault] = field(default_factory=list)
     line_types: dict[str, str] = field(default_factory=dict)  # number -> carrier.linetype
+    signing_key: str = "PSKfake-signing-key-0123456789"  # the fake project's Signing Key
 
     def __post_init__(self) -> None:
         self.app = web.Application(middlewares=[self._record, self._inject_faults, self._authenticate])
@@ -137,6 +150,65 @@ class FakeSignalWire:
     def count(self, path_prefix: str = "", method: str = "POST") -> int:
         """How many requests arrived under ``path_prefix``."""
         return sum(1 for m, p in self.requests if m == method and p.startswith(path_prefix))
+
+    def texts(self) -> list[dict[str, Any]]:
+        """The SMS sent through the compatibility API, oldest first."""
+        return [message for message in self.messages if message["kind"] == "sms"]
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The calls placed through the compatibility API, oldest first."""
+        return [message for message in self.messages if message["kind"] == "call"]
+
+    def sign(self, url: str, fields: dict[str, str], key: str | None = None) -> str:
+        """SignalWire's signature of a form POSTed to ``url`` (the compatibility scheme)."""
+        signed = url + "".join(f"{name}{fields[name]}" for name in sorted(fields))
+        digest = hmac.new((key or self.signing_key).encode(), signed.encode(), hashlib.sha1).digest()
+        return base64.b64encode(digest).decode()
+
+    async def report(
+        self,
+        sid: str,
+        status: str,
+        *,
+        error_code: str | None = None,
+        signature: str = "valid",
+        header: str = "X-SignalWire-Signature",
+        default_port: bool = False,
+    ) -> int:
+        """POST the status callback of text ``sid`` as SignalWire does; the HTTP status answered."""
+        if signature not in SIGNATURE_KINDS:
+            raise ValueError(f"unknown signature {signature!r}; one of {', '.join(SIGNATURE_KINDS)}")
+        message = next(message for message in self.messages if message["sid"] == sid)
+        url = message["status_callback"]
+        assert url, "the text asked for no status callback"
+        fields = {
+            "MessageSid": sid,
+            "SmsSid": sid,
+            "MessageStatus": status,
+            "SmsStatus": status,
+            "AccountSid": self.project_id,
+            "From": message["from"],
+            "To": message["to"],
+            "Body": message["body"],  # the text itself, code and all, as SignalWire sends it
+            "NumSegments": "1",
+            "ApiVersion": "2010-04-01",
+        }
+        if error_code is not None:
+            fields["ErrorCode"] = error_code
+            fields["ErrorMessage"] = "Unreachable destination handset"
+        signed_url = _with_default_port(url) if default_port else url
+        headers = {}
+        if signature != "none":
+            key = "PSKsome-other-projects-key" if signature == "wrong_key" else None
+            headers[header] = self.sign(signed_url, fields, key)
+        if signature == "tampered":
+            fields["MessageStatus"] = "delivered" if status != "delivered" else "undelivered"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url, data=fields, headers=headers, allow_redirects=False) as answer,
+        ):
+            await answer.read()
+            return answer.status
 
     # Middlewares, outermost first: every request is counted, then delayed or
     # failed as a test asked, and only then authenticated like the real API.
@@ -275,6 +347,13 @@ class FakeSignalWire:
             return web.json_response({"code": 20404, "message": "Not Found", "status": 404}, status=404)
         form = await request.post()
         to, sender, text = (form.get(name) for name in ("To", "From", content))
+        status_callback = form.get("StatusCallback")
+        if status_callback is not None and (
+            not isinstance(status_callback, str)
+            or len(status_callback) > 2048
+            or not STATUS_CALLBACK.match(status_callback)
+        ):
+            return _laml_error(21609, "The StatusCallback URL is not a valid URL.")
         if not isinstance(to, str) or not E164.match(to):
             return _laml_error(21211, f"The 'To' number {to} is not a valid phone number.")
         if not isinstance(sender, str) or not E164.match(sender):
@@ -284,7 +363,16 @@ class FakeSignalWire:
         if kind == "sms" and len(text) > 1600:
             return _laml_error(21617, "The concatenated message body exceeds the 1600 character limit.")
         sid = str(uuid.uuid4())
-        self.messages.append({"sid": sid, "kind": kind, "to": to, "from": sender, content.lower(): text})
+        self.messages.append(
+            {
+                "sid": sid,
+                "kind": kind,
+                "to": to,
+                "from": sender,
+                content.lower(): text,
+                "status_callback": status_callback,
+            }
+        )
         answer = {"sid": sid, "account_sid": self.project_id, "to": to, "from": sender, "status": "queued"}
         if kind == "sms":
             answer["body"] = text
@@ -383,6 +471,16 @@ def _laml_error(code: int, message: str) -> web.Response:
         },
         status=400,
     )
+
+
+def _with_default_port(url: str) -> str:
+    """``url`` with its scheme's default port written out, as SignalWire sometimes signs it."""
+    scheme, _, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    if ":" in host:
+        return url
+    port = "443" if scheme == "https" else "80"
+    return f"{scheme}://{host}:{port}{slash}{path}"
 
 
 async def _reset(request: web.Request) -> None:

@@ -23,6 +23,21 @@
     "mfa.canceled": "canceled",
     "mfa.send_failed": "send_failed",
   };
+  // A text's delivery as the carrier reported it (mfa.delivered / mfa.undelivered, whose
+  // reason is "undelivered" or "failed"): shown beside the channel, the status unchanged.
+  const DELIVERY = new Map([
+    ["delivered", "Text delivered"],
+    ["undelivered", "Text not delivered"],
+    ["failed", "Text not sent"],
+  ]);
+  // The verification's status on a delivery event, for a row the page has not seen yet.
+  const STATUS_FROM_VERIFICATION = {
+    pending: "sent",
+    approved: "verified",
+    expired: "expired",
+    max_attempts_reached: "locked",
+    canceled: "canceled",
+  };
   const LABEL = {
     sent: "Sent",
     rejected: "Rejected",
@@ -54,6 +69,10 @@
     ["sends_per_agent_per_minute", "This agent is sending too many codes right now"],
     ["sends_per_minute", "The service is sending too many codes right now"],
     ["failures_per_number_per_day", "Too many wrong codes for this number today"],
+    // The SMS pumping guard refused the send.
+    ["fraud_suspected", "Number's range is held: too few codes entered there"],
+    ["new_country_budget", "Country new here: its codes for this hour are used up"],
+    ["fraud_blocked", "Number's range or country is blocked (MFA_FRAUD_BLOCK)"],
     // SignalWire could not send it.
     ["server_error", "SignalWire had a server error"],
     ["rate_limited", "SignalWire is rate limiting requests"],
@@ -68,6 +87,8 @@
     ["call_failures", "Too many wrong codes on this call"],
     ["number_failures", "Too many wrong codes for this number today"],
     ["provider", "SignalWire no longer had the code"],
+    // A new code by a call, after the text was not delivered (or not confirmed in 30 s).
+    ["fallback", "The text did not arrive in time: a new code went by a call"],
   ]);
   // `invalid` on a failed send that names a number: the number passed our checks and
   // SignalWire refused it (a refused destination never gets as far as a masked number).
@@ -256,6 +277,14 @@
     channel.className = "channel";
     channel.textContent = row.channel || "–";
     td.append(to, channel);
+    if (row.delivery) {
+      const delivery = document.createElement("span");
+      delivery.className = "delivery";
+      delivery.dataset.delivery = row.delivery;
+      const words = DELIVERY.get(row.delivery) || row.delivery;
+      delivery.textContent = row.deliveryError ? `${words} (carrier error ${row.deliveryError})` : words;
+      td.append(delivery);
+    }
     return td;
   }
 
@@ -346,29 +375,62 @@
 
   // -- events ---------------------------------------------------------------
 
+  // mfa.delivered / mfa.undelivered: the text's delivery on its verification's row.
+  function applyDelivery(event) {
+    const key = `v:${event.verification_id}`;
+    let row = state.rows.get(key);
+    if (!row) {
+      const status = STATUS_FROM_VERIFICATION[event.status] || "sent";
+      row = addRow(key, event, status);
+      row.last = event.at;
+      row.statusSeen = false; // the status events it missed may still come, older than this one
+      row.verificationId = event.verification_id;
+      row.callId = event.call_id || "";
+      row.to = event.to || "";
+      row.channel = event.channel || "";
+      row.origin = event.origin || "";
+      row.reason = "";
+    }
+    row.delivery = event.type === "mfa.delivered" ? "delivered" : event.reason || "undelivered";
+    row.deliveryError = typeof event.error_code === "string" ? event.error_code : "";
+    render(row);
+    renderCounts();
+  }
+
+  function addRow(key, event, status) {
+    const element = document.createElement("tr");
+    if (event.verification_id) element.dataset.verificationId = event.verification_id;
+    else element.dataset.eventId = event.id;
+    const row = { element, status, first: event.at, last: "", attemptsLeft: null };
+    state.rows.set(key, row);
+    ui.rows.prepend(element);
+    if (state.rows.size > MAX_ROWS) {
+      const [oldestKey, oldest] = state.rows.entries().next().value;
+      oldest.element.remove();
+      state.rows.delete(oldestKey);
+    }
+    return row;
+  }
+
   function apply(event) {
     const status = STATUS_OF[event.type];
-    if (!status || event.agent_id !== state.agentId || state.seen.has(event.id)) return;
+    const delivery = (event.type === "mfa.delivered" || event.type === "mfa.undelivered") && event.verification_id;
+    if ((!status && !delivery) || event.agent_id !== state.agentId || state.seen.has(event.id)) return;
     state.seen.add(event.id);
     if (state.seen.size > MAX_SEEN) state.seen.delete(state.seen.values().next().value);
+    if (delivery) {
+      applyDelivery(event);
+      return;
+    }
     // A failed send has no verification: it gets a row of its own.
     const key = event.verification_id ? `v:${event.verification_id}` : `e:${event.id}`;
     let row = state.rows.get(key);
     if (!row) {
-      const element = document.createElement("tr");
-      if (event.verification_id) element.dataset.verificationId = event.verification_id;
-      else element.dataset.eventId = event.id;
-      row = { element, status, first: event.at, last: "", attemptsLeft: null };
-      state.rows.set(key, row);
-      ui.rows.prepend(element);
-      if (state.rows.size > MAX_ROWS) {
-        const [oldestKey, oldest] = state.rows.entries().next().value;
-        oldest.element.remove();
-        state.rows.delete(oldestKey);
-      }
-    } else if (event.at < row.last) {
+      row = addRow(key, event, status);
+    } else if (event.at < row.last && row.statusSeen !== false) {
       return; // older than what the row shows (caught up after a reconnect)
     }
+    row.statusSeen = true;
     row.status = status;
     row.last = event.at;
     if (event.at < row.first) row.first = event.at;
@@ -432,6 +494,8 @@
         showBanner(`The server refused a request: ${data.message || data.error}`);
       } else {
         apply(data);
+        // For the other panels (holds.js): every event as it arrives.
+        document.dispatchEvent(new CustomEvent("mfa:event", { detail: data }));
       }
     });
     socket.addEventListener("close", () => {

@@ -27,7 +27,7 @@ from bench.processes import pin
 # (frames are joined root first, so "A.*B" means B called, at any depth, under A).
 CATEGORIES: list[tuple[str, str]] = [
     ("Starlette's router and FastAPI's request handling", r"Router\.__call__ \(starlette"),
-    ("SWML document (POST /, once per call)", r"_handle_root_request"),
+    ("SWML document (POST /, once per call)", r"_handle_root_request|answer_swml"),
     ("  rendering it (the SDK's render, or its document filled)", r"_render_swml"),
     (
         "SWAIG request (POST /swaig, SDK or adapter, and handler)",

@@ -5,12 +5,13 @@ The agent (`agent.py`) uses the SDK's public API (`define_tool`, `prompt_add_sec
 contexts, `mount`, `get_app`) directly, and reaches what follows only through this
 module:
 
-- `SdkAgent`, the agent's base class, overrides three of `AgentBase`'s private methods:
+- `SdkAgent`, the agent's base class, overrides four of `AgentBase`'s private methods:
   `_handle_swaig_request` (every SWAIG request, so the agent may answer first),
   `_tool_token_rejection` (the function-token check, so a token the agent admits
-  passes, and only for its own call) and `_build_webhook_url` (query parameters the
-  agent adds to its functions' URLs). It signs function tokens through
-  `_session_manager` (a `SessionManager`: `secret_key`, `create_tool_token`,
+  passes, and only for its own call), `_build_webhook_url` (query parameters the
+  agent adds to its functions' URLs) and `_render_swml` (the document kept per set of
+  URLs, `SwmlTemplates`, built on `_request_proxy_url` and `_proxy_url_base`). It signs
+  function tokens through `_session_manager` (a `SessionManager`: `secret_key`, `create_tool_token`,
   `validate_tool_token`, `token_expiry_secs`), reads its functions' SWAIG
   definitions (`define_tools`, `SWAIGFunction.to_swaig`) and URLs
   (`_detect_proxy_from_request`, `_build_webhook_url`), checks a request as the SDK
@@ -22,6 +23,15 @@ module:
   wraps its catch-all route `handle_all_routes` (which serves `SDK_CATCH_ALL_PATHS`
   and `_routing_callbacks`), and `remove_route`/`add_innermost_middleware`/`use_lifespan`
   edit `app.router.routes`, `app.user_middleware` and `app.router.lifespan_context`.
+- The hot path (docs/architecture.md): `DirectRoutes` serves the POSTs that the SDK's
+  `handle_root_post` and `handle_swaig_post` routes take, calling what they call
+  (`_handle_root_request`, `_handle_swaig_request`) after their signature check
+  (`_webhook_signature_check`); `SdkAgent.answer_swml` answers a SWML fetch like an
+  earlier one without `_handle_root_request` (after `_check_basic_auth`,
+  `_check_content_type`, `_read_body_with_limit`); `SdkAgent._sdk_swaig` answers a SWAIG
+  POST as `SWMLService._handle_swaig_request` does, with its parts
+  (`_swaig_configures_per_call`, `_swaig_handler_is_async`, `on_function_call`,
+  `FunctionResult`, `run_sync_handler`, `SessionManager.create_session`).
 - What the SDK answers on its own: `sdk_unauthorized()` (its 401),
   `sdk_could_not_read()` (its answers to an unreadable SWAIG body), and
   `basic_auth_credentials()` (the shape `get_basic_auth_credentials` returns).

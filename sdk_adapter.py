@@ -67,9 +67,9 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from signalwire import AgentBase
-from signalwire.core._sync_handlers import run_sync_handler
+from signalwire.core import _sync_handlers
 from signalwire.core.function_result import FunctionResult
-from signalwire.core.mixins.web_mixin import _request_proxy_url
+from signalwire.core.mixins import web_mixin
 from signalwire.core.security import webhook_middleware
 from signalwire.core.security.session_manager import SessionManager
 from signalwire.core.swaig_function import SWAIGFunction
@@ -191,6 +191,12 @@ def missing_internal() -> str | None:
     for name in ("validate_args", "to_swaig"):
         if not callable(getattr(SWAIGFunction, name, None)):
             return f"SWAIGFunction has no {name}()"
+    if not isinstance(getattr(web_mixin, "_request_proxy_url", None), ContextVar):
+        return "web_mixin has no _request_proxy_url context variable"
+    if not callable(getattr(_sync_handlers, "run_sync_handler", None)):
+        return "_sync_handlers has no run_sync_handler()"
+    if not callable(getattr(AgentBase, "on_swml_request", None)):
+        return "AgentBase has no on_swml_request()"
     validate = getattr(webhook_middleware, "validate", None)
     if not callable(validate) or tuple(inspect.signature(validate).parameters) != SIGNATURE_CHECK:
         return f"webhook_middleware.validate() no longer takes ({', '.join(SIGNATURE_CHECK)})"
@@ -319,7 +325,7 @@ class SdkAgent(AgentBase):
         read from this request or keeps from an earlier one, and the query parameters the
         subclass adds to each kind of URL in the document."""
         return (
-            _request_proxy_url.get(),
+            web_mixin._request_proxy_url.get(),
             self._proxy_url_base,
             *(tuple(self.webhook_query(endpoint).items()) for endpoint in _DOCUMENT_ENDPOINTS),
         )
@@ -465,7 +471,9 @@ class SdkAgent(AgentBase):
                 if self._swaig_handler_is_async(self, function_name):
                     result = self.on_function_call(function_name, arguments, body)
                 else:
-                    result = await run_sync_handler(self.on_function_call, function_name, arguments, body)
+                    result = await _sync_handlers.run_sync_handler(
+                        self.on_function_call, function_name, arguments, body
+                    )
                 if inspect.isawaitable(result):
                     result = await result
                 if isinstance(result, FunctionResult):

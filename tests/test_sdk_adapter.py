@@ -920,3 +920,20 @@ def test_signatures_are_checked_as_the_sdk_documents_them() -> None:
     json_signed = {"x-signalwire-signature": "c3c08c1fefaf9ee198a100d5906765a6f394bf0f"}
     assert sdk_adapter.signed_by_signalwire("PSKtest1234567890abcdef", json_url, json_signed, body)
     assert tuple(inspect.signature(webhook_middleware.validate).parameters) == sdk_adapter.SIGNATURE_CHECK
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "said"),
+    [
+        ("web_mixin", "_request_proxy_url", "web_mixin has no _request_proxy_url context variable"),
+        ("_sync_handlers", "run_sync_handler", "_sync_handlers has no run_sync_handler()"),
+    ],
+)
+def test_start_up_stops_with_one_line_when_a_module_internal_of_the_hot_path_is_gone(
+    monkeypatch: pytest.MonkeyPatch, module: str, name: str, said: str
+) -> None:
+    monkeypatch.delattr(getattr(sdk_adapter, module), name)
+    with pytest.raises(SystemExit) as stopped:
+        sdk_adapter.check_sdk()
+    assert str(stopped.value.code).count("\n") == 0
+    assert said in str(stopped.value.code)

@@ -14,7 +14,6 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
-from uuid import uuid4
 
 import aiohttp
 import phonenumbers
@@ -37,6 +36,7 @@ from tests.platform import (
     serve_agent,
     settings_for,
 )
+from tests.test_stores import make_verification
 
 # An hour's bucket starts here, so the counts below read the same whatever NOW is.
 HOUR_START = 1_800_000_000.0 // 3600 * 3600 + 3600
@@ -62,19 +62,9 @@ def check_for(prefix: str = "+13125", country: str = "US", **changes: Any) -> Gu
 
 
 def verification(**changes: Any) -> Verification:
-    fields: dict[str, Any] = {
-        "id": str(uuid4()),
-        "to": "+13125550100",
-        "channel": "sms",
-        "max_attempts": 3,
-        "created_at": NOW,
-        "expires_at": NOW + 600,
-        "updated_at": NOW,
-        "agent_id": "mfa",
-        "provider": "local",
-        "origin": "api",
-    }
-    return Verification(**(fields | changes))
+    """A pending verification to a number in the +1 3125 prefix (the store tests' shape)."""
+    fields = {"to": "+13125550100", "created_at": NOW, "expires_at": NOW + 600, "updated_at": NOW}
+    return make_verification(**(fields | changes))
 
 
 async def approve(store: Store, windows: tuple[Window, ...], now: float) -> None:

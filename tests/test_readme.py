@@ -69,6 +69,7 @@ EXAMPLES = [
     ("## The HTTP verification API", 0, '"valid":true'),
     ("## The HTTP verification API", 1, '"runtimeStatus":"Completed"'),
     ("## Use the functions from another agent", 1, '"function":"verify_mfa"'),
+    ("### SMS pumping guard", 0, '{"holds":'),
 ]
 # Blocks that start a server of their own and run until stopped; what they run is tested
 # elsewhere: the example host agent by tests/test_includes.py.

@@ -135,3 +135,10 @@ class StoreUnavailable(VerificationError):
 
     code = "store_unavailable"
     http_status = 503
+
+
+class InvalidCursor(VerificationError):
+    """A history page's cursor that this server did not hand out (or one cut short)."""
+
+    code = "invalid_cursor"
+    http_status = 400

@@ -89,6 +89,7 @@ class Verification(BaseModel):
     updated_at: float
     agent_id: str
     call_id: str | None = None
+    country: str | None = None  # the ISO region of ``to`` ("GB"), for the history's filters
     provider: str
     provider_ref: str | None = None  # the provider's own id, e.g. SignalWire's MFA id
     code_digest: str | None = None  # local provider only: HMAC of the code, never the code

@@ -111,6 +111,11 @@ def _prefix(number: phonenumbers.PhoneNumber) -> str:
     return f"+{number.country_code}{national[:digits]}"
 
 
+def is_region(code: str) -> bool:
+    """Whether ``code`` is an ISO region a number can belong to ("GB"; not "001", not "UK")."""
+    return code in phonenumbers.SUPPORTED_REGIONS
+
+
 def same_number(first: str, second: str) -> bool:
     """Whether two written numbers are the same ("+1 (202) 555-0143" is "+12025550143")."""
     try:

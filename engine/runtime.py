@@ -25,6 +25,7 @@ from engine.events.metrics import Metrics
 from engine.events.publisher import EventPublisher
 from engine.follow_up import FALLBACK_AFTER_SECONDS, DeliveryFollowUp
 from engine.fraud import FraudGuard, FraudSettings
+from engine.history import History
 from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
 from engine.lookup import LineTypes
@@ -33,6 +34,7 @@ from engine.providers.base import Provider
 from engine.repeats import Repeats
 from engine.signalwire_rest import SignalWireRest, new_http_session
 from engine.stores import Store, open_store
+from engine.stores.history import DAY
 from engine.verifications import CodeShape, VerificationEngine
 from engine.workflow import PhoneVerificationWorkflow
 from languages import LANGUAGES
@@ -61,6 +63,7 @@ class Runtime:
         self._repeats: Repeats | None = None
         self._workflow: PhoneVerificationWorkflow | None = None
         self._fraud: FraudGuard | None = None
+        self._history: History | None = None
         self._follow_up: DeliveryFollowUp | None = None
         self._store: Store | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -91,6 +94,12 @@ class Runtime:
         if self._fraud is None:
             raise NotStarted("the runtime has not started")
         return self._fraud
+
+    @property
+    def history(self) -> History:
+        if self._history is None:
+            raise NotStarted("the runtime has not started")
+        return self._history
 
     @property
     def follow_up(self) -> DeliveryFollowUp | None:
@@ -129,9 +138,11 @@ class Runtime:
     async def start(self) -> None:
         settings = self.settings
         self._http = new_http_session(settings.mfa_upstream_timeout)
-        store = open_store(settings.mfa_store)
+        retention = settings.mfa_history_days * DAY
+        store = open_store(settings.mfa_store, history_retention=retention)
         await store.open()
         self._store = store
+        self._history = History(store, retention, clock=self.clock)
         # The start-up read: a store that cannot be reached stops the start, as before.
         await self.keys.sync(store)
         rest = self._signalwire_rest()
@@ -263,6 +274,7 @@ class Runtime:
         self._repeats = None
         self._workflow = None
         self._fraud = None
+        self._history = None
         self._follow_up = None
         self._store = None
         self._http = None

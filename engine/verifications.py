@@ -219,6 +219,7 @@ class VerificationEngine:
             updated_at=now,
             agent_id=agent_id,
             call_id=call_id,
+            country=destination.region,
             provider=self.provider.name,
             provider_ref=sent.provider_ref,
             code_digest=sent.code_digest,

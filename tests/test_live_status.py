@@ -554,7 +554,12 @@ async def test_the_dashboard_is_served_behind_auth_with_its_own_script_only(tmp_
             html = await page.text()
         assert '<meta name="default-agent-id" content="front-desk">' in html
         assert "http://" not in html and "https://" not in html  # nothing from elsewhere
-        for name, kind in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+        for name, kind in (
+            ("dashboard.js", "text/javascript"),
+            ("dashboard.css", "text/css"),
+            ("history.js", "text/javascript"),
+            ("history.css", "text/css"),
+        ):
             assert f"/dashboard/static/{name}" in html
             async with http.get(f"{agent.base_url}/dashboard/static/{name}", auth=agent.auth) as asset:
                 assert asset.status == 200 and asset.headers["Content-Type"].startswith(kind)
@@ -562,7 +567,7 @@ async def test_the_dashboard_is_served_behind_auth_with_its_own_script_only(tmp_
         for name in ("live.py", "..%2Flive.py"):
             url = URL(f"{agent.base_url}/dashboard/static/{name}", encoded=True)
             async with http.get(url, auth=agent.auth) as other:
-                assert "build_routes" not in await other.text()  # only the two assets are ever served
+                assert "build_routes" not in await other.text()  # only the page's assets are ever served
         async with http.get(f"{agent.base_url}/dashboard/static/dashboard.js") as refused:
             assert refused.status == 401
 

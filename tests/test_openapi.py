@@ -68,6 +68,7 @@ def test_the_document_is_served_behind_auth_and_describes_the_api(agent_url: str
     assert document["components"]["securitySchemes"]["basicAuth"] == {"type": "http", "scheme": "basic"}
     assert set(document["paths"]) == {
         "/verifications",
+        "/verifications/summary",
         "/verifications/{verification_id}",
         "/verifications/{verification_id}/check",
         "/verifications/{verification_id}/cancel",

@@ -71,6 +71,9 @@ _STATIC = {
     "dashboard.css": "text/css; charset=utf-8",
     "holds.js": "text/javascript; charset=utf-8",
     "holds.css": "text/css; charset=utf-8",
+    # The last hour's chart and the history view (GET /verifications and /verifications/summary).
+    "history.js": "text/javascript; charset=utf-8",
+    "history.css": "text/css; charset=utf-8",
 }
 # The page loads only its own script and style and talks only to this origin.
 _PAGE_HEADERS = {

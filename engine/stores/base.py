@@ -4,12 +4,13 @@ Each consumer names the job it uses: the limiter `WindowStore`, repeated
 requests `ClaimStore`, webhooks `OutboxStore`, the live page `BroadcastStore`,
 the key ring `KeyStore`, the verification engine `VerificationStore` and
 `WindowStore`, the delivery follow-up `DeliveryStore`, the workflow and the
-line-type lookup `RecordStore`, the pumping guard's holds `HoldStore`. `Store` is
-all of them, with `Lifecycle`: what a backend implements and what the runtime
-opens. Two backends implement it: SQLite (one instance, the default) and Redis
-(several instances). Every method that decides something does so atomically in
-the store (a transaction in SQLite, a Lua script in Redis), so two requests or
-two instances can never both win the same race.
+line-type lookup `RecordStore`, the pumping guard's holds `HoldStore`, the
+history's list and summary `HistoryStore`. `Store` is all of them, with
+`Lifecycle`: what a backend implements and what the runtime opens. Two backends
+implement it: SQLite (one instance, the default) and Redis (several instances).
+Every method that decides something does so atomically in the store (a
+transaction in SQLite, a Lua script in Redis), so two requests or two instances
+can never both win the same race.
 
 Times are UNIX seconds as floats, passed in by the caller (so tests can use a
 fake clock); the store never reads the clock itself, except where Redis uses
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 from engine.models import DeliveryState, Fallback, Status, Verification
 from engine.stores.guard import GuardCheck, GuardRefused, Hold
+from engine.stores.history import HistoryFilter, HistoryPage, Position, Span, Tallies
 from engine.stores.windows import Refused, Window
 
 # How long a finished verification stays readable after it ended (or expired),
@@ -132,7 +134,12 @@ class VerificationStore(Protocol):
     """Verifications: created, counted, ended and expired, each decision atomic."""
 
     async def create_verification(self, verification: Verification) -> None:
-        """Record a new verification (status `pending`). Ids are unique."""
+        """Record a new verification (status `pending`). Ids are unique.
+
+        In the same step its history entry is written and its send counted in the
+        history's rollups (`HistoryStore`); every step below that changes its status
+        or attempts changes the entry with it.
+        """
 
     async def get_verification(self, verification_id: str) -> Verification | None:
         """The verification, or None if unknown or forgotten."""
@@ -243,6 +250,32 @@ class DeliveryStore(Protocol):
         caller that noted it (so two answers never both tell it)."""
 
 
+class HistoryStore(Protocol):
+    """Verifications as the history keeps them, for the retention the store was opened
+    with (engine/stores/history.py): listed newest first, and counted in rollups.
+
+    `VerificationStore`'s steps write both; these only read.
+    """
+
+    async def list_history(
+        self, query: HistoryFilter, now: float, *, after: Position | None = None, limit: int = 50
+    ) -> HistoryPage:
+        """Entries that ``query`` matches, sent within the retention at ``now``, newest
+        first ((created_at, id) descending), strictly after ``after`` in that order: at most
+        ``limit``, and where the next page starts when there are more.
+
+        The cost follows the page, not the history (engine/stores/history.py). A filter
+        that matches many combinations of dimensions may give a page of fewer than
+        ``limit`` entries (even none) with a next page: the walk stopped at its budget.
+        """
+
+    async def history_tallies(self, query: HistoryFilter, span: Span) -> Tallies:
+        """The rollups of the buckets in ``span`` that ``query``'s agent id, origin, channel
+        and country leave, summed by bucket, by country and by channel. ``query``'s status
+        and times are the caller's to apply.
+        """
+
+
 class WindowStore(Protocol):
     """Counting windows: rate limits and failure budgets (engine/stores/windows.py)."""
 
@@ -351,6 +384,7 @@ class Store(
     RecordStore,
     OutboxStore,
     BroadcastStore,
+    HistoryStore,
     Protocol,
 ):
     """Every job at once: what a backend implements (SQLite, Redis) and the runtime opens.

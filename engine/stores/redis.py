@@ -20,7 +20,18 @@ Keys, all under ``prefix`` (default ``mfa:``):
 - ``claim:{key}``, ``record:{kind}:{id}``, ``secret:{name}``: strings;
 - ``outbox:{queue}:due`` (sorted set by due time), ``outbox:{queue}:payload`` and
   ``outbox:{queue}:attempts`` (hashes by item id);
-- channel ``events``: the pub/sub channel of ``broadcast``/``listen``.
+- channel ``events``: the pub/sub channel of ``broadcast``/``listen``;
+- the history (engine/stores/history.py), each for the retention: ``h:{id}``, an entry
+  (a hash: the number masked); ``hx:st:{status}`` and ``hx:{status}|{agent}|{origin}|
+  {channel}|{country}``, the indexes (sorted sets, every score 0, members ordered by
+  their text: ``{send time in microseconds, 16 digits}:{id} {agent}|{origin}|{channel}|
+  {country}``); ``hx:combos``, the combinations with an index (a sorted set by when each last
+  got an entry, so one left empty for the retention goes);
+  ``hr:{size}:{start}:{agent id}``, a bucket's counters (a hash of
+  ``{origin}|{channel}|{country}|{s, a, e, m or c}`` and of ``t<bin>``, times to approve
+  of every place) with ``hr:{size}:{start}:{agent id}:t`` (``{origin}|{channel}|
+  {country}|t<bin>``), and ``hr:{size}:{start}:*`` and ``...:*:t``, all agents'
+  (``{channel}|{country}|...``).
 
 TTLs are always relative (PEXPIRE, PX), never absolute: the caller's ``now``
 may be a test's fixed clock or a clock that disagrees with the Redis host's,
@@ -47,7 +58,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 
 from engine.errors import StoreUnavailable
-from engine.models import DeliveryState, Fallback, Status, Verification
+from engine.models import Channel, DeliveryState, Fallback, Origin, Status, Verification
 from engine.stores.base import (
     RETAIN_FINISHED_SECONDS,
     Attempt,
@@ -61,6 +72,27 @@ from engine.stores.base import (
     Store,
 )
 from engine.stores.guard import HELD, GuardCheck, GuardRefused, Hold, country_refusal
+from engine.stores.history import (
+    ALL_AGENTS,
+    APPROVE_BIN_EDGES,
+    DEFAULT_RETENTION,
+    LEVELS,
+    MERGE_UP_TO,
+    TALLY_PLACES,
+    HistoryEntry,
+    HistoryFilter,
+    HistoryPage,
+    Position,
+    Span,
+    Tallies,
+    TallySums,
+    bucket_start,
+    kept_for,
+    kept_from_start,
+    newest_first,
+    newest_matching,
+    next_page,
+)
 from engine.stores.windows import (
     Refused,
     Window,
@@ -93,6 +125,7 @@ _SHORT = {
     "provider_ref": "pr",
     "code_digest": "cd",
     "origin": "og",
+    "country": "cc",
     "delivery": "dl",
     "delivery_error": "de",
     "fallback": "fb",
@@ -103,24 +136,117 @@ _LONG = {short: field for field, short in _SHORT.items()}
 _RUNNING = "running"  # a claim's value while its owner works; a finished one holds JSON
 
 _CREATE = """
--- KEYS: verification, expiry schedule, the call's codes (the verification again when on no call).
--- ARGV: id, expires_at, ttl_ms, schedule (1/0), on a call (1/0), field, value, ...
+-- KEYS: verification, expiry schedule, the call's codes (the verification again when on no call),
+-- then the history's: the entry, the index of pending entries, the index of the entry's
+-- combination, the combinations (a sorted set by when each last got an entry), the send's
+-- bucket of each size (minute, hour, day) for its agent id, then for all agents.
+-- ARGV: id, expires_at, ttl_ms, schedule (1/0), on a call (1/0), then the history's:
+-- retention_ms, the indexes' cutoff (older members go), the entry's member in the status
+-- index and in its combination's, its combination, the send's rollup field in its agent's
+-- buckets and in all agents', each bucket's ttl_ms (3), the send's time, the combinations'
+-- cutoff (older go), how many history fields and values follow (n); then those n, then the
+-- verification's fields and values.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+local n = tonumber(ARGV[18])
+redis.call('HSET', KEYS[1], unpack(ARGV, 19 + n))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
 if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
   if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 end
+redis.call('HSET', KEYS[4], unpack(ARGV, 19, 18 + n))
+redis.call('PEXPIRE', KEYS[4], ARGV[6])
+for i = 5, 6 do
+  redis.call('ZADD', KEYS[i], 0, ARGV[3 + i])
+  redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[7])
+  redis.call('PEXPIRE', KEYS[i], ARGV[6])
+end
+redis.call('ZADD', KEYS[7], ARGV[16], ARGV[10])
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[17])
+redis.call('PEXPIRE', KEYS[7], ARGV[6])
+for i = 1, 6 do
+  local bucket, ttl = KEYS[7 + i], ARGV[12 + (i - 1) % 3 + 1]
+  redis.call('HINCRBY', bucket, i <= 3 and ARGV[11] or ARGV[12], 1)
+  if redis.call('PTTL', bucket) < 0 then redis.call('PEXPIRE', bucket, ttl) end
+end
 return 1
 """
 
-_BEGIN_ATTEMPT = """
+# Prepended to the scripts that end a verification. The keys of an entry's indexes and
+# buckets follow from the entry's own fields, so they are named in the script, under the
+# prefix (this store runs on one Redis, not a Cluster).
+_END_HISTORY = """
+-- Ends a history entry that is still `pending` (one already forgotten, past the retention,
+-- is left alone): its member moves to the indexes of its new status and combination, its
+-- attempts are the verification's, and the outcome is counted in the buckets of its send
+-- that are still kept.
+-- h: the entry's key, id: the verification's; first: where ARGV holds the prefix,
+-- retention_ms, the indexes' cutoff and each size's ms kept from a bucket's start (3).
+local EDGES = {__EDGES__}
+local SHORT = {approved = 'a', expired = 'e', max_attempts_reached = 'm', canceled = 'c'}
+local LEVELS = {60, 3600, 86400}
+local function end_history(h, id, status, now, attempts, first)
+  local entry = redis.call('HMGET', h, 'st', 'us', 'ag', 'og', 'ch', 'cc')
+  if entry[1] ~= 'pending' then return end
+  local prefix, retention, cutoff = ARGV[first], ARGV[first + 1], ARGV[first + 2]
+  local place = entry[5] .. '|' .. entry[6]
+  local dimensions = entry[3] .. '|' .. entry[4] .. '|' .. place
+  local short = entry[2] .. ':' .. id
+  local member = short .. ' ' .. dimensions
+  redis.call('HSET', h, 'st', status, 'ea', now, 'at', attempts)
+  redis.call('ZREM', prefix .. 'hx:st:pending', member)
+  redis.call('ZREM', prefix .. 'hx:pending|' .. dimensions, short)
+  local combo = status .. '|' .. dimensions
+  for _, index in ipairs({{prefix .. 'hx:st:' .. status, member}, {prefix .. 'hx:' .. combo, short}}) do
+    redis.call('ZADD', index[1], 0, index[2])
+    redis.call('ZREMRANGEBYLEX', index[1], '-', cutoff)
+    redis.call('PEXPIRE', index[1], retention)
+  end
+  -- A combination no entry has joined for the retention holds none any more: it goes.
+  local combos = prefix .. 'hx:combos'
+  redis.call('ZADD', combos, now, combo)
+  redis.call('ZREMRANGEBYSCORE', combos, '-inf', tonumber(now) - tonumber(retention) / 1000)
+  redis.call('PEXPIRE', combos, retention)
+  local created = tonumber(entry[2]) / 1000000
+  local bin = nil
+  if status == 'approved' then
+    bin = #EDGES - 1
+    local seconds = tonumber(now) - created
+    for i = 1, #EDGES do
+      if seconds <= EDGES[i] then bin = i - 1; break end
+    end
+  end
+  for i = 1, 3 do
+    local level = LEVELS[i]
+    local start = math.floor(created / level) * level
+    local ttl = tonumber(ARGV[first + 2 + i]) - math.floor((tonumber(now) - start) * 1000)
+    if ttl > 0 then
+      local base = prefix .. 'hr:' .. level .. ':' .. string.format('%d', start) .. ':'
+      for _, row in ipairs({{base .. entry[3], entry[4] .. '|' .. place}, {base .. '*', place}}) do
+        redis.call('HINCRBY', row[1], row[2] .. '|' .. SHORT[status], 1)
+        if redis.call('PTTL', row[1]) < 0 then redis.call('PEXPIRE', row[1], ttl) end
+        if bin then
+          -- The bucket's own bin (what a summary of every place reads), and the place's.
+          redis.call('HINCRBY', row[1], 't' .. bin, 1)
+          local places = row[1] .. ':t'
+          redis.call('HINCRBY', places, row[2] .. '|t' .. bin, 1)
+          if redis.call('PTTL', places) < 0 then redis.call('PEXPIRE', places, ttl) end
+        end
+      end
+    end
+  end
+end
+""".replace("__EDGES__", ", ".join(str(edge) for edge in APPROVE_BIN_EDGES))
+
+_BEGIN_ATTEMPT = (
+    _END_HISTORY
+    + """
 -- KEYS: verification, expiry schedule, the call's verified record (or the verification again when
--- not asked), then the event log of each failure budget.
+-- not asked), its history entry, then the event log of each failure budget.
 -- ARGV: id, now, retain_ms, call id ('' for any), origin ('' for any), '1' to test the record,
--- a unique member, then three per budget: limit, ttl_ms, the window's start (older events are gone).
+-- a unique member, the history's prefix, retention_ms, cutoff and three buckets' ms kept, then three
+-- per budget: limit, ttl_ms, the window's start (older events are gone).
 -- Returns nil (not found / not ours), or {gate, the verification's fields, ...}: for over_budget
 -- the budget's index (0-based) and its oldest event's time, for counted each budget's count before.
 local key = KEYS[1]
@@ -133,13 +259,13 @@ if ARGV[5] ~= '' and origin ~= ARGV[5] then return false end
 if ARGV[6] == '1' and call ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
   return {'call_verified', redis.call('HGETALL', key)}
 end
-local budgets = (#ARGV - 7) / 3
+local budgets = (#ARGV - 13) / 3
 local counts = {}
 for i = 1, budgets do
-  local log = KEYS[3 + i]
-  redis.call('ZREMRANGEBYSCORE', log, '-inf', ARGV[7 + 3 * i])
+  local log = KEYS[4 + i]
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', ARGV[13 + 3 * i])
   counts[i] = redis.call('ZCARD', log)
-  if counts[i] >= tonumber(ARGV[5 + 3 * i]) then
+  if counts[i] >= tonumber(ARGV[11 + 3 * i]) then
     local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')[2]
     return {'over_budget', redis.call('HGETALL', key), i - 1, oldest}
   end
@@ -148,6 +274,7 @@ local function finish(to)
   redis.call('HSET', key, 'st', to, 'ua', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('PEXPIRE', key, ARGV[3])
+  end_history(KEYS[4], ARGV[1], to, ARGV[2], redis.call('HGET', key, 'at'), 8)
 end
 local gate = 'counted'
 if status ~= 'pending' then
@@ -161,42 +288,53 @@ elseif tonumber(redis.call('HGET', key, 'at')) >= tonumber(redis.call('HGET', ke
 else
   redis.call('HINCRBY', key, 'at', 1)
   redis.call('HSET', key, 'ua', ARGV[2])
+  if redis.call('HGET', KEYS[4], 'st') == 'pending' then redis.call('HINCRBY', KEYS[4], 'at', 1) end
   for i = 1, budgets do
-    redis.call('ZADD', KEYS[3 + i], ARGV[2], ARGV[7])
-    redis.call('PEXPIRE', KEYS[3 + i], ARGV[6 + 3 * i])
+    redis.call('ZADD', KEYS[4 + i], ARGV[2], ARGV[7])
+    redis.call('PEXPIRE', KEYS[4 + i], ARGV[12 + 3 * i])
   end
 end
 return {gate, redis.call('HGETALL', key), counts}
 """
+)
 
 _REFUND_ATTEMPT = """
--- KEYS: verification, then the event log of each failure budget the attempt was counted in.
+-- KEYS: verification, its history entry, then the event log of each failure budget the attempt
+-- was counted in.
 if redis.call('HGET', KEYS[1], 'st') == 'pending' and tonumber(redis.call('HGET', KEYS[1], 'at')) > 0 then
   redis.call('HINCRBY', KEYS[1], 'at', -1)
+  if redis.call('HGET', KEYS[2], 'st') == 'pending' and tonumber(redis.call('HGET', KEYS[2], 'at')) > 0 then
+    redis.call('HINCRBY', KEYS[2], 'at', -1)
+  end
 end
-for i = 2, #KEYS do redis.call('ZPOPMAX', KEYS[i]) end
+for i = 3, #KEYS do redis.call('ZPOPMAX', KEYS[i]) end
 return 0
 """
 
-_TRANSITION = """
--- KEYS: verification, expiry schedule, the record to keep with it (the verification again when
--- none), then the current bucket of each window to count.
--- ARGV: id, to, now, retain_ms, the record's JSON ('' when none), its ttl_ms, then each bucket's ttl_ms.
+_TRANSITION = (
+    _END_HISTORY
+    + """
+-- KEYS: verification, expiry schedule, its history entry, the record to keep with it (the
+-- verification again when none), then the current bucket of each window to count.
+-- ARGV: id, to, now, retain_ms, the history's prefix, retention_ms, cutoff and three buckets'
+-- ms kept, the record's JSON ('' when none), its ttl_ms, then each bucket's ttl_ms.
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
   -- Also drops the schedule entry of a verification that Redis already forgot.
   redis.call('ZREM', KEYS[2], ARGV[1])
   return false
 end
 redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ua', ARGV[3])
-if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6]) end
-for i = 4, #KEYS do
+if ARGV[11] ~= '' then redis.call('SET', KEYS[4], ARGV[11], 'PX', ARGV[12]) end
+for i = 5, #KEYS do
   redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[i + 3])
+  redis.call('PEXPIRE', KEYS[i], ARGV[i + 8])
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end_history(KEYS[3], ARGV[1], ARGV[2], ARGV[3], redis.call('HGET', KEYS[1], 'at'), 5)
 return redis.call('HGETALL', KEYS[1])
 """
+)
 
 _HIT = """
 -- Count one event in every counted window if each window has room, else in none. With the
@@ -512,9 +650,124 @@ def _hold(prefix: str, fields: Mapping[str, str]) -> Hold:
     )
 
 
+def _combo_matches(query: HistoryFilter, combo: str) -> bool:
+    status, agent_id, origin, channel, country = combo.split("|")
+    return query.matches(agent_id, origin, channel, country, status)
+
+
 def _pairs(flat: list[str]) -> dict[str, str]:
     """HGETALL's reply inside a script: a flat list of field, value, field, value..."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _us(at: float) -> int:
+    """A time in whole microseconds (never below 0): the history indexes' order."""
+    return max(0, round(at * 1_000_000))
+
+
+def _time_bound(at: float) -> str:
+    """Sorts before every history member of that microsecond and after every earlier one."""
+    return f"{_us(at):016d}:"
+
+
+def _member(position: Position, dimensions: str = "") -> str:
+    """A history index member. Every score is 0, so members sort by their text: as
+    (created_at, id) do, the dimensions after a space (which sorts before any character
+    of an id). A position alone, or a time, is a range bound (BYLEX)."""
+    created_at, entry_id = position
+    member = _time_bound(created_at) + entry_id
+    return f"{member} {dimensions}" if dimensions else member
+
+
+def _position(member: str) -> Position:
+    time_part, _, rest = member.partition(":")
+    return (int(time_part) / 1_000_000, rest.partition(" ")[0])
+
+
+def _member_matches(query: HistoryFilter, member: str) -> bool:
+    agent_id, origin, channel, country = member.partition(" ")[2].split("|")
+    return query.matches(agent_id, origin, channel, country)
+
+
+@dataclass(frozen=True)
+class _HistoryFields:
+    """A new verification's history entry, as the create script writes it. Every value is
+    short (at most 64 bytes), so Redis keeps the entry's hash compact (a listpack)."""
+
+    created_at: float  # to the microsecond, as its members say (and its buckets follow)
+    member: str  # in the status index: {microseconds}:{id} {agent}|{origin}|{channel}|{country}
+    short_member: str  # in its combination's index: {microseconds}:{id}
+    combo: str  # status|agent|origin|channel|country: the name of its combination's index
+    agent_field: str  # its send's field in its agent's buckets: origin|channel|country|s
+    all_field: str  # and in all agents': channel|country|s
+    fields: list[str]
+
+    @classmethod
+    def of(cls, verification: Verification) -> _HistoryFields:
+        place = f"{verification.channel}|{verification.country or ''}"
+        # No agent id holds a "|" (config.settings.AGENT_ID_PATTERN).
+        dimensions = f"{verification.agent_id}|{verification.origin}|{place}"
+        micros = _time_bound(verification.created_at)[:-1]
+        short = f"{micros}:{verification.id}"
+        fields = [
+            "us", micros,
+            "ag", verification.agent_id,
+            "og", verification.origin,
+            "ch", verification.channel,
+            "cc", verification.country or "",
+            "to", verification.masked_to,
+            "st", verification.status.value,
+            "at", str(verification.attempts),
+            "ma", str(verification.max_attempts),
+        ]  # fmt: skip
+        if verification.call_id:
+            fields += ["ci", verification.call_id]
+        return cls(
+            int(micros) / 1_000_000,
+            f"{short} {dimensions}",
+            short,
+            f"{verification.status.value}|{dimensions}",
+            f"{verification.origin}|{place}|s",
+            f"{place}|s",
+            fields,
+        )
+
+
+def _history_entry(entry_id: str, values: Mapping[str, str]) -> HistoryEntry | None:
+    """An entry from its hash; None when it is gone (past the retention)."""
+    if "us" not in values:
+        return None
+    return HistoryEntry(
+        id=entry_id,
+        to=values["to"],
+        country=values["cc"] or None,
+        agent_id=values["ag"],
+        origin=cast(Origin, values["og"]),
+        channel=cast(Channel, values["ch"]),
+        call_id=values.get("ci"),
+        status=Status(values["st"]),
+        attempts=int(values["at"]),
+        max_attempts=int(values["ma"]),
+        created_at=int(values["us"]) / 1_000_000,
+        ended_at=float(values["ea"]) if "ea" in values else None,
+    )
+
+
+_OUTCOMES = ("s", "a", "e", "m", "c")
+_BINS = tuple(f"t{index}" for index in range(len(APPROVE_BIN_EDGES)))
+
+
+def _pinned_fields(query: HistoryFilter, kinds: tuple[str, ...], *, with_origin: bool) -> list[str] | None:
+    """The rollup fields of ``kinds`` a filter that names a country can need (HMGET reads
+    those alone); None when it names none: every field may count (HGETALL)."""
+    if query.country is None:
+        return None
+    channels = [query.channel] if query.channel is not None else ["sms", "call"]
+    places = [f"{channel}|{query.country}" for channel in channels]
+    if with_origin:
+        origins = [query.origin] if query.origin is not None else ["call", "api", "workflow"]
+        places = [f"{origin}|{place}" for origin in origins for place in places]
+    return [f"{place}|{kind}" for place in places for kind in kinds]
 
 
 class RedisStore(Store):
@@ -522,11 +775,15 @@ class RedisStore(Store):
 
     ``open()`` does not contact Redis: the instance starts, reports itself not
     ready through ``ping()``, and works as soon as Redis answers.
+    ``history_retention``: seconds a verification stays in the history.
     """
 
-    def __init__(self, url: str, prefix: str = "mfa:") -> None:
+    def __init__(
+        self, url: str, prefix: str = "mfa:", *, history_retention: float = DEFAULT_RETENTION
+    ) -> None:
         self._url = url
         self._prefix = prefix
+        self._retention = history_retention
         self._channel = f"{prefix}events"
         self._redis: Redis | None = None
         self._scripts: _Scripts | None = None
@@ -594,17 +851,43 @@ class RedisStore(Store):
     # -- verifications ------------------------------------------------------
     async def create_verification(self, verification: Verification) -> None:
         lifetime = max(0.0, verification.expires_at - verification.created_at)
+        history = _HistoryFields.of(verification)
         with _unavailable():
             key = self._key("v", verification.id)
             call = verification.call_id
             created = await self._script.create(
-                keys=[key, self._key("expiry"), self._key("call", call) if call else key],
+                keys=[
+                    key,
+                    self._key("expiry"),
+                    self._key("call", call) if call else key,
+                    self._key("h", verification.id),
+                    self._key("hx", "st", verification.status.value),
+                    self._key("hx", history.combo),
+                    self._key("hx", "combos"),
+                    *(
+                        self._bucket(level, verification.created_at, verification.agent_id)
+                        for level in LEVELS
+                    ),
+                    *(self._bucket(level, verification.created_at, ALL_AGENTS) for level in LEVELS),
+                ],
                 args=[
                     verification.id,
                     _num(verification.expires_at),
                     _ms(lifetime + RETAIN_FINISHED_SECONDS),
                     "1" if verification.status is Status.PENDING else "0",
                     "1" if call else "0",
+                    _ms(self._retention),
+                    self._cutoff(verification.created_at),
+                    history.member,
+                    history.short_member,
+                    history.combo,
+                    history.agent_field,
+                    history.all_field,
+                    *(_ms(self._kept(level, history.created_at)) for level in LEVELS),
+                    _num(history.created_at),
+                    _num(history.created_at - self._retention),
+                    len(history.fields),
+                    *history.fields,
                     *_to_hash(verification),
                 ],
             )
@@ -629,8 +912,9 @@ class RedisStore(Store):
     ) -> Attempt | None:
         key = self._key("v", verification_id)
         with _unavailable():
-            # The script names every key it touches, so the keys that follow from the
-            # verification's number and call are found first; both never change.
+            # The script names every key it touches (but the history's, see _END_HISTORY), so
+            # the keys that follow from the verification's number and call are found first;
+            # both never change.
             to, call = cast(list[str | None], await self._client.hmget(key, ["to", "ci"]))
             if to is None or (call_id is not None and call != call_id):
                 return None
@@ -644,10 +928,17 @@ class RedisStore(Store):
                 origin or "",
                 "1" if verified != key else "0",
                 secrets.token_hex(8),
+                *self._history_context(now),
             ]
             for window in windows:
                 args += [window.limit, _ms(window.seconds), _num(now - window.seconds)]
-            keys = [key, self._key("expiry"), verified, *(self._key("hit", window.key) for window in windows)]
+            keys = [
+                key,
+                self._key("expiry"),
+                verified,
+                self._key("h", verification_id),
+                *(self._key("hit", window.key) for window in windows),
+            ]
             answer = await self._script.begin_attempt(keys=keys, args=args)
         if answer is None:
             return None
@@ -689,7 +980,11 @@ class RedisStore(Store):
         return sorted(live, key=lambda v: v.created_at, reverse=True)
 
     async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
-        keys = [self._key("v", verification_id), *(self._key("hit", window.key) for window in budgets)]
+        keys = [
+            self._key("v", verification_id),
+            self._key("h", verification_id),
+            *(self._key("hit", window.key) for window in budgets),
+        ]
         with _unavailable():
             await self._script.refund_attempt(keys=keys)
 
@@ -703,8 +998,14 @@ class RedisStore(Store):
         count: Sequence[Window] = (),
     ) -> Verification | None:
         key = self._key("v", verification_id)
-        keys = [key, self._key("expiry")]
-        args: list[str | int | float] = [verification_id, to.value, _num(now), _ms(RETAIN_FINISHED_SECONDS)]
+        keys = [key, self._key("expiry"), self._key("h", verification_id)]
+        args: list[str | int | float] = [
+            verification_id,
+            to.value,
+            _num(now),
+            _ms(RETAIN_FINISHED_SECONDS),
+            *self._history_context(now),
+        ]
         if record is not None:
             keys.append(self._key("record", record.kind, record.id))
             args += [_json(record.data), _ms(record.ttl)]
@@ -761,6 +1062,119 @@ class RedisStore(Store):
         with _unavailable():
             marked = await self._script.mark_told(keys=[self._key("v", verification_id)])
         return int(marked) == 1
+
+    # -- history --------------------------------------------------------------
+    # Written by the verification's own scripts (_CREATE, _BEGIN_ATTEMPT, _TRANSITION), read here.
+    def _bucket(self, level: int, at: float, agent_id: str) -> str:
+        return self._key("hr", str(level), str(bucket_start(at, level)), agent_id)
+
+    def _cutoff(self, now: float) -> str:
+        """The indexes' members older than the retention at ``now`` are those before this."""
+        return "(" + _time_bound(now - self._retention)
+
+    def _kept(self, level: int, created_at: float) -> float:
+        return kept_for(level, self._retention, bucket_start(created_at, level), created_at)
+
+    def _history_context(self, now: float) -> list[str | int]:
+        """What _END_HISTORY reads from ARGV: the prefix, retention_ms, the indexes' cutoff,
+        and how long a bucket of each size is kept from its start, in ms."""
+        keeps = (_ms(kept_from_start(level, self._retention)) for level in LEVELS)
+        return [self._prefix, _ms(self._retention), self._cutoff(now), *keeps]
+
+    async def list_history(
+        self, query: HistoryFilter, now: float, *, after: Position | None = None, limit: int = 50
+    ) -> HistoryPage:
+        low = max(query.since if query.since is not None else -math.inf, now - self._retention)
+        lower = "[" + _time_bound(low)
+        upper = "+" if query.until is None else "(" + _time_bound(query.until)
+        if after is not None and (upper == "+" or "(" + _member(after) < upper):
+            upper = "(" + _member(after)
+        client = self._client
+        statuses = list(Status) if query.status is None else [query.status]
+        by_status = [self._key("hx", "st", status.value) for status in statuses]
+
+        async def fetch(requests: list[tuple[str, str | None, int]]) -> list[list[str]]:
+            async with client.pipeline(transaction=False) as pipe:
+                for source, last, count in requests:
+                    start = upper if last is None else "(" + last
+                    pipe.zrange(source, start, lower, desc=True, bylex=True, offset=0, num=count)
+                return cast(list[list[str]], await pipe.execute())
+
+        def text(member: str) -> str:
+            # A status index's members carry the dimensions after a space: the order is the rest's.
+            return member.partition(" ")[0]
+
+        with _unavailable():
+            sources = by_status
+            if query.names_more_than_status:
+                combos = cast(list[str], await client.zrange(self._key("hx", "combos"), 0, -1))
+                sources = [self._key("hx", combo) for combo in combos if _combo_matches(query, combo)]
+            if len(sources) <= MERGE_UP_TO:
+                members = await newest_first(sources, fetch, limit + 1, text)
+                following = next_page(members, limit, _position)
+            else:
+                walked = await newest_matching(
+                    by_status, fetch, limit + 1, text, lambda member: _member_matches(query, member)
+                )
+                members = walked.kept
+                following = next_page(members, limit, _position, walked=walked)
+            ids = [_position(member)[1] for member in members[:limit]]
+            async with client.pipeline(transaction=False) as pipe:
+                for entry_id in ids:
+                    pipe.hgetall(self._key("h", entry_id))
+                found = cast(list[dict[str, str]], await pipe.execute())
+        entries = [
+            entry
+            for entry in map(_history_entry, ids, found)
+            # Gone past the retention, or moved to another status since the index was read.
+            if entry is not None and (query.status is None or entry.status is query.status)
+        ]
+        return HistoryPage(entries, following)
+
+    async def history_tallies(self, query: HistoryFilter, span: Span) -> Tallies:
+        client = self._client
+        # A filter that names no channel or country reads each bucket's own bins; one that
+        # does reads its places' bins from the bucket's ":t" hash.
+        by_place = query.channel is not None or query.country is not None
+        with _unavailable():
+            # All agents' buckets, unless the filter names an agent id or an origin.
+            if query.agent_id is not None:
+                agents = [query.agent_id]
+            elif query.origin is not None:
+                combos = cast(list[str], await client.zrange(self._key("hx", "combos"), 0, -1))
+                agents = sorted({combo.split("|")[1] for combo in combos})
+            else:
+                agents = [ALL_AGENTS]
+            reads: list[tuple[int, str, list[str] | None]] = []
+            async with client.pipeline(transaction=False) as pipe:
+                for start in span.starts():
+                    for agent in agents:
+                        key = self._key("hr", str(span.level), str(start), agent)
+                        hashes = [(key, _OUTCOMES)] + ([(key + ":t", _BINS)] if by_place else [])
+                        for hash_key, kinds in hashes:
+                            fields = _pinned_fields(query, kinds, with_origin=agent != ALL_AGENTS)
+                            if fields is None:
+                                pipe.hgetall(hash_key)
+                            else:
+                                pipe.hmget(hash_key, fields)
+                            reads.append((start, agent, fields))
+                found = cast(list[dict[str, str] | list[str | None]], await pipe.execute())
+        sums = TallySums()
+        for (start, agent, fields), values in zip(reads, found, strict=True):
+            pairs = values.items() if isinstance(values, dict) else zip(fields or (), values, strict=True)
+            for field, value in pairs:
+                if value is None:
+                    continue
+                parts = field.split("|")
+                if len(parts) == 1:  # the bucket's own bin, of every place
+                    if not by_place and parts[0] in TALLY_PLACES:
+                        sums.add_to_bucket(start, TALLY_PLACES[parts[0]], int(value))
+                    continue
+                origin = ALL_AGENTS if agent == ALL_AGENTS else parts.pop(0)
+                channel, country, kind = parts
+                if kind in TALLY_PLACES and query.matches(agent, origin, channel, country):
+                    sums.add(start, channel, country, TALLY_PLACES[kind], int(value))
+        return sums.tallies()
 
     # -- counters and limits ------------------------------------------------
     async def hit(

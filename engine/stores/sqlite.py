@@ -21,6 +21,14 @@ The contract's times (``now``, ``expires_at``) are the caller's clock. What
 Redis forgets through key expiry (a TTL, a finished verification after
 RETAIN_FINISHED_SECONDS) is emulated here with a ``forget_at`` column on the
 wall clock: rows past it are invisible at once and deleted in batches.
+
+The history (engine/stores/history.py) is three tables written in the
+verification's own transactions: ``history`` (one entry per verification, the
+number masked; indexed by send time alone, by status and by ``combo``),
+``history_combo`` (each combination of agent id, origin, channel, country and
+status, numbered: an entry's ``combo``) and ``history_rollup`` (the summary's
+counters: per bucket, one row per agent id, origin, channel and country, and one
+per channel and country with agent id and origin ``*``).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import time
 import weakref
@@ -63,6 +72,26 @@ from engine.stores.guard import (
     hold_for,
     should_hold,
     weighted,
+)
+from engine.stores.history import (
+    ALL_AGENTS,
+    APPROVE_BIN_EDGES,
+    DEFAULT_RETENTION,
+    LEVELS,
+    MERGE_UP_TO,
+    HistoryEntry,
+    HistoryFilter,
+    HistoryPage,
+    Position,
+    Span,
+    Tallies,
+    TallySums,
+    approve_bin,
+    bucket_start,
+    kept_for,
+    newest_first,
+    newest_matching,
+    next_page,
 )
 from engine.stores.windows import (
     Refused,
@@ -118,6 +147,7 @@ CREATE TABLE IF NOT EXISTS verification (
     "provider_ref" TEXT,
     "code_digest" TEXT,
     "origin" TEXT NOT NULL,
+    "country" TEXT,
     "delivery" TEXT,
     "delivery_error" TEXT,
     "fallback" TEXT,
@@ -165,7 +195,76 @@ CREATE TABLE IF NOT EXISTS hold (
     prefix TEXT PRIMARY KEY, country TEXT NOT NULL, since REAL NOT NULL, until REAL NOT NULL,
     sends INTEGER NOT NULL, approved INTEGER NOT NULL, reason TEXT NOT NULL, forget_at REAL NOT NULL
 ) WITHOUT ROWID;
+-- The history (engine/stores/history.py). country is '' when unknown (a verification from
+-- before countries were kept).
+CREATE TABLE IF NOT EXISTS history (
+    id TEXT PRIMARY KEY,
+    combo INTEGER NOT NULL,
+    "to" TEXT NOT NULL,
+    country TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    call_id TEXT,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    ended_at REAL,
+    forget_at REAL NOT NULL
+) WITHOUT ROWID;
+-- The list's order: unfiltered, by status, per combination (a filtered list merges its combinations).
+CREATE INDEX IF NOT EXISTS history_sent ON history (created_at, id);
+CREATE INDEX IF NOT EXISTS history_status_sent ON history (status, created_at, id);
+CREATE INDEX IF NOT EXISTS history_combo_sent ON history (combo, created_at, id);
+CREATE INDEX IF NOT EXISTS history_forget ON history (forget_at);
+CREATE TABLE IF NOT EXISTS history_combo (
+    id INTEGER PRIMARY KEY,
+    agent_id TEXT NOT NULL, origin TEXT NOT NULL, channel TEXT NOT NULL, country TEXT NOT NULL,
+    status TEXT NOT NULL,
+    UNIQUE (agent_id, origin, channel, country, status)
+);
 """
+
+# The rollups' counters: one column per outcome and one per time-to-approve bin (t0...).
+_OUTCOME_COLUMNS = ("sent", "approved", "expired", "max_attempts_reached", "canceled")
+_BIN_COLUMNS = tuple(f"t{index}" for index in range(len(APPROVE_BIN_EDGES)))
+_TALLY_COLUMNS = _OUTCOME_COLUMNS + _BIN_COLUMNS
+# Agent id before start: a summary of one agent (or of all, "*") reads its rows alone.
+_ROLLUP_KEY = "level, agent_id, start, origin, channel, country"
+_ROLLUP_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS history_rollup (level INTEGER NOT NULL, start INTEGER NOT NULL,"
+    " agent_id TEXT NOT NULL, origin TEXT NOT NULL, channel TEXT NOT NULL, country TEXT NOT NULL, "
+    + ", ".join(f"{column} INTEGER NOT NULL DEFAULT 0" for column in _TALLY_COLUMNS)
+    + f", forget_at REAL NOT NULL, PRIMARY KEY ({_ROLLUP_KEY})) WITHOUT ROWID;"
+    " CREATE INDEX IF NOT EXISTS history_rollup_forget ON history_rollup (forget_at);"
+)
+
+
+def _count_sql(columns: tuple[str, ...]) -> str:
+    """Add one to ``columns`` of a bucket's row, making the row if it is the bucket's first event."""
+    return (
+        f"INSERT INTO history_rollup ({_ROLLUP_KEY}, {', '.join(columns)}, forget_at)"  # noqa: S608
+        f" VALUES (?, ?, ?, ?, ?, ?, {', '.join('1' * len(columns))}, ?)"
+        f" ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET "
+        + ", ".join(f"{column} = {column} + 1" for column in columns)
+    )
+
+
+# Column names from the fixed lists above only.
+_COUNT_SENT = _count_sql(("sent",))
+_COUNT_END = {column: _count_sql((column,)) for column in _OUTCOME_COLUMNS[2:]}
+_COUNT_APPROVED = [_count_sql(("approved", column)) for column in _BIN_COLUMNS]
+# Summed in Python: a GROUP BY with a sum per column costs SQLite more than the reading.
+_READ_TALLIES = (
+    "SELECT start, channel, country, "  # noqa: S608
+    + ", ".join(_TALLY_COLUMNS)
+    + " FROM history_rollup WHERE level = ? AND start >= ? AND start < ? AND forget_at > ?"
+)
+_HISTORY_COLUMNS = (
+    'id, "to", country, agent_id, origin, channel, call_id, status, attempts, max_attempts,'
+    " created_at, ended_at"
+)
 
 # Columns added since the first release, and how an older file gets them.
 _MIGRATIONS = {
@@ -173,6 +272,7 @@ _MIGRATIONS = {
         "ALTER TABLE verification ADD COLUMN \"origin\" TEXT NOT NULL DEFAULT 'api'",
         "UPDATE verification SET \"origin\" = 'call' WHERE call_id IS NOT NULL",
     ),
+    "country": ('ALTER TABLE verification ADD COLUMN "country" TEXT',),
     "delivery": ('ALTER TABLE verification ADD COLUMN "delivery" TEXT',),
     "delivery_error": ('ALTER TABLE verification ADD COLUMN "delivery_error" TEXT',),
     "fallback": ('ALTER TABLE verification ADD COLUMN "fallback" TEXT',),
@@ -188,6 +288,8 @@ _FORGETTING_TABLES = {
     "claim": "key",
     "record": "kind, id",
     "hold": "prefix",
+    "history": "id",
+    "history_rollup": _ROLLUP_KEY,
 }
 
 
@@ -209,12 +311,68 @@ def _verification(row: Sequence[Any]) -> Verification:
     return Verification.model_validate(dict(zip(_FIELDS, row, strict=True)))
 
 
+def _history_entry(row: Sequence[Any]) -> HistoryEntry:
+    (
+        entry_id,
+        to,
+        country,
+        agent_id,
+        origin,
+        channel,
+        call_id,
+        status,
+        attempts,
+        max_attempts,
+        created,
+        ended,
+    ) = row
+    return HistoryEntry(
+        id=entry_id,
+        to=to,
+        country=country or None,
+        agent_id=agent_id,
+        origin=origin,
+        channel=channel,
+        call_id=call_id,
+        status=Status(status),
+        attempts=attempts,
+        max_attempts=max_attempts,
+        created_at=created,
+        ended_at=ended,
+    )
+
+
+def _combo(
+    db: sqlite3.Connection, agent_id: str, origin: str, channel: str, country: str, status: str
+) -> int:
+    """The number of a combination of the list's dimensions, numbered on first use."""
+    key = (agent_id, origin, channel, country, status)
+    row = db.execute(
+        "SELECT id FROM history_combo"
+        " WHERE agent_id = ? AND origin = ? AND channel = ? AND country = ? AND status = ?",
+        key,
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    cursor = db.execute(
+        "INSERT INTO history_combo (agent_id, origin, channel, country, status) VALUES (?, ?, ?, ?, ?)", key
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
 def _maintenance(db: sqlite3.Connection, *, purge: bool) -> bool:
     """On the thread: delete forgotten rows (if ``purge``), then copy the WAL into the file.
 
     True when more forgotten rows are left than one pass deletes.
     """
     more = purge and any([_purge_batch(db, table, time.time()) for table in _FORGETTING_TABLES])
+    if purge:
+        # Combinations no entry has any more (a few rows; each test one index lookup).
+        db.execute(
+            "DELETE FROM history_combo"
+            " WHERE NOT EXISTS (SELECT 1 FROM history WHERE combo = history_combo.id)"
+        )
     # RESTART: holds writes off while it copies, so that it catches up and the next
     # write starts the WAL from its beginning (the file stays the size of a few hundred
     # writes). The event loop's writes that meet it come to this thread meanwhile.
@@ -386,10 +544,12 @@ class SqliteStore(Store):
 
     The file, its WAL files and a folder made here are private to this user
     (engine/private_files.py): the file holds server keys and full numbers.
+    ``history_retention``: seconds a verification stays in the history.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, history_retention: float = DEFAULT_RETENTION) -> None:
         self._path = Path(path)
+        self._retention = history_retention
         # Used on the event loop itself; never waits for a lock (busy timeout 0).
         self._db: sqlite3.Connection | None = None
         self._thread = _Thread()
@@ -410,6 +570,7 @@ class SqliteStore(Store):
             # WAL first: it is a property of the file that the other connection then shares.
             db.execute("PRAGMA journal_mode = WAL")
             db.executescript(_SCHEMA)
+            db.executescript(_ROLLUP_SCHEMA)
             columns = {column[1] for column in db.execute("PRAGMA table_info(verification)")}
             for column, statements in _MIGRATIONS.items():
                 if column not in columns:
@@ -543,9 +704,15 @@ class SqliteStore(Store):
     # -- verifications ------------------------------------------------------
     async def create_verification(self, verification: Verification) -> None:
         lifetime = max(0.0, verification.expires_at - verification.created_at)
-        values = [*verification.model_dump().values(), time.time() + lifetime + RETAIN_FINISHED_SECONDS]
+
+        def create(db: sqlite3.Connection) -> None:
+            wall = time.time()
+            values = [*verification.model_dump().values(), wall + lifetime + RETAIN_FINISHED_SECONDS]
+            db.execute(_INSERT_VERIFICATION, values)
+            self._history_created(db, verification, wall)
+
         try:
-            await self._execute(_INSERT_VERIFICATION, values)
+            await self._write(create)
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"verification {verification.id} already exists") from exc
 
@@ -601,6 +768,7 @@ class SqliteStore(Store):
                 "UPDATE verification SET attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (now, verification_id),
             )
+            db.execute("UPDATE history SET attempts = attempts + 1 WHERE id = ?", (verification_id,))
             for window in windows:
                 _log_event(db, window, now, wall)
             counted = verification.model_copy(
@@ -627,6 +795,11 @@ class SqliteStore(Store):
                 " WHERE id = ? AND status = 'pending' AND attempts > 0",
                 (verification_id,),
             )
+            db.execute(
+                "UPDATE history SET attempts = attempts - 1"
+                " WHERE id = ? AND status = 'pending' AND attempts > 0",
+                (verification_id,),
+            )
             for window in budgets:
                 _take_back_event(db, window)
 
@@ -641,14 +814,6 @@ class SqliteStore(Store):
         record: Record | None = None,
         count: Sequence[Window] = (),
     ) -> Verification | None:
-        if record is None and not count:
-            # One UPDATE ... RETURNING: atomic without a transaction around it.
-            return await self._run(
-                lambda db: self._end(db, verification_id, to, now),
-                write=True,
-                transaction=False,
-            )
-
         def end_and_record(db: sqlite3.Connection) -> Verification | None:
             ended = self._end(db, verification_id, to, now)
             if ended is not None:
@@ -662,14 +827,20 @@ class SqliteStore(Store):
 
         return await self._write(end_and_record)
 
-    @staticmethod
-    def _end(db: sqlite3.Connection, verification_id: str, to: Status, now: float) -> Verification | None:
+    def _end(
+        self, db: sqlite3.Connection, verification_id: str, to: Status, now: float
+    ) -> Verification | None:
+        """Move a pending verification (and its history entry) to ``to``, inside the caller's transaction."""
         wall = time.time()
         row = db.execute(
             _END_VERIFICATION,
             (to.value, now, wall + RETAIN_FINISHED_SECONDS, verification_id, wall),
         ).fetchone()
-        return None if row is None else _verification(row)
+        if row is None:
+            return None
+        ended = _verification(row)
+        self._history_ended(db, ended, now)
+        return ended
 
     async def due_for_expiry(self, now: float, limit: int = 100) -> list[str]:
         rows = await self._read(
@@ -745,6 +916,137 @@ class SqliteStore(Store):
             (verification_id, time.time()),
         )
         return bool(rows)
+
+    # -- history --------------------------------------------------------------
+    # Written inside the verification's own transactions (create, count, end), read here.
+    def _history_created(self, db: sqlite3.Connection, verification: Verification, wall: float) -> None:
+        country = verification.country or ""
+        dimensions = (verification.agent_id, verification.origin, verification.channel, country)
+        combo = _combo(db, *dimensions, verification.status.value)
+        db.execute(
+            f"INSERT INTO history ({_HISTORY_COLUMNS}, combo, forget_at)"  # noqa: S608 - fixed columns
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+            (
+                verification.id,
+                verification.masked_to,
+                country,
+                *dimensions[:3],
+                verification.call_id,
+                verification.status.value,
+                verification.attempts,
+                verification.max_attempts,
+                verification.created_at,
+                combo,
+                wall + self._retention,
+            ),
+        )
+        self._count(db, _COUNT_SENT, verification.created_at, dimensions, verification.created_at)
+
+    def _history_ended(self, db: sqlite3.Connection, ended: Verification, now: float) -> None:
+        row = db.execute(
+            "SELECT created_at, agent_id, origin, channel, country FROM history"
+            " WHERE id = ? AND status = 'pending'",
+            (ended.id,),
+        ).fetchone()
+        if row is None:
+            return  # older than the retention, or sent before the history was kept
+        created_at, dimensions = row[0], tuple(row[1:])
+        agent_id, origin, channel, country = dimensions
+        combo = _combo(db, agent_id, origin, channel, country, ended.status.value)
+        db.execute(
+            "UPDATE history SET status = ?, combo = ?, attempts = ?, ended_at = ? WHERE id = ?",
+            (ended.status.value, combo, ended.attempts, now, ended.id),
+        )
+        if ended.status is Status.APPROVED:
+            sql = _COUNT_APPROVED[approve_bin(now - created_at)]
+        else:
+            sql = _COUNT_END[ended.status.value]
+        self._count(db, sql, created_at, dimensions, now)
+
+    def _count(
+        self, db: sqlite3.Connection, sql: str, created_at: float, dimensions: tuple[str, ...], now: float
+    ) -> None:
+        """One event in the buckets of every size that ``created_at`` (the send) falls in and
+        that are still kept at ``now``: in the row of its agent id, origin, channel and
+        country, and in the all-agents row."""
+        _, _, channel, country = dimensions
+        rows = (dimensions, (ALL_AGENTS, ALL_AGENTS, channel, country))
+        wall = time.time()
+        counted = []
+        for level in LEVELS:
+            start = bucket_start(created_at, level)
+            kept = kept_for(level, self._retention, start, now)
+            if kept > 0:
+                counted += [(level, row[0], start, *row[1:], wall + kept) for row in rows]
+        db.executemany(sql, counted)
+
+    async def list_history(
+        self, query: HistoryFilter, now: float, *, after: Position | None = None, limit: int = 50
+    ) -> HistoryPage:
+        low = max(query.since if query.since is not None else -math.inf, now - self._retention)
+        where = "created_at >= ? AND forget_at > ?"
+        window: list[Any] = [low, time.time()]
+        if query.until is not None:
+            where += " AND created_at < ?"
+            window.append(query.until)
+        # A source is an index: (column, value), or None for the index of send times alone.
+        by_status: list[tuple[str, Any] | None] = [
+            None if query.status is None else ("status", query.status.value)
+        ]
+        sources = by_status
+        if query.names_more_than_status:
+            combos = await self._read(
+                "SELECT id, agent_id, origin, channel, country, status FROM history_combo"
+            )
+            sources = [("combo", row[0]) for row in combos if query.matches(*row[1:])]
+
+        async def fetch(
+            requests: list[tuple[tuple[str, Any] | None, HistoryEntry | None, int]],
+        ) -> list[list[HistoryEntry]]:
+            pages = []
+            for source, last, count in requests:
+                start = last.position if last is not None else after
+                sql = f"SELECT {_HISTORY_COLUMNS} FROM history WHERE {where}"  # noqa: S608 - fixed text
+                parameters = list(window)
+                if source is not None:
+                    sql += f" AND {source[0]} = ?"  # "status" or "combo"
+                    parameters.append(source[1])
+                if start is not None:
+                    sql += " AND (created_at, id) < (?, ?)"
+                    parameters += start
+                sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+                rows = await self._read(sql, [*parameters, count])
+                pages.append([_history_entry(row) for row in rows])
+            return pages
+
+        def position(entry: HistoryEntry) -> Position:
+            return entry.position
+
+        if len(sources) <= MERGE_UP_TO:
+            found = await newest_first(sources, fetch, limit + 1, position)
+            return HistoryPage(found[:limit], next_page(found, limit, position))
+        walked = await newest_matching(by_status, fetch, limit + 1, position, query.lists)
+        return HistoryPage(walked.kept[:limit], next_page(walked.kept, limit, position, walked=walked))
+
+    async def history_tallies(self, query: HistoryFilter, span: Span) -> Tallies:
+        # The all-agents rows unless the filter names an agent id or an origin.
+        if query.agent_id is None and query.origin is None:
+            where, parameters = " AND agent_id = ?", [ALL_AGENTS]
+        else:
+            where, parameters = " AND agent_id != ?", [ALL_AGENTS]
+        for column in ("agent_id", "origin", "channel", "country"):
+            value = getattr(query, column)
+            if value is not None:
+                where += f" AND {column} = ?"
+                parameters.append(value)
+        rows = await self._read(
+            _READ_TALLIES + where,
+            [span.level, span.start, span.end, time.time(), *parameters],
+        )
+        sums = TallySums()
+        for start, channel, country, *counts in rows:
+            sums.add_row(start, channel, country, counts)
+        return sums.tallies()
 
     # -- counters and limits ------------------------------------------------
     async def hit(

@@ -443,6 +443,8 @@
     if (event.attempts_left !== null && event.attempts_left !== undefined) row.attemptsLeft = event.attempts_left;
     render(row);
     renderCounts();
+    // For history.js: the last hour's chart catches up when something happens.
+    document.dispatchEvent(new CustomEvent("dashboard:event", { detail: { type: event.type } }));
   }
 
   // -- connection -----------------------------------------------------------
@@ -538,6 +540,8 @@
     window.history.replaceState(null, "", url);
     clearRows();
     showEmpty("waiting", []);
+    // For history.js: the chart and the history follow the agent watched.
+    document.dispatchEvent(new CustomEvent("dashboard:agent", { detail: { agentId } }));
     if (state.socket && state.socket.readyState === WebSocket.OPEN) {
       if (previous) send({ type: "unsubscribe", agent_id: previous });
       showConnection("connecting", "Subscribing…");

@@ -426,6 +426,8 @@ def build_app(agent: MfaAgent) -> FastAPI:
             signed_routes=signed_routes,
         ),
     )
+    # The platform's requests (the SWML fetch, function requests) past the edge, without the router.
+    sdk_adapter.serve_directly(app, agent)
     return app
 
 

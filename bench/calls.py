@@ -16,8 +16,10 @@ from just before it is sent to the end of its answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -335,3 +337,74 @@ async def open_loop(
         max_start_lag=lag,
         cpu_seconds=cpu,
     )
+
+
+# -- one kind of request at a time --------------------------------------------------------------
+
+# The kinds `kind_loop` plays, each timed as its own step.
+KIND_SWML = "SWML fetch"
+KIND_REFUSED = "SWAIG request, token refused"
+KIND_NOOP = "SWAIG request, no-op tool"
+KINDS = (KIND_SWML, KIND_REFUSED, KIND_NOOP)
+TOKEN_REFUSED = "invalid or expired"  # noqa: S105 - what the SDK says refusing a function token
+
+
+async def _one_kind(
+    session: aiohttp.ClientSession, target: Target, kind: str, number: str, recorder: Recorder
+) -> None:
+    """Requests of one kind, back to back, on one simulated call (until cancelled)."""
+    platform = FakePlatform(session, target.base_url, target.auth, caller_id_num=number)
+    await platform.start_call()
+    urls = {name: _loopback(url) for name, url in platform.urls.items()}
+    refused = urls[target.send_function].split("__token=")[0] + "__token=bm90LWEtdG9rZW4%3D"
+    while True:
+        if kind == KIND_SWML:
+            platform.call_id = str(uuid.uuid4())
+            answer = await _timed(recorder, kind, platform.fetch_swml(f"{target.base_url}/", target.auth))
+            _expect(recorder, kind, "sections" in answer)
+            continue
+        payload = platform.payload(target.send_function, {"channel": "sms"})
+        url = refused if kind == KIND_REFUSED else urls[target.send_function]
+        result = await _timed(recorder, kind, _post_json(session, url, payload))
+        _expect(recorder, kind, (TOKEN_REFUSED in result.get("response", "")) == (kind == KIND_REFUSED))
+
+
+async def _post_json(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async with session.post(url, json=payload) as answer:
+        assert answer.status == 200
+        result: dict[str, Any] = await answer.json(content_type=None)
+    return result
+
+
+async def kind_loop(
+    session: aiohttp.ClientSession,
+    target: Target,
+    kind: str,
+    numbers: NumberPool,
+    *,
+    workers: int,
+    warmup: float,
+    duration: float,
+    probe: CpuProbe,
+) -> tuple[int, float, dict[str, float], int]:
+    """``workers`` clients sending one kind of request back to back: (requests answered in the
+    window, its seconds, CPU seconds used in it by process, failures)."""
+    recorder = Recorder(start=float("inf"))
+
+    async def worker() -> None:
+        while True:
+            with contextlib.suppress(CallFailed):
+                await _one_kind(session, target, kind, numbers.take(), recorder)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+    await asyncio.sleep(warmup)
+    before = probe()
+    recorder.start = time.monotonic()
+    await asyncio.sleep(duration)
+    recorder.end = time.monotonic()
+    used = _used(before, probe())
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    failed = sum(count for (step, _), count in recorder.failures.items() if step == kind)
+    return len(recorder.samples.get(kind, [])), recorder.end - recorder.start, used, failed

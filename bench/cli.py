@@ -30,10 +30,13 @@ from bench import memory, profiling, report
 from bench.bare_agent import TOOL
 from bench.calls import (
     FUNCTION_STEPS,
+    KIND_NOOP,
+    KINDS,
     SLOW_SECONDS,
     NumberPool,
     Target,
     closed_loop,
+    kind_loop,
     new_session,
     open_loop,
     phone_numbers,
@@ -55,7 +58,7 @@ from bench.processes import (
 from bench.stats import summarize
 
 RESULTS = ROOT / "bench" / "results"
-PHASES = ("capacity", "realistic", "slow", "memory", "profile")
+PHASES = ("capacity", "kinds", "realistic", "slow", "memory", "profile")
 WITHIN = SLOW_SECONDS  # the slow-provider target's bound, counted in every open-loop phase
 
 
@@ -202,6 +205,34 @@ async def measure(run: Run, fake: Service, control_url: str) -> dict[str, Any]:
             results["capacity"] = report.capacity_result(rounds, args)
             bare_calls_per_s = results["capacity"]["bare"]["function_requests_per_s"] / len(FUNCTION_STEPS)
 
+        if "kinds" in phases:
+            await delay(0.0)
+            results["kinds"] = {}
+            for name in run.targets:
+                results["kinds"][name] = {}
+                for kind in KINDS:
+                    if kind == KIND_NOOP and name != "bare":
+                        continue  # ours has no function that does nothing
+                    _say(f"request kinds: {name}, {kind} ...")
+                    answered, seconds, used, failed = await kind_loop(
+                        session,
+                        run.targets[name],
+                        kind,
+                        numbers,
+                        workers=args.workers,
+                        warmup=args.warmup,
+                        duration=args.duration,
+                        probe=cpu_probe(run.agents[name], fake),
+                    )
+                    results["kinds"][name][kind] = {
+                        "requests_per_s": round(answered / seconds, 1),
+                        "agent_cpu_us_per_request": round(used["agent"] / answered * 1e6, 1)
+                        if answered
+                        else None,
+                        "agent_cpu_cores": round(used["agent"] / seconds, 3),
+                        "failed": failed,
+                    }
+
         if "realistic" in phases or "slow" in phases:
             if args.rate is not None:
                 rate = args.rate
@@ -211,12 +242,15 @@ async def measure(run: Run, fake: Service, control_url: str) -> dict[str, Any]:
                 raise SystemExit("--rate is needed when the capacity phase does not run")
             _say(f"open loop: bare at {rate:.1f} calls/s ...")
             results["open_loop_bare"] = await open_phase("bare", 0.0, rate)
-            if "realistic" in phases:
-                _say(f"open loop: ours at {rate:.1f} calls/s, provider delay {args.delay:g} s ...")
-                results["realistic"] = await open_phase("ours", args.delay, rate)
-            if "slow" in phases:
-                _say(f"open loop: ours at {rate:.1f} calls/s, provider delay {args.slow_delay:g} s ...")
-                results["slow"] = await open_phase("ours", args.slow_delay, rate)
+            # Every tree of ours, at the same rate (a compared tree's under "realistic <name>").
+            for name in (name for name in run.targets if name != "bare"):
+                suffix = "" if name == "ours" else f" {name}"
+                if "realistic" in phases:
+                    _say(f"open loop: {name} at {rate:.1f} calls/s, provider delay {args.delay:g} s ...")
+                    results[f"realistic{suffix}"] = await open_phase(name, args.delay, rate)
+                if "slow" in phases:
+                    _say(f"open loop: {name} at {rate:.1f} calls/s, provider delay {args.slow_delay:g} s ...")
+                    results[f"slow{suffix}"] = await open_phase(name, args.slow_delay, rate)
 
         if "memory" in phases:
             _say("memory per pending verification ...")

@@ -26,8 +26,13 @@ from bench.processes import pin
 # Where the time goes: a sample counts for every category whose frames are on its stack
 # (frames are joined root first, so "A.*B" means B called, at any depth, under A).
 CATEGORIES: list[tuple[str, str]] = [
-    ("SWML document (POST /, once per call)", r"_handle_root_request"),
-    ("SWAIG request (POST /swaig, SDK and handler)", r"_handle_swaig_request \(signalwire"),
+    ("Starlette's router and FastAPI's request handling", r"Router\.__call__ \(starlette"),
+    ("SWML document (POST /, once per call)", r"_handle_root_request|answer_swml"),
+    ("  rendering it (the SDK's render, or its document filled)", r"_render_swml"),
+    (
+        "SWAIG request (POST /swaig, SDK or adapter, and handler)",
+        r"_handle_swaig_request \((signalwire|sdk_adapter)",
+    ),
     ("  SDK: body read + JSON parse", r"_read_body_with_limit|Request\.json \(starlette"),
     ("  SDK: validate_args (jsonschema_rs fails, import retried)", r"validate_args"),
     ("    of which the failed import", r"validate_args.*_find_and_load"),

@@ -734,6 +734,12 @@ def read_code(utterance: str, *, length: int, allow_alphas: bool = False, langua
     spoken = _language(language)
     if len(utterance) > MAX_UTTERANCE:
         raise NoCodeFound("too long to be a code")
+    if not allow_alphas and len(utterance) == length and utterance.isascii() and utterance.isdigit():
+        return utterance  # the code itself, typed or transcribed: what `_read` finds in it, sooner
+    return _read(utterance, length, allow_alphas, spoken)
+
+
+def _read(utterance: str, length: int, allow_alphas: bool, spoken: _Language) -> str:
     alphabet = ALPHAS if allow_alphas else string.digits
     found: set[str] = set()
     others = 0

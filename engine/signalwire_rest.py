@@ -108,6 +108,7 @@ class SignalWireRest:
         self._headers = {"Authorization": f"Basic {credentials}", "Accept": "application/json"}
         self.project_id = project_id
         self.timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)  # built once: most requests use it
 
     def __repr__(self) -> str:
         # Never show the Authorization header (the token) in a repr.
@@ -136,36 +137,38 @@ class SignalWireRest:
     async def _post(
         self, path: str, time_budget: float | None, method: str = "POST", **payload: Any
     ) -> tuple[int, JsonObject]:
+        endpoint = endpoint_of(path)  # ids and numbers never reach a message or a metric
         if self._observer is None:
-            return await self._exchange(path, time_budget, method, **payload)
+            return await self._exchange(path, endpoint, time_budget, method, **payload)
         started = time.monotonic()
         error_kind: str | None = None
         try:
-            return await self._exchange(path, time_budget, method, **payload)
+            return await self._exchange(path, endpoint, time_budget, method, **payload)
         except (ProviderUnavailable, ProviderRejected) as exc:
             error_kind = exc.kind
             raise
         finally:
-            self._observe(path, time.monotonic() - started, error_kind)
+            self._observe(endpoint, time.monotonic() - started, error_kind)
 
-    def _observe(self, path: str, seconds: float, error_kind: str | None) -> None:
+    def _observe(self, endpoint: str, seconds: float, error_kind: str | None) -> None:
         assert self._observer is not None
         try:
-            self._observer(endpoint_of(path), seconds, error_kind)
+            self._observer(endpoint, seconds, error_kind)
         except Exception:  # a metrics problem must never fail a send or a check
             log.exception("the upstream observer failed")
 
     async def _exchange(
-        self, path: str, time_budget: float | None, method: str, **payload: Any
+        self, path: str, endpoint: str, time_budget: float | None, method: str, **payload: Any
     ) -> tuple[int, JsonObject]:
-        where = f"{method} {endpoint_of(path)}"  # ids and numbers never reach a message
+        where = f"{method} {endpoint}"
         seconds = self.timeout if time_budget is None else time_budget
+        timeout = self._timeout if time_budget is None else aiohttp.ClientTimeout(total=seconds)
         try:
             async with self._session.request(
                 method,
                 self._base_url + path,
                 headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=seconds),
+                timeout=timeout,
                 allow_redirects=False,
                 **payload,
             ) as response:

@@ -670,3 +670,25 @@ def test_any_text_reads_as_one_code_of_the_shape_or_is_refused(
         return
     assert len(code) == length
     assert set(code) <= set(ALPHAS if alphas else "0123456789")
+
+
+@given(st.text("0123456789", min_size=1, max_size=24), st.booleans(), st.sampled_from(list(LANGUAGES)))
+def test_the_code_said_as_itself_reads_as_the_whole_reading_would(
+    digits: str, alphas: bool, language: str
+) -> None:
+    # read_code answers a string of exactly the code's digits at once; the whole reading agrees.
+    from engine import reading
+
+    spoken = reading._language(LANGUAGES[language])
+    for length in {len(digits), max(1, len(digits) - 1), len(digits) + 1}:
+        try:
+            expected: str | type[UnreadableCode] = reading._read(digits, length, alphas, spoken)
+        except UnreadableCode as refused:
+            expected = type(refused)
+        try:
+            got: str | type[UnreadableCode] = read_code(
+                digits, length=length, allow_alphas=alphas, language=LANGUAGES[language]
+            )
+        except UnreadableCode as refused:
+            got = type(refused)
+        assert got == expected

@@ -28,6 +28,7 @@ from signalwire.core.security.session_manager import SessionManager
 from signalwire.core.swaig_function import SWAIGFunction
 from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import Response
 
 import sdk_adapter
 
@@ -400,6 +401,11 @@ def test_ssl_enabled_is_the_attribute_the_sdk_reads() -> None:
     assert not sdk_adapter.ssl_enabled(agent)
     agent.ssl_enabled = True
     assert sdk_adapter.ssl_enabled(agent)
+    other = AgentBase(name="bare", basic_auth=AUTH, suppress_logs=True)
+    other._ssl_enabled = True  # the other name the SDK's middleware reads
+    assert sdk_adapter.ssl_enabled(other)
+    # Nothing sets `_ssl_enabled`: reading it goes to the SDK's __getattr__, which the adapter skips.
+    assert "_ssl_enabled" not in vars(agent) and not hasattr(type(agent), "_ssl_enabled")
 
 
 async def test_the_catch_all_route_is_handle_all_routes_and_serves_exactly_the_listed_paths() -> None:
@@ -474,6 +480,420 @@ async def test_the_sdk_app_has_no_lifespan_of_its_own_to_keep() -> None:
     assert ran == ["start", "stop"]
 
 
+# -- the hot path: what DirectRoutes, SwmlTemplates and _sdk_swaig lean on ------------------------
+
+
+def _tokens_named(document: str) -> str:
+    return sdk_adapter._TOKEN_IN_URL.sub("__token=<token>", document)
+
+
+def test_render_swml_gives_a_document_that_differs_between_calls_only_in_its_tokens() -> None:
+    assert _params(AgentBase._render_swml) == ("call_id", "modifications")
+    agent = Probe()
+    first = AgentBase._render_swml(agent, "3f1c0a52-call-one")
+    second = AgentBase._render_swml(agent, "9b7e4d10-call-two")
+    assert first != second
+    assert _tokens_named(first) == _tokens_named(second)
+    assert "call-one" not in _tokens_named(first)
+    template = sdk_adapter.SwmlTemplate.cut(first)
+    assert template is not None and template.functions == ("echo",)
+    token = agent.create_token("echo", "another-call")
+    filled = template.fill([token])
+    assert _tokens_named(filled) == _tokens_named(first)
+    assert parse_qs(urlsplit(_echo_url(filled)).query)["__token"] == [token]
+
+
+def _echo_url(document: str) -> str:
+    ai = next(verb["ai"] for verb in json.loads(document)["sections"]["main"] if "ai" in verb)
+    url: str = next(f for f in ai["SWAIG"]["functions"] if f["function"] == "echo")["web_hook_url"]
+    return url
+
+
+def test_a_document_is_kept_only_when_it_can_be_given_back_exactly() -> None:
+    agent = Probe()
+    document = AgentBase._render_swml(agent, "3f1c0a52-call-one")
+    assert sdk_adapter.SwmlTemplate.cut(document) is not None
+    # No token; a token that is not the SDK's; the call's id outside its tokens; two calls.
+    assert sdk_adapter.SwmlTemplate.cut(_tokens_named(document)) is None
+    assert sdk_adapter.SwmlTemplate.cut(document.replace("__token=", "__token=x", 1)) is None
+    assert sdk_adapter.SwmlTemplate.cut(document.replace('"Echo"', '"3f1c0a52-call-one"')) is None
+    other = agent.create_token("echo", "another-call")
+    two_calls = document.replace('"version"', f'"__token={other}", "version"', 1)
+    assert sdk_adapter.SwmlTemplate.cut(two_calls) is None
+    # A call whose id is common text is not learned from; the next one is.
+    templates = sdk_adapter.SwmlTemplates()
+    templates.learn(("k",), AgentBase._render_swml(agent, "e"))
+    assert len(templates) == 0
+    templates.learn(("k",), document)
+    assert len(templates) == 1
+
+
+def test_the_agent_renders_once_per_set_of_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = Probe()
+    renders: list[str | None] = []
+    render = AgentBase._render_swml
+
+    def counted(self: AgentBase, call_id: str | None = None, modifications: Any = None) -> str:
+        renders.append(call_id)
+        document: str = render(self, call_id, modifications)
+        return document
+
+    monkeypatch.setattr(AgentBase, "_render_swml", counted)
+    documents = [agent._render_swml(f"call-{n:04d}-abcdef") for n in range(3)]
+    assert renders == ["call-0000-abcdef"]
+    for n, document in enumerate(documents):
+        token = parse_qs(urlsplit(_echo_url(document)).query)["__token"][0]
+        assert agent.signed_with_any("echo", token, f"call-{n:04d}-abcdef", [agent.token_secret])
+    # Without a call id, one is made up for the document, as the SDK does.
+    token = parse_qs(urlsplit(_echo_url(agent._render_swml(None))).query)["__token"][0]
+    assert base64.urlsafe_b64decode(token).decode().split(".")[0]
+    # Another agent id, another set of URLs: rendered by the SDK again.
+    agent.query = {"agent_id": "front-desk"}
+    assert "agent_id=front-desk" in _echo_url(agent._render_swml("call-0005-abcdef"))
+    assert len(renders) == 2
+    agent.forget_swml()
+    agent._render_swml("call-0006-abcdef")
+    assert len(renders) == 3
+
+
+def test_the_request_proxy_url_is_what_the_sdk_builds_urls_on() -> None:
+    from signalwire.core.mixins.web_mixin import _request_proxy_url
+
+    agent = Probe()
+    plain = agent._render_swml("call-0001-abcdef")
+    token = _request_proxy_url.set("https://tunnel.example.net")
+    try:
+        proxied = agent._render_swml("call-0002-abcdef")
+    finally:
+        _request_proxy_url.reset(token)
+    assert urlsplit(_echo_url(proxied)).hostname == "tunnel.example.net"
+    assert urlsplit(_echo_url(plain)).hostname != "tunnel.example.net"
+    assert len(agent._swml) == 2
+
+
+async def test_the_sdk_routes_the_platforms_posts_to_handle_root_request_and_handle_swaig_request() -> None:
+    for name in ("_handle_root_request", "_read_body_with_limit"):
+        assert _params(getattr(AgentBase, name)) == ("request",)
+    agent = Probe()
+    app = agent.get_app()
+    assert {sdk_adapter.SWML_ENDPOINT, sdk_adapter.SWAIG_ENDPOINT} <= sdk_adapter.sdk_post_endpoints(
+        app.router.routes
+    )
+    reached: list[str] = []
+    root, swaig = agent._handle_root_request, agent._handle_swaig_request
+
+    async def recording_root(request: Request) -> Any:
+        reached.append(f"root {request.url.path}")
+        return await root(request)
+
+    async def recording_swaig(request: Request, response: Any) -> Any:
+        reached.append(f"swaig {request.url.path}")
+        return await swaig(request, response)
+
+    agent._handle_root_request = recording_root  # type: ignore[method-assign]
+    agent._handle_swaig_request = recording_swaig  # type: ignore[method-assign]
+    for path in sdk_adapter.direct_paths(agent):
+        await _request(app, "POST", path, body=_swaig_body(), headers=[_auth_header()])
+    assert reached == ["root /", "swaig /swaig", "swaig /swaig/"]
+
+
+async def test_direct_routes_answer_as_the_sdks_routes_and_leave_everything_else_to_the_app() -> None:
+    sdk_app = Probe().get_app()
+    agent = Probe()
+    app = agent.get_app()
+    sdk_adapter.serve_directly(app, agent)
+    token = agent.create_token("echo", "call-1")
+    for method, path, query in (
+        ("POST", "/", ""),
+        ("POST", "/swaig", f"__token={token}"),
+        ("POST", "/swaig/", "__token=wrong"),
+        ("GET", "/", ""),
+        ("POST", "//swaig", ""),
+        ("GET", "/health", ""),
+    ):
+        headers = [_auth_header(), ("content-type", "application/json")]
+        ours = await _request(app, method, path, body=_swaig_body(), headers=headers, query=query)
+        theirs = await _request(sdk_app, method, path, body=_swaig_body(), headers=headers, query=query)
+        assert (ours.status, ours.headers.keys()) == (theirs.status, theirs.headers.keys()), path
+        if path != "/" and "__token" not in query:
+            assert ours.body == theirs.body, path
+    assert agent._swml, "the SWML fetch went through the agent's own render"
+
+
+async def test_webhook_signature_check_is_none_without_a_signing_key_and_refuses_unsigned_posts() -> None:
+    from signalwire.core.security.webhook_validator import _hex_hmac_sha1
+
+    assert Probe()._webhook_signature_check() is None
+    agent = Probe()
+    agent.signing_key = "PSK_test_signing_key"
+    agent.admit = True
+    app = agent.get_app()
+    sdk_adapter.serve_directly(app, agent)
+    assert agent._webhook_signature_check() is not None
+    for path in ("/", "/swaig", "/swaig/"):
+        unsigned = await _request(app, "POST", path, body=_swaig_body(), headers=[_auth_header()])
+        assert unsigned.status == 403, path
+        wrong = ("x-signalwire-signature", "0" * 40)
+        assert (
+            await _request(app, "POST", path, body=_swaig_body(), headers=[_auth_header(), wrong])
+        ).status == 403
+        url = str(Request(_scope("POST", path, [], "")).url)
+        signed = (
+            "x-signalwire-signature",
+            _hex_hmac_sha1("PSK_test_signing_key", url + _swaig_body().decode()),
+        )
+        answer = await _request(app, "POST", path, body=_swaig_body(), headers=[_auth_header(), signed])
+        assert answer.status == 200, path
+
+
+class Functions(sdk_adapter.SdkAgent):
+    """Functions of every kind the SDK dispatches: async and plain, failing, answering None or text."""
+
+    def __init__(self) -> None:
+        super().__init__(name="functions", route="/", basic_auth=AUTH, suppress_logs=True)
+
+        async def async_echo(args: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+            return {"response": json.dumps(args, sort_keys=True), "action": [{"say": "é"}]}
+
+        def plain(args: dict[str, Any], raw: dict[str, Any]) -> FunctionResult:
+            return FunctionResult("plain").add_action("set_global_data", {"a": 1})
+
+        async def failing(args: dict[str, Any], raw: dict[str, Any]) -> Any:
+            raise RuntimeError("boom")
+
+        def failing_plain(args: dict[str, Any], raw: dict[str, Any]) -> Any:
+            raise RuntimeError("plain boom")
+
+        async def nothing(args: dict[str, Any], raw: dict[str, Any]) -> None:
+            return None
+
+        async def text(args: dict[str, Any], raw: dict[str, Any]) -> Any:
+            return "neither a result nor a dict"
+
+        for name, handler, secure in (
+            ("async_echo", async_echo, True),
+            ("plain", plain, True),
+            ("failing", failing, False),
+            ("failing_plain", failing_plain, False),
+            ("nothing", nothing, False),
+            ("text", text, False),
+        ):
+            self.define_tool(
+                name=name,
+                description=name,
+                parameters={"x": {"type": "string", "description": "x"}},
+                handler=handler,
+                secure=secure,
+            )
+
+
+def _swaig_requests(agent: AgentBase) -> list[tuple[str, bytes, list[tuple[str, str]]]]:
+    json_type = ("content-type", "application/json")
+    good = f"__token={agent.create_token('async_echo', 'c1')}"
+
+    def body(**fields: Any) -> bytes:
+        return json.dumps(fields).encode()
+
+    parsed = {"parsed": [{"x": "1"}], "raw": '{"x": "2"}'}
+    return [
+        (good, body(function="async_echo", call_id="c1", argument=parsed), [json_type]),
+        (good, body(function="async_echo", call_id="c1", argument={"raw": '{"x": "2"}'}), [json_type]),
+        (good, body(function="async_echo", call_id="c1", argument={"raw": "{bad"}), [json_type]),
+        (
+            good,
+            body(function="async_echo", call_id="c1", argument={"parsed": [{"x": "a"}, {"x": "b"}]}),
+            [json_type],
+        ),
+        (good, body(function="async_echo", call_id="c1", argument={"parsed": []}), [json_type]),
+        (good, body(function="async_echo", call_id="c1", argument={"parsed": ["x"]}), [json_type]),
+        (good, body(function="async_echo", call_id="c1", arguments={"x": "3"}), [json_type]),
+        (good, body(function="async_echo", call_id="c1", argument="x", arguments={"x": "4"}), [json_type]),
+        (good.replace("__token", "token"), body(function="async_echo", call_id="c1"), [json_type]),
+        (good, body(function="async_echo", call_id="c2"), [json_type]),
+        (good, body(function="async_echo", call_id="c2", conversation_id="c1"), [json_type]),
+        (good, body(function="async_echo"), [json_type]),
+        ("", body(function="async_echo", call_id="c1"), [json_type]),
+        (f"__token={agent.create_token('plain', 'c1')}", body(function="plain", call_id="c1"), []),
+        ("", body(function="failing", call_id="c1", argument=parsed), [json_type]),
+        ("", body(function="failing_plain", call_id="c1"), [json_type]),
+        ("", body(function="nothing", call_id="c1"), [json_type]),
+        ("", body(function="text", call_id="c1"), [json_type]),
+        ("", body(function="missing", call_id="c1"), [json_type]),
+        ("", body(function="1bad", call_id="c1"), [json_type]),
+        ("", body(function=7, call_id="c1"), [json_type]),
+        ("", body(function="", call_id="c1"), [json_type]),
+        ("", body(call_id="c1"), [json_type]),
+        ("", b"[1]", [json_type]),
+        ("", b"not json", [json_type]),
+        ("", b"", [json_type]),
+        ("", body(function="async_echo", call_id="c1"), [("content-type", "text/plain")]),
+        (
+            "",
+            body(function="async_echo", call_id="c1"),
+            [("content-type", "application/json; charset=utf-8")],
+        ),
+    ]
+
+
+async def test_sdk_swaig_answers_every_swaig_post_as_the_sdks_handler_does() -> None:
+    for name, parameters in (
+        ("_swaig_configures_per_call", ()),
+        ("_swaig_handler_is_async", ("target", "function_name")),
+        ("on_function_call", ("name", "args", "raw_data")),
+        ("_webhook_signature_check", ()),
+    ):
+        assert _params(getattr(AgentBase, name)) == parameters
+    agent = Functions()
+    for query, body, headers in [*_swaig_requests(agent), ("", b"{}", [])]:
+        for credentials in (AUTH, ("functions", "wrong")):
+            sent = [_auth_header(credentials), *headers]
+            ours = await agent._sdk_swaig(
+                Request(_scope("POST", "/swaig", sent, query), _body(body)), Response()
+            )
+            theirs = await AgentBase._handle_swaig_request(
+                agent, Request(_scope("POST", "/swaig", sent, query), _body(body)), Response()
+            )
+            assert _as_wire(ours) == _as_wire(theirs), (query, body, headers, credentials)
+
+
+async def test_sdk_swaig_leaves_a_per_call_configuration_to_the_sdk() -> None:
+    agent = Functions()
+    assert not agent._swaig_configures_per_call()
+    configured: list[str] = []
+    agent.add_per_call_config(lambda query, body, headers, copy: configured.append(str(body.get("call_id"))))
+    assert agent._swaig_configures_per_call()
+    request = Request(
+        _scope("POST", "/swaig", [_auth_header()], ""),
+        _body(json.dumps({"function": "nothing", "call_id": "c9"}).encode()),
+    )
+    answer = await agent._sdk_swaig(request, Response())
+    assert _as_wire(answer)[1] == json.dumps(
+        {"response": "Function executed successfully"}, separators=(",", ":")
+    )
+    assert configured == ["c9"]
+
+
+async def test_read_body_with_limit_refuses_a_body_over_the_sdks_limit() -> None:
+    agent = Functions()
+    huge = b" " * (10 * 1024 * 1024 + 1)
+    request = Request(_scope("POST", "/swaig", [_auth_header()], ""), _body(huge))
+    with pytest.raises(ValueError, match="too large"):
+        await agent._read_body_with_limit(request)
+    answer = await agent._sdk_swaig(
+        Request(_scope("POST", "/swaig", [_auth_header()], ""), _body(huge)), Response()
+    )
+    assert _as_wire(answer)[0] == 413
+
+
+def _body(content: bytes) -> Any:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": content, "more_body": False}
+
+    return receive
+
+
+def _as_wire(answer: sdk_adapter.SwaigAnswer) -> tuple[int, str, dict[str, str]]:
+    """(status, body, headers) as the route would send ``answer``."""
+    response = answer if isinstance(answer, Response) else sdk_adapter.JSONResponse(answer)
+    return response.status_code, bytes(response.body).decode(), dict(response.headers)
+
+
+async def test_a_swml_fetch_like_one_answered_before_skips_the_sdks_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = Probe()
+    app = agent.get_app()
+    sdk_adapter.serve_directly(app, agent)
+    answered: list[str] = []
+    root = AgentBase._handle_root_request
+
+    async def counted(self: AgentBase, request: Request) -> Any:
+        answered.append(request.headers.get("host", ""))
+        return await root(self, request)
+
+    monkeypatch.setattr(AgentBase, "_handle_root_request", counted)
+
+    async def fetch(call_id: str, *headers: tuple[str, str]) -> str:
+        body = json.dumps({"call": {"call_id": call_id}}).encode()
+        answer = await _request(app, "POST", "/", body=body, headers=[_auth_header(), *headers])
+        assert answer.status == 200
+        return _echo_url(answer.body.decode())
+
+    for n in range(3):
+        url = await fetch(f"call-{n:04d}-abcdef")
+        token = parse_qs(urlsplit(url).query)["__token"][0]
+        assert agent.signed_with_any("echo", token, f"call-{n:04d}-abcdef", [agent.token_secret])
+    # The first fetch moved the SDK's proxy state (the server's own name is not local), so
+    # the second is the SDK's too; from the third on, none is.
+    assert len(answered) == 2
+    # Another address for the URLs: the SDK answers it, and the next plain fetch (its proxy
+    # state moved again); after that the plain fetch is known again.
+    assert (
+        urlsplit(await fetch("call-0100-abcdef", ("host", "mfa.example.org"))).hostname == "mfa.example.org"
+    )
+    assert urlsplit(await fetch("call-0101-abcdef")).hostname == "agent.example"
+    assert len(answered) == 4
+    await fetch("call-0102-abcdef")
+    assert len(answered) == 4
+    # Wrong credentials are the SDK's to refuse.
+    refused = await _request(app, "POST", "/", body=b"{}", headers=[_auth_header(("probe", "nope"))])
+    assert refused.status == 401 and len(answered) == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        ({"call": {"call_id": "c-1"}}, (True, "c-1")),
+        ({"call_id": "c-2", "call": {"call_id": "c-1"}}, (True, "c-2")),
+        ({"call_id": "", "call": {"call_id": "c-1"}}, (True, "c-1")),
+        ({}, (True, None)),
+        ({"call": {}}, (True, None)),
+        ({"call_id": ""}, (False, None)),
+        ({"call_id": 7}, (False, None)),
+        ({"call": "c-1"}, (False, None)),
+        ([1], (False, None)),
+    ],
+)
+def test_the_call_id_of_a_swml_fetch_is_where_the_sdk_looks_for_it(
+    body: Any, found: tuple[bool, Any]
+) -> None:
+    assert sdk_adapter._swml_call_id(body) == found
+
+
+def test_a_call_id_the_sdk_mints_no_token_for_is_rendered_by_the_sdk() -> None:
+    agent = Probe()
+    agent._render_swml("3f1c0a52-call-one")  # the document is kept
+    document = json.loads(agent._render_swml(""))
+    ai = next(verb["ai"] for verb in document["sections"]["main"] if "ai" in verb)
+    echo = next(f for f in ai["SWAIG"]["functions"] if f["function"] == "echo")
+    assert "web_hook_url" not in echo  # the SDK's own render: no token, so no URL, for an empty id
+
+
+async def test_a_client_that_leaves_in_the_middle_of_its_body_gets_nothing_and_breaks_nothing() -> None:
+    agent = Probe()
+    app = agent.get_app()
+    sdk_adapter.replace_security_headers_middleware(app, agent)  # the SDK's has nothing to send either
+    sdk_adapter.serve_directly(app, agent)
+    for path in sdk_adapter.direct_paths(agent):
+        sent = await _leaving(app, path)
+        assert sent == [], path
+
+
+async def _leaving(app: Any, path: str) -> list[Any]:
+    """What ``app`` sends to a client that sends part of its body and leaves."""
+    chunks = [{"type": "http.request", "body": b'{"call": ', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(_scope("POST", path, [_auth_header(), ("content-length", "100")], ""), receive, send)
+    return sent
+
+
 # -- SignalWire's webhook signatures --------------------------------------------------
 
 
@@ -500,3 +920,20 @@ def test_signatures_are_checked_as_the_sdk_documents_them() -> None:
     json_signed = {"x-signalwire-signature": "c3c08c1fefaf9ee198a100d5906765a6f394bf0f"}
     assert sdk_adapter.signed_by_signalwire("PSKtest1234567890abcdef", json_url, json_signed, body)
     assert tuple(inspect.signature(webhook_middleware.validate).parameters) == sdk_adapter.SIGNATURE_CHECK
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "said"),
+    [
+        ("web_mixin", "_request_proxy_url", "web_mixin has no _request_proxy_url context variable"),
+        ("_sync_handlers", "run_sync_handler", "_sync_handlers has no run_sync_handler()"),
+    ],
+)
+def test_start_up_stops_with_one_line_when_a_module_internal_of_the_hot_path_is_gone(
+    monkeypatch: pytest.MonkeyPatch, module: str, name: str, said: str
+) -> None:
+    monkeypatch.delattr(getattr(sdk_adapter, module), name)
+    with pytest.raises(SystemExit) as stopped:
+        sdk_adapter.check_sdk()
+    assert str(stopped.value.code).count("\n") == 0
+    assert said in str(stopped.value.code)

@@ -46,6 +46,7 @@ from engine.errors import (
     StoreUnavailable,
 )
 from engine.models import DeliveryState, Event, EventType, Fallback, Origin, Status, Verification
+from engine.outbox_worker import drain_until_stopped
 from engine.phone import same_number
 from engine.providers.base import SendRequest
 from engine.stores.base import DeliveryStore, OutboxItem, OutboxStore, RecordStore, VerificationStore
@@ -154,25 +155,15 @@ class DeliveryFollowUp:
     # -- the fallback call ------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Follow up due texts until ``stop``: at once when a report wakes it, else every poll."""
-        failures = 0
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                claimed = await self.follow_up_due()
-                failures = 0
-            except StoreUnavailable as exc:
-                failures += 1
-                log.warning("delivery follow-up: the store is unavailable (%s)", exc)
-                claimed = 0
-            except Exception:  # a bug must not end the follow-up for good
-                failures += 1
-                log.exception("delivery follow-up: a pass failed")
-                claimed = 0
-            if claimed >= BATCH:
-                continue  # more may be due right now
-            wait = min(30.0, self.poll_interval * 2.0**failures) if failures else self.poll_interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+        await drain_until_stopped(
+            stop,
+            self._wake,
+            self.follow_up_due,
+            batch=BATCH,
+            poll_interval=self.poll_interval,
+            idle_wait=lambda: self.poll_interval,
+            name="delivery follow-up",
+        )
 
     async def follow_up_due(self) -> int:
         """One pass: claim what is due and follow each up once; how many items were claimed."""

@@ -30,7 +30,6 @@ once and not necessarily in order: order by the event's ``at``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import heapq
 import hmac
@@ -44,9 +43,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from engine.errors import StoreUnavailable
 from engine.events.metrics import Metrics
 from engine.models import Event
+from engine.outbox_worker import drain_until_stopped
 from engine.stores.base import OutboxItem, OutboxStore
 
 log = logging.getLogger(__name__)
@@ -127,29 +126,17 @@ class WebhookOutbox:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver due items until ``stop``: at once when woken, else when a retry falls due."""
-        store_failures = 0
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                claimed = await self.deliver_due()
-                store_failures = 0
-            except StoreUnavailable as exc:
-                store_failures += 1
-                log.warning("webhooks: the store is unavailable (%s)", exc)
-                claimed = 0
-            except Exception:  # a bug must not end deliveries for good
-                store_failures += 1
-                log.exception("webhooks: the delivery loop failed")
-                claimed = 0
-            if claimed >= BATCH:
-                continue  # more may be due right now
-            wait = self._until_next(store_failures)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+        await drain_until_stopped(
+            stop,
+            self._wake,
+            self.deliver_due,
+            batch=BATCH,
+            poll_interval=self.policy.poll_interval,
+            idle_wait=self._until_next_retry,
+            name="webhooks",
+        )
 
-    def _until_next(self, store_failures: int) -> float:
-        if store_failures:
-            return min(30.0, self.policy.poll_interval * 2.0**store_failures)
+    def _until_next_retry(self) -> float:
         now = self._clock()
         while self._retries and self._retries[0] <= now:
             heapq.heappop(self._retries)

@@ -742,14 +742,37 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Scope) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS:
-                    headers[name] = value
-                if ssl_enabled(self.agent):
-                    headers["Strict-Transport-Security"] = HSTS
+                set_security_headers(message, hsts=ssl_enabled(self.agent))
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+_RAW_SECURITY_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS]
+_RAW_HSTS = (b"strict-transport-security", HSTS.encode())
+_SECURITY_HEADER_NAMES = frozenset(name for name, _ in [*_RAW_SECURITY_HEADERS, _RAW_HSTS])
+
+
+def set_security_headers(message: Scope, *, hsts: bool) -> None:
+    """Set the SDK's headers on a response's start message, as ``response.headers[name] = value``
+    would: a header of that name already there is replaced in place, any other is appended.
+
+    Our responses never carry one already, so they are appended as raw pairs, without
+    building Starlette's ``MutableHeaders`` (a sixth of a request's path, by py-spy).
+    """
+    headers = list(message.get("headers", ()))
+    if any(name.lower() in _SECURITY_HEADER_NAMES for name, _ in headers):
+        mutable = MutableHeaders(raw=headers)
+        for name, value in SECURITY_HEADERS:
+            mutable[name] = value
+        if hsts:
+            mutable["Strict-Transport-Security"] = HSTS
+        message["headers"] = mutable.raw
+        return
+    headers += _RAW_SECURITY_HEADERS
+    if hsts:
+        headers.append(_RAW_HSTS)
+    message["headers"] = headers
 
 
 def ssl_enabled(agent: AgentBase) -> bool:

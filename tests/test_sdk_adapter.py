@@ -26,6 +26,7 @@ from signalwire.core.function_result import FunctionResult
 from signalwire.core.security import webhook_middleware
 from signalwire.core.security.session_manager import SessionManager
 from signalwire.core.swaig_function import SWAIGFunction
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -937,3 +938,22 @@ def test_start_up_stops_with_one_line_when_a_module_internal_of_the_hot_path_is_
         sdk_adapter.check_sdk()
     assert str(stopped.value.code).count("\n") == 0
     assert said in str(stopped.value.code)
+
+
+def test_security_headers_are_set_as_the_sdks_response_headers_would_be() -> None:
+    for hsts in (False, True):
+        for start in (
+            [(b"content-type", b"application/json"), (b"content-length", b"2")],
+            [(b"x-frame-options", b"SAMEORIGIN"), (b"content-type", b"text/html")],
+            [(b"Referrer-Policy", b"no-referrer"), (b"referrer-policy", b"same-origin")],
+            [],
+        ):
+            ours: dict[str, Any] = {"type": "http.response.start", "headers": list(start)}
+            sdk_adapter.set_security_headers(ours, hsts=hsts)
+
+            expected = MutableHeaders(raw=list(start))
+            for name, value in sdk_adapter.SECURITY_HEADERS:
+                expected[name] = value
+            if hsts:
+                expected["Strict-Transport-Security"] = sdk_adapter.HSTS
+            assert ours["headers"] == expected.raw, (start, hsts)

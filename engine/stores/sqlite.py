@@ -407,10 +407,12 @@ def _put_record(db: sqlite3.Connection, record: Record) -> None:
 def _log_count(db: sqlite3.Connection, window: Window, now: float) -> tuple[int, float | None]:
     """An exact window's events inside it at ``now``, and the oldest one's time.
 
-    Events that left the window are deleted first: the window's key is the log.
+    Events that left the window are only skipped here: each is forgotten (``forget_at``)
+    when it leaves, and the purge deletes it in a batch, so a count costs one read.
     """
-    db.execute("DELETE FROM hit WHERE key = ? AND at <= ?", (window.key, now - window.seconds))
-    count, oldest = db.execute("SELECT count(*), min(at) FROM hit WHERE key = ?", (window.key,)).fetchone()
+    count, oldest = db.execute(
+        "SELECT count(*), min(at) FROM hit WHERE key = ? AND at > ?", (window.key, now - window.seconds)
+    ).fetchone()
     return int(count), oldest
 
 
@@ -943,20 +945,18 @@ class SqliteStore(Store):
         self._count(db, _COUNT_SENT, verification.created_at, dimensions, verification.created_at)
 
     def _history_ended(self, db: sqlite3.Connection, ended: Verification, now: float) -> None:
+        # The entry was written from this verification, so its place is the verification's.
+        place = (ended.agent_id, ended.origin, ended.channel, ended.country or "")
+        combo = _combo(db, *place, ended.status.value)
         row = db.execute(
-            "SELECT created_at, agent_id, origin, channel, country FROM history"
-            " WHERE id = ? AND status = 'pending'",
-            (ended.id,),
+            "UPDATE history SET status = ?, combo = ?, attempts = ?, ended_at = ?"
+            " WHERE id = ? AND status = 'pending'"
+            " RETURNING created_at, agent_id, origin, channel, country",
+            (ended.status.value, combo, ended.attempts, now, ended.id),
         ).fetchone()
         if row is None:
             return  # older than the retention, or sent before the history was kept
         created_at, dimensions = row[0], tuple(row[1:])
-        agent_id, origin, channel, country = dimensions
-        combo = _combo(db, agent_id, origin, channel, country, ended.status.value)
-        db.execute(
-            "UPDATE history SET status = ?, combo = ?, attempts = ?, ended_at = ? WHERE id = ?",
-            (ended.status.value, combo, ended.attempts, now, ended.id),
-        )
         if ended.status is Status.APPROVED:
             sql = _COUNT_APPROVED[approve_bin(now - created_at)]
         else:

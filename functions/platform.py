@@ -154,9 +154,13 @@ def _document_size(value: Any) -> int:
 def parse_request(raw_data: Any, arguments: Any = None) -> SwaigRequest:
     """The webhook body, validated; BadRequest for anything a real call would not send."""
     try:
-        _document_size(raw_data)  # every part of it, used here or not, must be text UTF-8 can carry
+        # Every part of the body, used here or not, must be text UTF-8 can carry.
+        size = _document_size(raw_data)
         request = SwaigRequest.model_validate(raw_data)
-        if _document_size(arguments) > MAX_DOCUMENT or _document_size(request.meta_data) > MAX_DOCUMENT:
+        # The meta_data is a part of the body: written out, no longer than the body is.
+        if _document_size(arguments) > MAX_DOCUMENT or (
+            size > MAX_DOCUMENT and _document_size(request.meta_data) > MAX_DOCUMENT
+        ):
             raise ValueError("oversized")
         return request
     except (ValidationError, ValueError, RecursionError, TypeError):

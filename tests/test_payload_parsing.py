@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from functions.platform import BadRequest, parse_arguments, parse_request
+from functions.platform import MAX_DOCUMENT, BadRequest, parse_arguments, parse_request
 from functions.send_mfa import SendMfaArgs
 from functions.verify_mfa import VerifyMfaArgs
 
@@ -59,3 +60,19 @@ def test_send_arguments_are_either_valid_or_refused(arguments: dict[str, Any]) -
         return
     assert parsed.channel in ("sms", "call")
     assert parsed.phone_number is None or isinstance(parsed.phone_number, str)
+
+
+def test_arguments_or_meta_data_over_16_kib_are_refused_and_at_the_limit_taken() -> None:
+    call = {"call_id": "3f6f8ad2-0b0e-4f4e-9b8f-6d1f1c1e2a3b", "caller_id_num": "+12025550143"}
+
+    def text_of(size: int) -> dict[str, str]:
+        return {"note": "é" * ((size - len('{"note": ""}')) // 2)}  # two UTF-8 bytes a letter
+
+    at_limit, over = text_of(MAX_DOCUMENT), text_of(MAX_DOCUMENT + 2)
+    assert parse_request({**call, "meta_data": at_limit}, {}).meta_data == at_limit
+    assert parse_request(call, at_limit)
+    for body, arguments in (({**call, "meta_data": over}, {}), (call, over)):
+        with pytest.raises(BadRequest):
+            parse_request(body, arguments)
+    with pytest.raises(BadRequest):  # a lone surrogate anywhere in the body
+        parse_request({**call, "global_data": {"name": "\ud800"}}, {})

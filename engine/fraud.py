@@ -154,11 +154,12 @@ class FraudGuard:
             ),
         )
 
-    def approvals(self, number: str) -> tuple[Window, ...]:
-        """The windows an approved verification of a code sent to ``number`` is counted in."""
+    def approvals(self, number: str, region: str | None = None) -> tuple[Window, ...]:
+        """The windows an approved verification of a code sent to ``number`` (in ``region``,
+        when known) is counted in."""
         if not self.settings.guard:
             return ()
-        region, prefix = number_range(number)
+        region, prefix = number_range(number, region)
         if self._listed(number, region, refuse=False):
             return ()
         return (prefix_windows(prefix)[1], country_windows(region)[1])

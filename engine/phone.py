@@ -99,16 +99,26 @@ def checked_destination(raw: str, allowed_regions: Collection[str]) -> Destinati
     )
 
 
-def number_range(e164: str) -> tuple[str, str]:
-    """The ISO region and the pumping guard's prefix of a number that passed `checked_destination`."""
+def number_range(e164: str, region: str | None = None) -> tuple[str, str]:
+    """The ISO region and the pumping guard's prefix of a number that passed `checked_destination`.
+
+    With its ``region`` (kept with a verification) the number is not parsed again: an E.164
+    number is "+", the region's country code and the national number.
+    """
+    code = phonenumbers.country_code_for_region(region) if region else 0
+    if code and e164.startswith(f"+{code}"):
+        return region or "", _prefix_of(code, e164[1 + len(str(code)) :])
     number = phonenumbers.parse(e164, None)
     return phonenumbers.region_code_for_number(number) or "", _prefix(number)
 
 
 def _prefix(number: phonenumbers.PhoneNumber) -> str:
-    national = phonenumbers.national_significant_number(number)
+    return _prefix_of(number.country_code, phonenumbers.national_significant_number(number))
+
+
+def _prefix_of(country_code: int, national: str) -> str:
     digits = min(PREFIX_DIGITS, max(0, len(national) - PREFIX_LEAVES_OUT))
-    return f"+{number.country_code}{national[:digits]}"
+    return f"+{country_code}{national[:digits]}"
 
 
 def is_region(code: str) -> bool:

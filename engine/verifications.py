@@ -413,7 +413,7 @@ class VerificationEngine:
             data = {"verified": True, "verification_id": counted.id}
             call_record = Record(CALL_RECORD, counted.call_id, data, CALL_RECORD_TTL)
         # The pumping guard counts the approval in the same step: once, whoever wins a race of right codes.
-        conversions = self.fraud.approvals(counted.to) if self.fraud else ()
+        conversions = self.fraud.approvals(counted.to, counted.country) if self.fraud else ()
         approved = await self.store.transition(
             counted.id, Status.APPROVED, self.clock(), record=call_record, count=conversions
         )

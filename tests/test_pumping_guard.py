@@ -23,7 +23,7 @@ from config import Settings
 from engine.errors import DestinationRefused, ProviderUnavailable
 from engine.fraud import HOLD_SECONDS, FraudGuard, FraudSettings, country_windows, prefix_windows
 from engine.models import Event, Status, Verification
-from engine.phone import checked_destination
+from engine.phone import checked_destination, number_range
 from engine.stores import Store
 from engine.stores.guard import HELD, NEW_COUNTRY, CountryBudget, GuardCheck, GuardRefused, Hold
 from engine.stores.windows import Refused, Window
@@ -542,3 +542,25 @@ def test_the_most_specific_list_entry_decides() -> None:
         guard.check(checked_destination("+12025550143", ()))
     checked = FraudGuard(None, FraudSettings()).check(checked_destination("+33612345678", ()))  # type: ignore[arg-type]
     assert checked is not None and (checked.prefix, checked.country) == ("+33612", "FR")
+
+
+def test_a_numbers_range_from_its_kept_region_is_the_range_parsing_it_gives() -> None:
+    checked = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            try:
+                destination = checked_destination(
+                    phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164), ()
+                )
+            except DestinationRefused:
+                continue
+            assert number_range(destination.e164) == (destination.region, destination.prefix)
+            assert number_range(destination.e164, destination.region) == (
+                destination.region,
+                destination.prefix,
+            )
+            checked += 1
+    assert checked > 300  # mobile and fixed lines of most of the world's regions

@@ -116,7 +116,7 @@ def _prefix(number: phonenumbers.PhoneNumber) -> str:
     return _prefix_of(number.country_code, phonenumbers.national_significant_number(number))
 
 
-def _prefix_of(country_code: int, national: str) -> str:
+def _prefix_of(country_code: int | None, national: str) -> str:
     digits = min(PREFIX_DIGITS, max(0, len(national) - PREFIX_LEAVES_OUT))
     return f"+{country_code}{national[:digits]}"
 

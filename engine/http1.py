@@ -217,6 +217,11 @@ class HttpClient:
     def closed(self) -> bool:
         return self._closed
 
+    def connections(self, origin: Origin) -> int:
+        """Connections to ``origin`` open or opening now, busy or idle."""
+        pool = self._pools.get(origin)
+        return pool.count if pool is not None else 0
+
     def _ssl_for(self, origin: Origin) -> ssl.SSLContext | None:
         if origin.scheme != "https":
             return None

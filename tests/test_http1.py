@@ -38,6 +38,17 @@ from engine.signalwire_rest import RequestNotSent, SignalWireRest
 WAIT = 5.0  # seconds a test waits for something that happens at once, before it fails
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every test on asyncio's loop and on uvloop, which the agent serves on: their transports
+    differ (uvloop's are not asyncio.Transport subclasses), and this client talks to them directly."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")  # not on Windows
+        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
+        return policy
+    return asyncio.DefaultEventLoopPolicy()
+
+
 @contextlib.asynccontextmanager
 async def client(**options: Any) -> AsyncIterator[HttpClient]:
     http = HttpClient(**options)

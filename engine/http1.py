@@ -122,7 +122,7 @@ def render_headers(headers: Mapping[str, str]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A complete answer: its status, its header lines as received, and its body."""
+    """A complete answer: its status, its header lines in order (names in lower case), its body."""
 
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
@@ -132,7 +132,7 @@ class Response:
         """The last value of the header ``name`` (any case), or None."""
         wanted = name.lower().encode("ascii")
         for key, value in reversed(self.headers):
-            if key.lower() == wanted:
+            if key == wanted:
                 return value.decode("latin-1")
         return None
 
@@ -407,7 +407,8 @@ class _Connection(asyncio.Protocol):
         self.max_body = max_body
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
         self.closed = False
         self.reusable = False
         self.idle_since = 0.0
@@ -417,7 +418,7 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_size = 0
         self.headers_done = False
-        self.until_close = False  # the body ends when the connection does
+        self.until_close = True  # the body ends when the connection does: no length, not chunked
         self.error: HttpError | None = None
 
     # The exchange.
@@ -426,7 +427,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None and self.answer is None
         if self.closed:
             raise ConnectionLost("the connection closed before the request was written")
-        self.answer = asyncio.get_running_loop().create_future()
+        self.answer = self.loop.create_future()
         self.reusable = False
         self.transport.write(request)
         try:
@@ -494,15 +495,16 @@ class _Connection(asyncio.Protocol):
         self.body = []
         self.body_size = 0
         self.headers_done = False
-        self.until_close = False
+        self.until_close = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length" or name == b"transfer-encoding":
+            self.until_close = False
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
-        names = {name.lower() for name, _ in self.headers}
-        self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)

@@ -538,6 +538,29 @@ async def test_a_closed_client_closes_its_connections_and_opens_no_more() -> Non
     assert server.connections == 1
 
 
+async def test_a_request_cancelled_as_it_is_handed_a_connection_passes_it_on() -> None:
+    waiting: list[asyncio.Task[Any]] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        waiting.append(asyncio.create_task(get(http, origin)))  # queued behind the first request
+        await asyncio.sleep(0)
+        writer.write(OK)
+        while True:
+            await server.read_request(reader)
+            writer.write(OK)
+
+    server = RawServer(answer)
+    async with server as origin, client(pool_size=1) as http:
+        await get(http, origin)
+        # The first request's end handed its connection to the waiting one, which has not run yet.
+        waiting[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting[0]
+        assert (await get(http, origin, seconds=1.0)).body == b"ok"  # the connection was not lost
+    assert server.connections == 1
+
+
 async def test_a_request_waiting_for_a_slot_gets_it_in_turn() -> None:
     async with raw(answering(OK, OK, OK, OK, OK)) as (server, origin), client(pool_size=1) as http:
         answers = await asyncio.gather(*(get(http, origin) for _ in range(5)))

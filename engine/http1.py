@@ -183,10 +183,13 @@ class HttpClient:
 
         ``target`` is the path and query as sent; ``headers`` are lines from
         ``render_headers`` (Host, User-Agent and the body's Content-Type and
-        Content-Length are added here). Raises an ``HttpError``; never retries.
+        Content-Length are added here). Not for HEAD, whose answer announces a
+        body it does not send. Raises an ``HttpError``; never retries.
         """
-        if not _TARGET.fullmatch(target) or not method.isalpha():
+        if not _TARGET.fullmatch(target) or not method.isalpha() or method == "HEAD":
             raise ValueError("the method or the target cannot be sent as it is")
+        if content_type is not None and not _HEADER_VALUE.fullmatch(content_type):
+            raise ValueError("the content type cannot be sent as it is")
         pool = self._pools.get(origin)
         if pool is None:
             if self._closed:

@@ -322,6 +322,10 @@ async def test_an_unsendable_target_is_refused_before_anything_is_written() -> N
         for target in ("/a b", "/a\r\nX: y", "relative", "/é"):
             with pytest.raises(ValueError):
                 await get(http, origin, target)
+        with pytest.raises(ValueError):
+            await http.request(origin, "HEAD", "/", time_limit=WAIT)
+        with pytest.raises(ValueError):
+            await http.request(origin, "POST", "/", body=b"", content_type="a\r\nX: y", time_limit=WAIT)
     assert server.connections == 0
 
 
@@ -612,8 +616,7 @@ async def tls_app(certificate: Certificate) -> AsyncIterator[int]:
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_side)
     await site.start()
     try:
-        assert site._server is not None
-        yield int(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
 

@@ -565,10 +565,11 @@ async def test_a_request_cancelled_as_it_is_handed_a_connection_passes_it_on() -
     assert server.connections == 1
 
 
-async def test_a_request_waiting_for_a_slot_gets_it_in_turn() -> None:
+async def test_requests_waiting_for_a_slot_get_it_in_turn() -> None:
     async with raw(answering(OK, OK, OK, OK, OK)) as (server, origin), client(pool_size=1) as http:
-        answers = await asyncio.gather(*(get(http, origin) for _ in range(5)))
+        answers = await asyncio.gather(*(get(http, origin, f"/{n}") for n in range(5)))
     assert [answer.body for answer in answers] == [b"ok"] * 5
+    assert [request.split(b" ")[1] for request in server.requests] == [b"/0", b"/1", b"/2", b"/3", b"/4"]
     assert server.connections == 1
 
 

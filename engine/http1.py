@@ -13,7 +13,9 @@ httptools' response parser:
   ``Connection: close``, not HTTP/1.0 without keep-alive, not read until
   close) and while the server has not closed it;
 - https with certificate and host name checks (the default context, or one
-  given), the host name sent as SNI; DNS through the loop;
+  given), the host name sent as SNI; DNS through the loop's ``getaddrinfo``,
+  one look-up shared by the connections a pool opens together, kept five
+  minutes unless a connection to its addresses fails;
 - a request written in one ``transport.write``; answers with a
   ``Content-Length``, chunked or read until close, at most ``max_body``
   bytes; ``1xx`` answers skipped;
@@ -51,6 +53,9 @@ KEEPALIVE_SECONDS = 30.0
 MAX_BODY = 1024 * 1024  # bytes; SignalWire's answers are a few hundred
 USER_AGENT = "signalwire-mfa-agent"
 CLOSE_WAIT_SECONDS = 1.0  # at most, for connections to finish closing when the client closes
+# An origin's addresses are looked up once for all the connections opened within this time
+# (a pool filling up would otherwise ask for each), and again after a connection fails.
+DNS_TTL_SECONDS = 300.0
 
 # host and port -> the addresses to try, in order (the loop's getaddrinfo by default).
 Resolver = Callable[[str, int], Awaitable[Sequence[tuple[str, int]]]]
@@ -236,15 +241,19 @@ class HttpClient:
         infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return list(dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos))
 
-    async def _connect(self, origin: Origin) -> _Connection:
-        """A new connection to ``origin``, after TLS when it is https."""
-        context = self._ssl_for(origin)
+    async def _resolve(self, origin: Origin) -> Sequence[tuple[str, int]]:
         try:
             addresses = await self._resolver(origin.host, origin.port)
         except OSError as exc:
             raise ConnectFailed(f"could not resolve {origin} ({type(exc).__name__})") from exc
         if not addresses:
             raise ConnectFailed(f"could not resolve {origin} (no address)")
+        return addresses
+
+    async def _connect(self, origin: Origin, addresses: Sequence[tuple[str, int]]) -> _Connection:
+        """A new connection to ``origin`` at the first of ``addresses`` that answers, after TLS
+        when it is https."""
+        context = self._ssl_for(origin)
         failure: OSError | None = None
         for host, port in addresses:
             try:
@@ -281,6 +290,8 @@ class _Pool:
         # A waiter is given an idle connection, or None: the right to open one.
         self.waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self.sweep: asyncio.TimerHandle | None = None
+        self.lookup: asyncio.Future[Sequence[tuple[str, int]]] | None = None  # shared by openers
+        self.looked_up = 0.0
 
     async def exchange(self, request: bytes) -> Response:
         connection = await self.acquire()
@@ -330,10 +341,21 @@ class _Pool:
     async def _open(self) -> _Connection:
         """Open a connection in a slot already counted; the slot is freed if it fails."""
         try:
-            return await self.client._connect(self.origin)
-        except BaseException:
+            return await self.client._connect(self.origin, await self._addresses())
+        except BaseException as exc:
+            if isinstance(exc, ConnectFailed):
+                self.lookup = None  # the next connection looks the name up again
             self._slot_freed()
             raise
+
+    async def _addresses(self) -> Sequence[tuple[str, int]]:
+        """The origin's addresses: one look-up for every connection opened meanwhile, kept for
+        DNS_TTL_SECONDS; one opener giving up (a timeout) does not cancel it for the others."""
+        lookup = self.lookup
+        if lookup is None or self.loop.time() - self.looked_up > DNS_TTL_SECONDS:
+            lookup = self.lookup = asyncio.ensure_future(self.client._resolve(self.origin))
+            self.looked_up = self.loop.time()
+        return await asyncio.shield(lookup)
 
     def release(self, connection: _Connection) -> None:
         """A connection that finished its exchange cleanly: to a waiter, or idle."""

@@ -530,6 +530,26 @@ async def test_an_idle_connection_is_closed_after_the_keepalive() -> None:
     assert server.connections == 2
 
 
+async def test_connections_opened_together_share_one_look_up_and_a_refusal_asks_again(app: App) -> None:
+    looked_up: list[str] = []
+    ports = [closed_port(), app.origin.port]
+
+    async def resolver(host: str, port: int) -> list[tuple[str, int]]:
+        looked_up.append(host)
+        await asyncio.sleep(0)  # an answer that takes a turn of the loop, as a real one does
+        return [("127.0.0.1", ports[0])]
+
+    async with client(pool_size=10, resolver=resolver) as http:
+        origin = Origin("http", "signalwire.test", app.origin.port)
+        with pytest.raises(ConnectFailed):
+            await get(http, origin, "/slow?i=0")
+        ports.pop(0)
+        answers = await asyncio.gather(*(get(http, origin, f"/slow?i={i}") for i in range(10)))
+    assert [json.loads(answer.body)["at"] for answer in answers] == [str(i) for i in range(10)]
+    assert len(set(app.peers)) == 10  # ten connections, opened together
+    assert looked_up == ["signalwire.test", "signalwire.test"]  # the refusal's, then one for all ten
+
+
 async def test_a_closed_client_closes_its_connections_and_opens_no_more() -> None:
     async with raw(answering(OK)) as (server, origin):
         http = HttpClient()

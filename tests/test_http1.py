@@ -29,6 +29,7 @@ from engine.http1 import (
     HttpClient,
     Origin,
     RequestTimedOut,
+    Response,
     TlsFailed,
     render_headers,
     split_url,
@@ -71,7 +72,7 @@ async def until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
-async def get(http: HttpClient, origin: Origin, target: str = "/", seconds: float = WAIT) -> Any:
+async def get(http: HttpClient, origin: Origin, target: str = "/", seconds: float = WAIT) -> Response:
     return await http.request(origin, "GET", target, time_limit=seconds)
 
 
@@ -287,7 +288,7 @@ async def raw(make: Callable[[RawServer], Answer]) -> AsyncIterator[tuple[RawSer
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-async def test_the_request_is_written_as_documented(app: App) -> None:
+async def test_the_request_is_written_as_documented() -> None:
     async with raw(answering(OK)) as (server, origin), client() as http:
         await http.request(
             origin,

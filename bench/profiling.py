@@ -41,7 +41,8 @@ CATEGORIES: list[tuple[str, str]] = [
     ("    repeats: claim + complete in the store", r"Repeats\.(once|_run_owned).*Store\.(claim|complete)"),
     ("    limits: counters in the store", r"Limits\.[a-z_]+ \(engine/limits"),
     ("    every store call (engine/stores/)", r"\(engine/stores/"),
-    ("    provider: HTTP to the MFA API", r"\(engine/providers/|\(engine/signalwire_rest\.py"),
+    # engine/http1.py's answers are parsed in the loop's callbacks, under no provider frame.
+    ("    provider: HTTP to the MFA API", r"\(engine/(providers/|signalwire_rest\.py|http1\.py)"),
     ("    events: publish, live, metrics", r"EventPublisher\.publish"),
     ("    pydantic", r"\(pydantic"),
     ("    phonenumbers", r"\(phonenumbers/"),

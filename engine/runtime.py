@@ -1,8 +1,8 @@
 """Builds the engine and its parts from `Settings`, and starts and stops them.
 
-One shared aiohttp session (pooled, with timeouts), one store, one provider,
-one publisher, the server keys, and the expiry timer: created on start-up,
-closed on shutdown.
+The HTTP/1.1 client for SignalWire's REST API (pooled, keep-alive), an aiohttp
+session for the webhooks, one store, one provider, one publisher, the server
+keys, and the expiry timer: created on start-up, closed on shutdown.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from engine.events.publisher import EventPublisher
 from engine.follow_up import FALLBACK_AFTER_SECONDS, DeliveryFollowUp
 from engine.fraud import FraudGuard, FraudSettings
 from engine.history import History
+from engine.http1 import HttpClient
 from engine.keys import KeyRing
 from engine.limits import Limits, LimitSettings
 from engine.lookup import LineTypes
 from engine.providers import PROVIDERS, ProviderParts
 from engine.providers.base import Provider
 from engine.repeats import Repeats
-from engine.signalwire_rest import SignalWireRest, new_http_session
+from engine.signalwire_rest import SignalWireRest
 from engine.stores import Store, open_store
 from engine.stores.history import DAY
 from engine.verifications import CodeShape, VerificationEngine
@@ -67,6 +68,7 @@ class Runtime:
         self._follow_up: DeliveryFollowUp | None = None
         self._store: Store | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._upstream: HttpClient | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -117,6 +119,7 @@ class Runtime:
 
     @property
     def http(self) -> aiohttp.ClientSession:
+        """The webhooks' session (each delivery brings its own timeout)."""
         if self._http is None:
             raise NotStarted("the runtime has not started")
         return self._http
@@ -137,7 +140,8 @@ class Runtime:
 
     async def start(self) -> None:
         settings = self.settings
-        self._http = new_http_session(settings.mfa_upstream_timeout)
+        self._http = aiohttp.ClientSession(raise_for_status=False)
+        self._upstream = HttpClient()
         retention = settings.mfa_history_days * DAY
         store = open_store(settings.mfa_store, history_retention=retention)
         await store.open()
@@ -239,8 +243,9 @@ class Runtime:
         if not settings.has_signalwire_credentials:
             return None
         assert settings.signalwire_project_id and settings.signalwire_api_token
+        assert self._upstream is not None
         return SignalWireRest(
-            self.http,
+            self._upstream,
             settings.signalwire_base_url,
             settings.signalwire_project_id,
             settings.signalwire_api_token.get_secret_value(),
@@ -270,6 +275,8 @@ class Runtime:
                 log.warning("the store did not close within %ss", CLOSE_TIMEOUT)
         if self._http is not None:
             await self._http.close()
+        if self._upstream is not None:
+            await self._upstream.close()
         self._engine = None
         self._repeats = None
         self._workflow = None
@@ -278,3 +285,4 @@ class Runtime:
         self._follow_up = None
         self._store = None
         self._http = None
+        self._upstream = None

@@ -1,4 +1,4 @@
-"""A small client for SignalWire's REST API over the app's one shared HTTP session.
+"""A small client for SignalWire's REST API over the app's pooled HTTP/1.1 client (engine/http1.py).
 
 It adds HTTP Basic auth (project id and API token), bounds every request with
 a total timeout, and turns what can go wrong on the way into the engine's two
@@ -27,19 +27,27 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
 from pydantic import SecretStr
 
 from engine.errors import ProviderRejected, ProviderUnavailable
+from engine.http1 import (
+    BadResponse,
+    ConnectFailed,
+    ConnectionLost,
+    HttpClient,
+    RequestTimedOut,
+    TlsFailed,
+    render_headers,
+    split_url,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_AFTER = 30  # seconds, when a 429 does not say (or says it as an HTTP date)
-# Connections in flight = request rate x provider delay: 250 at 125 requests/s with a 2 s
-# provider. A smaller pool would queue requests until they time out.
-POOL_SIZE = 1000
-KEEPALIVE_SECONDS = 30.0
+JSON_TYPE = "application/json"
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 JsonObject = dict[str, Any]
 
@@ -65,33 +73,12 @@ class RequestNotSent(ProviderUnavailable):
     """
 
 
-def new_http_session(timeout: float) -> aiohttp.ClientSession:
-    """The process's one HTTP session, with a pooled, keep-alive connector.
-
-    Call it from inside the running event loop (the app's start-up hook) and
-    close it at shutdown. Reusing connections saves a TLS handshake on every
-    send and check; the pool bounds how many requests can be in flight to
-    SignalWire at once, so a slow upstream queues work here instead of
-    opening sockets without limit.
-    """
-    connector = aiohttp.TCPConnector(
-        limit=POOL_SIZE,
-        keepalive_timeout=KEEPALIVE_SECONDS,
-        ttl_dns_cache=300,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout),
-        raise_for_status=False,
-    )
-
-
 class SignalWireRest:
-    """POSTs to one SignalWire space as one project; see the module docstring for errors."""
+    """Requests to one SignalWire space as one project; see the module docstring for errors."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: HttpClient,
         base_url: str,
         project_id: str,
         api_token: str | SecretStr,
@@ -99,16 +86,16 @@ class SignalWireRest:
         *,
         observer: UpstreamObserver | None = None,
     ) -> None:
-        self._session = session
+        self._http = http
         self._observer = observer
+        self._origin, self._base_path = split_url(base_url)
         self._base_url = base_url.rstrip("/")
         token = api_token.get_secret_value() if isinstance(api_token, SecretStr) else api_token
-        # Built once, by hand: aiohttp 3.14 deprecates BasicAuth, and this works on any version.
         credentials = base64.b64encode(f"{project_id}:{token}".encode()).decode("ascii")
-        self._headers = {"Authorization": f"Basic {credentials}", "Accept": "application/json"}
+        # Rendered once: every request sends the same lines.
+        self._headers = render_headers({"Authorization": f"Basic {credentials}", "Accept": JSON_TYPE})
         self.project_id = project_id
         self.timeout = timeout
-        self._timeout = aiohttp.ClientTimeout(total=timeout)  # built once: most requests use it
 
     def __repr__(self) -> str:
         # Never show the Authorization header (the token) in a repr.
@@ -122,28 +109,34 @@ class SignalWireRest:
         ``time_budget`` (seconds) overrides the client's timeout for this request (a retry that must
         fit in what is left of the first try's time).
         """
-        return await self._post(path, time_budget, json=dict(body))
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+        return await self._request("POST", path, time_budget, encoded, JSON_TYPE)
 
     async def post_form(
         self, path: str, fields: Mapping[str, str], time_budget: float | None = None
     ) -> tuple[int, JsonObject]:
         """POST form fields (the LaML/compatibility API); returns the status and JSON answered."""
-        return await self._post(path, time_budget, data=dict(fields))
+        return await self._request("POST", path, time_budget, urlencode(fields).encode(), FORM_TYPE)
 
     async def get_json(self, path: str, time_budget: float | None = None) -> tuple[int, JsonObject]:
         """GET ``path`` (with its query); returns the status and the JSON object answered."""
-        return await self._post(path, time_budget, method="GET")
+        return await self._request("GET", path, time_budget)
 
-    async def _post(
-        self, path: str, time_budget: float | None, method: str = "POST", **payload: Any
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        time_budget: float | None,
+        body: bytes | None = None,
+        content_type: str | None = None,
     ) -> tuple[int, JsonObject]:
         endpoint = endpoint_of(path)  # ids and numbers never reach a message or a metric
         if self._observer is None:
-            return await self._exchange(path, endpoint, time_budget, method, **payload)
+            return await self._exchange(method, path, endpoint, time_budget, body, content_type)
         started = time.monotonic()
         error_kind: str | None = None
         try:
-            return await self._exchange(path, endpoint, time_budget, method, **payload)
+            return await self._exchange(method, path, endpoint, time_budget, body, content_type)
         except (ProviderUnavailable, ProviderRejected) as exc:
             error_kind = exc.kind
             raise
@@ -158,48 +151,44 @@ class SignalWireRest:
             log.exception("the upstream observer failed")
 
     async def _exchange(
-        self, path: str, endpoint: str, time_budget: float | None, method: str, **payload: Any
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        time_budget: float | None,
+        body: bytes | None,
+        content_type: str | None,
     ) -> tuple[int, JsonObject]:
         where = f"{method} {endpoint}"
         seconds = self.timeout if time_budget is None else time_budget
-        timeout = self._timeout if time_budget is None else aiohttp.ClientTimeout(total=seconds)
         try:
-            async with self._session.request(
+            response = await self._http.request(
+                self._origin,
                 method,
-                self._base_url + path,
+                self._base_path + path,
                 headers=self._headers,
-                timeout=timeout,
-                allow_redirects=False,
-                **payload,
-            ) as response:
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                raw = await response.read()
-        # Order matters: aiohttp's timeouts are also connection errors, and a
-        # failed connect is one too.
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                body=body,
+                content_type=content_type,
+                time_limit=seconds,
+            )
+        except RequestTimedOut as exc:
             raise _unavailable(f"SignalWire did not answer {where} within {seconds:g} s", "timeout") from exc
-        except aiohttp.ClientSSLError as exc:
+        except TlsFailed as exc:
             # The handshake happened; trying again at once will not change a certificate.
             raise _unavailable(f"TLS with SignalWire failed for {where}", "connection") from exc
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectFailed as exc:
             # Refused, unreachable or not resolved: nothing was written to a socket.
-            message = f"could not connect to SignalWire for {where} ({type(exc).__name__})"
+            message = f"could not connect to SignalWire for {where} ({type(exc.__cause__ or exc).__name__})"
             log.warning("signalwire unavailable: %s", message)
             raise RequestNotSent(message, kind="connection") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError) as exc:
-            raise _unavailable(
-                f"connection to SignalWire lost during {where} ({type(exc).__name__})", "connection"
-            ) from exc
-        except aiohttp.ClientResponseError as exc:  # an answer that is not valid HTTP
+        except ConnectionLost as exc:
+            raise _unavailable(f"connection to SignalWire lost during {where}", "connection") from exc
+        except BadResponse as exc:  # an answer that is not valid HTTP, or too large
             raise _unavailable(
                 f"SignalWire answered {where} with a malformed response", "bad_response"
             ) from exc
-        except aiohttp.ClientError as exc:
-            raise _unavailable(
-                f"request to SignalWire failed: {where} ({type(exc).__name__})", "connection"
-            ) from exc
 
+        status = response.status
         log.debug("signalwire %s -> %s", where, status)
         if status == 401:
             log.warning("signalwire refused the credentials on %s", where)
@@ -207,7 +196,7 @@ class SignalWireRest:
                 "SignalWire refused the project id or API token (HTTP 401)", kind="unauthorized"
             )
         if status == 429:
-            seconds_to_wait = _retry_after(retry_after)
+            seconds_to_wait = _retry_after(response.header("Retry-After"))
             log.warning("signalwire rate limited %s; retry after %d s", where, seconds_to_wait)
             raise ProviderUnavailable(
                 f"SignalWire is rate limiting {where} (HTTP 429)",
@@ -216,7 +205,7 @@ class SignalWireRest:
             )
         if status >= 500:
             raise _unavailable(f"SignalWire failed {where} (HTTP {status})", "server_error")
-        return status, _parse_body(raw, status, where)
+        return status, _parse_body(response.body, status, where)
 
 
 def endpoint_of(path: str) -> str:
@@ -297,5 +286,4 @@ __all__ = [
     "endpoint_of",
     "error_details",
     "mask_numbers",
-    "new_http_session",
 ]

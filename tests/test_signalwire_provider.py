@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -9,18 +10,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
 from engine.codes import Message
 from engine.delivery.signalwire_messaging import SignalWireMessaging, call_twiml
 from engine.errors import ProviderRejected, ProviderUnavailable
+from engine.http1 import HttpClient
 from engine.models import Verification
 from engine.providers.base import Answer, SendRequest
 from engine.providers.signalwire import SignalWireMfaProvider
-from engine.signalwire_rest import RequestNotSent, SignalWireRest, mask_numbers, new_http_session
+from engine.signalwire_rest import RequestNotSent, SignalWireRest, mask_numbers
 from tests.fakes.signalwire_api import FakeSignalWire, make_fake_signalwire
 from tests.platform import FakeClock
 
@@ -38,12 +38,12 @@ class Env:
     fake: FakeSignalWire
     clock: FakeClock
     base_url: str
-    session: aiohttp.ClientSession
+    http: HttpClient
 
     def rest(
         self, *, base_url: str | None = None, token: str = TOKEN, timeout: float = 2.0
     ) -> SignalWireRest:
-        return SignalWireRest(self.session, base_url or self.base_url, PROJECT, token, timeout)
+        return SignalWireRest(self.http, base_url or self.base_url, PROJECT, token, timeout)
 
     def provider(self, **kwargs: Any) -> SignalWireMfaProvider:
         return SignalWireMfaProvider(self.rest(**kwargs))
@@ -57,8 +57,11 @@ async def env(aiohttp_server: Any) -> AsyncIterator[Env]:
     clock = FakeClock(1000.0)
     fake = make_fake_signalwire(PROJECT, TOKEN, clock=clock)
     server: TestServer = await aiohttp_server(fake.app, host="127.0.0.1")
-    async with new_http_session(timeout=2.0) as session:
-        yield Env(fake, clock, str(server.make_url("")).rstrip("/"), session)
+    http = HttpClient()
+    try:
+        yield Env(fake, clock, str(server.make_url("")).rstrip("/"), http)
+    finally:
+        await http.close()
 
 
 def send_request(to: str = NUMBER, channel: str = "sms", from_number: str | None = SENDER) -> SendRequest:
@@ -256,62 +259,52 @@ async def test_an_injected_401_is_unauthorized(env: Env) -> None:
 # Connection refused: the one case a check is repeated.
 
 
-class CountingSession:
-    """Counts the requests a session starts, including those that never connect."""
+class Resolver:
+    """Answers each connection attempt's look-up from a list of ports on 127.0.0.1 (the last one
+    repeats), counting the attempts, including those that never connect."""
 
-    def __init__(self) -> None:
-        self.started = 0
-        self.trace = aiohttp.TraceConfig()
-        self.trace.on_request_start.append(self._on_start)
+    def __init__(self, *ports: int) -> None:
+        self.ports = list(ports)
+        self.attempts = 0
 
-    async def _on_start(self, *_: Any) -> None:
-        self.started += 1
+    async def __call__(self, host: str, port: int) -> list[tuple[str, int]]:
+        self.attempts += 1
+        next_port = self.ports.pop(0) if len(self.ports) > 1 else self.ports[0]
+        return [("127.0.0.1", next_port)]
+
+
+@contextlib.asynccontextmanager
+async def resolved_by(resolver: Resolver, seconds: float = 2.0) -> AsyncIterator[SignalWireRest]:
+    """A client for a space whose address the resolver gives, with ``seconds`` per request."""
+    http = HttpClient(resolver=resolver)
+    try:
+        yield SignalWireRest(http, "http://signalwire.test", PROJECT, TOKEN, seconds)
+    finally:
+        await http.close()
 
 
 async def test_a_refused_send_is_a_connection_fault_and_not_repeated(env: Env) -> None:
-    counter = CountingSession()
-    async with aiohttp.ClientSession(trace_configs=[counter.trace]) as session:
-        rest = SignalWireRest(session, f"http://127.0.0.1:{closed_port()}", PROJECT, TOKEN, 2.0)
+    resolver = Resolver(closed_port())
+    async with resolved_by(resolver) as rest:
         with pytest.raises(ProviderUnavailable) as raised:
             await SignalWireMfaProvider(rest).send(send_request())
     assert raised.value.kind == "connection"
-    assert counter.started == 1
+    assert resolver.attempts == 1
 
 
 async def test_a_refused_check_is_repeated_once_then_a_connection_fault(env: Env) -> None:
-    counter = CountingSession()
-    async with aiohttp.ClientSession(trace_configs=[counter.trace]) as session:
-        rest = SignalWireRest(session, f"http://127.0.0.1:{closed_port()}", PROJECT, TOKEN, 2.0)
+    resolver = Resolver(closed_port())
+    async with resolved_by(resolver) as rest:
         with pytest.raises(ProviderUnavailable) as raised:
             await SignalWireMfaProvider(rest).verify(verification("some-id"), "123456")
     assert raised.value.kind == "connection"
-    assert counter.started == 2
-
-
-class FlakyResolver(AbstractResolver):
-    """Points the first connection at a closed port and every later one at the fake."""
-
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = ports
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
-        next_port = self.ports.pop(0) if len(self.ports) > 1 else self.ports[0]
-        return [
-            ResolveResult(
-                hostname=host, host="127.0.0.1", port=next_port, family=socket.AF_INET, proto=0, flags=0
-            )
-        ]
-
-    async def close(self) -> None:
-        return None
+    assert resolver.attempts == 2
 
 
 async def test_a_check_refused_once_succeeds_on_its_one_retry(env: Env) -> None:
     sent = await env.provider().send(send_request())
     fake_port = int(env.base_url.rsplit(":", 1)[1])
-    connector = aiohttp.TCPConnector(resolver=FlakyResolver([closed_port(), fake_port]), use_dns_cache=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        rest = SignalWireRest(session, f"http://signalwire.test:{fake_port}", PROJECT, TOKEN, 2.0)
+    async with resolved_by(Resolver(closed_port(), fake_port)) as rest:
         answer = await SignalWireMfaProvider(rest).verify(
             verification(sent.provider_ref), env.fake.sent[0]["code"]
         )
@@ -320,12 +313,11 @@ async def test_a_check_refused_once_succeeds_on_its_one_retry(env: Env) -> None:
 
 
 async def test_a_refused_check_is_not_repeated_when_no_time_is_left(env: Env) -> None:
-    counter = CountingSession()
-    async with aiohttp.ClientSession(trace_configs=[counter.trace]) as session:
-        rest = SignalWireRest(session, f"http://127.0.0.1:{closed_port()}", PROJECT, TOKEN, 0.3)
+    resolver = Resolver(closed_port())
+    async with resolved_by(resolver, seconds=0.3) as rest:
         with pytest.raises(RequestNotSent):
             await SignalWireMfaProvider(rest).verify(verification("some-id"), "123456")
-    assert counter.started == 1
+    assert resolver.attempts == 1
 
 
 # Messaging (the LaML API).

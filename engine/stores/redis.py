@@ -41,6 +41,7 @@ and neither may make fresh data vanish.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import secrets
@@ -812,6 +813,10 @@ class RedisStore(Store):
         self._channel = f"{prefix}events"
         self._redis: Redis | None = None
         self._connection: RedisConnection | None = None
+        # An event's member in a window's log only has to be unique: this instance's random
+        # name and a count (os.urandom for each was a system call per event).
+        self._instance = secrets.token_hex(6)
+        self._events = itertools.count()
         # Id -> (number, call id) of verifications seen here: both never change for an id.
         self._known: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         # Listeners of this instance whose SUBSCRIBE is not confirmed yet (see broadcast).
@@ -867,6 +872,9 @@ class RedisStore(Store):
 
     async def _run(self, script: Script, keys: list[str], args: Sequence[str | int | float] = ()) -> Any:
         return await self._lean.run(script, keys, args)
+
+    def _unique_member(self) -> str:
+        return f"{self._instance}{next(self._events):x}"
 
     def _remember(self, verification_id: str, to: str, call_id: str | None) -> None:
         known = self._known
@@ -969,7 +977,7 @@ class RedisStore(Store):
             call_id or "",
             origin or "",
             "1" if verified != key else "0",
-            secrets.token_hex(8),
+            self._unique_member(),
             *self._history_context(now),
         ]
         for window in windows:
@@ -1209,7 +1217,7 @@ class RedisStore(Store):
     ) -> Refused | GuardRefused | None:
         keys: list[str] = []
         # The member only has to be unique: two events may share a timestamp.
-        args: list[str | int | float] = [_num(now), secrets.token_hex(8), len(windows)]
+        args: list[str | int | float] = [_num(now), self._unique_member(), len(windows)]
         for window in windows:
             if window.exact:
                 keys.append(self._key("hit", window.key))

@@ -5,8 +5,9 @@ more CPU sending one than Redis spends running it: a pool with a lock and a
 condition, a health check, an ``asyncio.timeout`` around every read. This
 module does only what the store needs:
 
-- commands packed as RESP by hiredis and written at once to one long-lived
-  connection, any number of them in flight (from any number of tasks);
+- commands packed as RESP by hiredis and written to one long-lived connection,
+  any number of them in flight (from any number of tasks); those sent in the
+  same turn of the event loop go out in one write (one system call, not one each);
 - replies parsed by ``hiredis.Reader`` and handed to their commands in the
   order they were sent, which is the order Redis answers one connection in;
 - an error reply raises what redis-py raises for it (its parser's table), so
@@ -22,6 +23,8 @@ module does only what the store needs:
   FLUSH) answers NOSCRIPT, which ran nothing: the script is loaded and sent again.
 
 What it leaves to redis-py: pub/sub, MULTI/EXEC, RESP3, Cluster and Sentinel.
+Commands are not held back when the socket's buffer fills: the callers in flight
+bound what is queued (the store's steps are small, and each waits for its reply).
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class _Link(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(encoding="utf-8")
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._outgoing: list[bytes] = []  # sent in this turn of the loop, written at its end
         self._timer: asyncio.TimerHandle | None = None
         self.open = False
 
@@ -103,10 +107,18 @@ class _Link(asyncio.Protocol):
         future = self._loop.create_future()
         deadline = self._loop.time() + self._timeout
         self._waiting.append((future, deadline))
-        self._transport.write(packed)
+        if not self._outgoing:
+            self._loop.call_soon(self._write)
+        self._outgoing.append(packed)
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._check_deadline)
         return future
+
+    def _write(self) -> None:
+        outgoing = self._outgoing
+        if self.open and self._transport is not None:
+            self._transport.write(b"".join(outgoing))
+        outgoing.clear()  # closed meanwhile: their commands already failed
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -220,7 +232,11 @@ class RedisConnection:
 
     def _finished_connecting(self, attempt: asyncio.Task[_Link]) -> None:
         self._connecting = None
-        if not attempt.cancelled() and attempt.exception() is None:
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        if self._closed:
+            attempt.result().close()  # connected just as the store closed: not kept
+        else:
             self._link = attempt.result()
 
     async def _connect(self) -> _Link:

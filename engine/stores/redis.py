@@ -2,8 +2,12 @@
 
 A script runs atomically in Redis, so the read and the write of a decision
 (count an attempt, end a verification, take a claim, lease outbox items) can
-never interleave with another instance's. Scripts are registered once in
-``open()``; redis-py sends them by SHA and loads them on first use.
+never interleave with another instance's.
+
+Every step but a few goes over one pipelined connection
+(engine/stores/redis_connection.py): scripts by SHA, loaded when Redis lacks
+them. redis-py keeps what is rare or not a request and reply: the history's and
+the holds' reads, and the pub/sub of ``listen``.
 
 Keys, all under ``prefix`` (default ``mfa:``):
 

@@ -302,3 +302,78 @@ async def test_tls_from_the_url_as_redis_py_reads_it(certificate: tuple[Path, Pa
             await connection.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_subscription_gets_what_is_published_after_it_in_order_until_closed(
+    connection: RedisConnection, prefix: str
+) -> None:
+    subscription = await connection.subscribe(f"{prefix}events")
+    # Published on the command connection right after subscribe() returned: none is missed.
+    for n in range(100):
+        await connection.execute("PUBLISH", f"{prefix}events", f"message {n}")
+    await connection.execute("PUBLISH", f"{prefix}elsewhere", "not for it")
+
+    async with asyncio.timeout(5):
+        assert [await subscription.next() for _ in range(100)] == [f"message {n}" for n in range(100)]
+        subscription.close()
+        assert await subscription.next() is None
+        assert await subscription.next() is None  # the end stays the end
+
+
+async def test_a_lost_subscription_says_so(throwaway: RedisServer) -> None:
+    connection = RedisConnection(throwaway.url, timeout=TIMEOUT)
+    admin = redis.Redis.from_url(throwaway.url)
+    try:
+        subscription = await connection.subscribe("events")
+        await connection.execute("PUBLISH", "events", "before")
+        admin.client_kill_filter(_type="pubsub")
+
+        async with asyncio.timeout(5):
+            assert await subscription.next() == "before"
+            for _ in range(2):
+                with pytest.raises(StoreUnavailable):
+                    await subscription.next()
+        again = await connection.subscribe("events")  # subscribing again works at once
+        await connection.execute("PUBLISH", "events", "after")
+        async with asyncio.timeout(5):
+            assert await again.next() == "after"
+    finally:
+        admin.close()
+        await connection.close()
+
+
+async def test_a_subscription_whose_server_stops_answering_is_lost() -> None:
+    async def answers_subscribe_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"SUBSCRIBE\r\n")
+        await reader.readline()  # the channel's length
+        channel = (await reader.readline()).strip()
+        writer.write(b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n" % (len(channel), channel))
+        while await reader.read(65536):
+            pass  # PINGs, never answered
+
+    server = await asyncio.start_server(answers_subscribe_only, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = RedisConnection(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    try:
+        subscription = await connection.subscribe("events", health_every=0.05)
+        async with asyncio.timeout(5):  # a bound for the test, not a measurement
+            with pytest.raises(StoreUnavailable) as lost:
+                await subscription.next()
+        assert isinstance(lost.value.__cause__, TimeoutError)
+    finally:
+        await connection.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_closing_the_connection_ends_its_subscriptions(
+    connection: RedisConnection, prefix: str
+) -> None:
+    subscriptions = [await connection.subscribe(f"{prefix}events") for _ in range(3)]
+
+    await connection.close()
+
+    async with asyncio.timeout(5):
+        assert [await subscription.next() for subscription in subscriptions] == [None, None, None]
+    with pytest.raises(StoreUnavailable):
+        await connection.subscribe(f"{prefix}events")

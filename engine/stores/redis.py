@@ -6,8 +6,8 @@ never interleave with another instance's.
 
 Every step but a few goes over one pipelined connection
 (engine/stores/redis_connection.py): scripts by SHA, loaded when Redis lacks
-them. redis-py keeps what is rare or not a request and reply: the history's and
-the holds' reads, and the pub/sub of ``listen``.
+them; ``listen``'s subscriptions have a connection each. redis-py keeps the
+rare reads that pipeline many commands: the history's and the holds'.
 
 Keys, all under ``prefix`` (default ``mfa:``):
 
@@ -49,7 +49,6 @@ import itertools
 import json
 import math
 import secrets
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -58,7 +57,6 @@ from typing import Any, cast
 
 import redis.exceptions
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -98,7 +96,7 @@ from engine.stores.history import (
     newest_matching,
     next_page,
 )
-from engine.stores.redis_connection import RedisConnection, Script
+from engine.stores.redis_connection import RedisConnection, Script, Subscription
 from engine.stores.windows import (
     Refused,
     Window,
@@ -111,13 +109,11 @@ from engine.stores.windows import (
 
 # A dead or unreachable Redis must answer "unavailable" fast, not hang a request.
 SOCKET_TIMEOUT_SECONDS = 2.0
-# redis-py's pool, for the steps that stay on it (the history's and the holds' reads, pub/sub).
+# redis-py's pool, for the steps that stay on it (the history's and the holds' reads).
 MAX_CONNECTIONS = 64
 # Verifications whose number and call this instance remembers (see begin_attempt): a miss
 # costs one round trip more.
 KNOWN_VERIFICATIONS = 10_000
-# How often an idle listener wakes up to notice that the store was closed.
-LISTEN_POLL_SECONDS = 1.0
 
 # Verification field -> hash field. Short names keep a pending verification small.
 _SHORT = {
@@ -824,8 +820,7 @@ class RedisStore(Store):
         # Id -> (number, call id) of verifications seen here: both never change for an id.
         self._known: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         # Listeners of this instance whose SUBSCRIBE is not confirmed yet (see broadcast).
-        self._subscribing: set[asyncio.Task[None]] = set()
-        self._pubsubs: weakref.WeakSet[PubSub] = weakref.WeakSet()
+        self._subscribing: set[asyncio.Task[Subscription]] = set()
 
     # -- lifecycle ----------------------------------------------------------
     async def open(self) -> None:
@@ -851,9 +846,6 @@ class RedisStore(Store):
             await connection.close()
         for task in list(self._subscribing):
             task.cancel()
-        for pubsub in list(self._pubsubs):
-            with suppress(redis.exceptions.RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
         if client is not None:
             with suppress(redis.exceptions.RedisError, OSError):
                 await client.aclose()
@@ -1402,60 +1394,32 @@ class RedisStore(Store):
     def listen(self) -> AsyncIterator[str]:
         """Every message broadcast after this call, by any instance; ends when the store closes.
 
-        Each call has its own pub/sub connection. Its SUBSCRIBE starts here, not
-        at the first ``__anext__``, and this instance's ``broadcast`` waits for it,
-        so nothing this instance broadcasts after ``listen()`` returns is missed.
-        The race that remains: a message another instance publishes before the
-        SUBSCRIBE is confirmed (a few milliseconds) is not received, and neither
-        is anything published while the connection is being re-established
-        after Redis dropped it (pub/sub keeps no history).
+        Each call has its own subscription, on a connection of its own. Its SUBSCRIBE
+        starts here, not at the first ``__anext__``, and this instance's ``broadcast``
+        waits for it, so nothing this instance broadcasts after ``listen()`` returns is
+        missed. The race that remains: a message another instance publishes before the
+        SUBSCRIBE is confirmed (a few milliseconds) is not received, and neither is
+        anything published after the connection was lost (pub/sub keeps no history):
+        the listener raises StoreUnavailable, and its owner listens again.
         """
-        client = self._client
-        pubsub = client.pubsub()
-        self._pubsubs.add(pubsub)
-        subscribed = asyncio.create_task(self._subscribe(pubsub))
+        subscribed = asyncio.create_task(self._lean.subscribe(self._channel))
         self._subscribing.add(subscribed)
         subscribed.add_done_callback(self._subscribing.discard)
         # Mark a failure as seen even if the iterator is never started; it re-raises on first use.
         subscribed.add_done_callback(lambda task: task.cancelled() or task.exception())
-        return self._messages(client, pubsub, subscribed)
+        return self._messages(subscribed)
 
-    async def _subscribe(self, pubsub: PubSub) -> None:
-        with _unavailable():
-            await pubsub.subscribe(self._channel)
-            # Redis answers SUBSCRIBE once the subscription is in place: from that reply
-            # on, every PUBLISH reaches this connection.
-            while True:
-                reply = await pubsub.get_message(timeout=SOCKET_TIMEOUT_SECONDS)
-                if reply is None:
-                    raise redis.exceptions.TimeoutError("no reply to SUBSCRIBE")
-                if reply["type"] == "subscribe":
-                    return
-
-    async def _messages(
-        self, client: Redis, pubsub: PubSub, subscribed: asyncio.Task[None]
-    ) -> AsyncIterator[str]:
+    @staticmethod
+    async def _messages(subscribed: asyncio.Task[Subscription]) -> AsyncIterator[str]:
+        subscription: Subscription | None = None
         try:
-            await subscribed
-            # A bounded wait, so a listener notices close() even if its connection lingers.
-            while self._redis is client:
-                try:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=LISTEN_POLL_SECONDS
-                    )
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                    if self._redis is not client:
-                        return  # close() cut the connection: the end, not a failure
-                    raise StoreUnavailable("the Redis store cannot be reached") from exc
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # redis-py can swallow a cancellation that lands inside get_message's own
-                    # timeout; without this check a cancelled listener would poll on forever.
-                    raise asyncio.CancelledError
-                if message is not None and message["type"] == "message":
-                    yield str(message["data"])
+            subscription = await subscribed
+            while (message := await subscription.next()) is not None:
+                yield message
         finally:
             subscribed.cancel()
-            self._pubsubs.discard(pubsub)
-            with suppress(redis.exceptions.RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if subscription is None and subscribed.done() and not subscribed.cancelled():
+                # Subscribed just as this listener was closed or cancelled: not kept.
+                subscription = None if subscribed.exception() else subscribed.result()
+            if subscription is not None:
+                subscription.close()

@@ -22,7 +22,9 @@ module does only what the store needs:
 - scripts go by EVALSHA. A Redis that forgot them (restarted empty, SCRIPT
   FLUSH) answers NOSCRIPT, which ran nothing: the script is loaded and sent again.
 
-What it leaves to redis-py: pub/sub, MULTI/EXEC, RESP3, Cluster and Sentinel.
+Subscriptions (`subscribe`) each have a connection of their own, as pub/sub needs.
+
+What it leaves to redis-py: MULTI/EXEC, pattern subscriptions, RESP3, Cluster and Sentinel.
 Commands are not held back when the socket's buffer fills: the callers in flight
 bound what is queued (the store's steps are small, and each waits for its reply).
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -43,6 +46,9 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from engine.errors import StoreUnavailable
 
 Arg = str | int | float | bytes
+
+# How often an idle subscription asks Redis for a PONG (redis-py's health check, the same).
+HEALTH_CHECK_SECONDS = 30.0
 
 _UNREACHABLE = "the Redis store cannot be reached"
 
@@ -125,16 +131,19 @@ class _Link(asyncio.Protocol):
         try:
             reader.feed(data)
             while (reply := reader.gets()) is not False:
-                future, _ = self._waiting.popleft()
-                if future.done():
-                    continue  # its caller gave up (cancelled); the reply still had its place
-                if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(_error(reply))
-                else:
-                    future.set_result(reply)
+                self._answered(reply)
         except (hiredis.ProtocolError, IndexError) as exc:
             # Not Redis's protocol, or a reply nobody asked for: nothing after it can be trusted.
             self.close(exc)
+
+    def _answered(self, reply: Any) -> None:
+        future, _ = self._waiting.popleft()
+        if future.done():
+            return  # its caller gave up (cancelled); the reply still had its place
+        if isinstance(reply, hiredis.ReplyError):
+            future.set_exception(_error(reply))
+        else:
+            future.set_result(reply)
 
     def _check_deadline(self) -> None:
         self._timer = None
@@ -167,11 +176,106 @@ class _Link(asyncio.Protocol):
                 future.set_exception(_unavailable(cause))
 
 
+_PUSHED = frozenset({"message", "subscribe", "pong"})
+
+
+class _Subscriber(_Link):
+    """A connection in pub/sub mode: after the handshake's replies, Redis only pushes to it.
+
+    Messages go to ``messages`` in order; then None once it was closed here, or
+    StoreUnavailable once the connection was lost. An idle connection is pinged every
+    ``health_every`` seconds: no PONG within ``timeout`` closes it as lost (a peer gone
+    without a word would otherwise leave a listener waiting for ever).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, health_every: float) -> None:
+        super().__init__(loop, timeout)
+        self.messages: asyncio.Queue[str | StoreUnavailable | None] = asyncio.Queue()
+        self.subscribed: asyncio.Future[None] = loop.create_future()
+        self._health_every = health_every
+        self._health: asyncio.TimerHandle | None = None
+        self._pong_due = False
+        self._closed_here = False
+        self._ended = False
+
+    def subscribe(self, channel: str) -> None:
+        assert self._transport is not None
+        self._transport.write(_pack(("SUBSCRIBE", channel)))
+
+    def _answered(self, reply: Any) -> None:
+        if not (isinstance(reply, list) and reply and reply[0] in _PUSHED):
+            super()._answered(reply)  # the handshake's AUTH and SELECT
+        elif reply[0] == "message":
+            self.messages.put_nowait(reply[2])
+        elif reply[0] == "subscribe":
+            if not self.subscribed.done():
+                self.subscribed.set_result(None)
+                self._health = self._loop.call_later(self._health_every, self._ping)
+        else:
+            self._pong_due = False
+
+    def _ping(self) -> None:
+        if not self.open or self._transport is None:
+            return
+        self._pong_due = True
+        self._transport.write(_pack(("PING",)))
+        self._health = self._loop.call_later(self._timeout, self._check_pong)
+
+    def _check_pong(self) -> None:
+        if self._pong_due:
+            self.close(TimeoutError(f"no PONG from Redis within {self._timeout} s"))
+        else:
+            self._health = self._loop.call_later(self._health_every, self._ping)
+
+    def end(self) -> None:
+        """Close it from this side: ``messages`` ends with None, not a failure."""
+        self._closed_here = True
+        self.close()
+
+    def _fail_waiting(self, cause: BaseException | None) -> None:
+        super()._fail_waiting(cause)
+        if self._health is not None:
+            self._health.cancel()
+            self._health = None
+        if not self.subscribed.done():
+            self.subscribed.set_exception(_unavailable(cause))
+            self.subscribed.exception()  # retrieved: its waiter may have gone (cancelled)
+        if not self._ended:
+            self._ended = True
+            self.messages.put_nowait(None if self._closed_here else _unavailable(cause))
+
+
+class Subscription:
+    """The messages published on one channel from the moment Redis confirmed SUBSCRIBE
+    (see `RedisConnection.subscribe`), on a connection of its own."""
+
+    def __init__(self, subscriber: _Subscriber) -> None:
+        self._subscriber = subscriber
+
+    async def next(self) -> str | None:
+        """The next message; None once closed here. Raises StoreUnavailable once the
+        connection was lost: what is published after that is not seen (pub/sub keeps
+        no history), so a listener subscribes again."""
+        messages = self._subscriber.messages
+        message = await messages.get()
+        if message is None or isinstance(message, StoreUnavailable):
+            # The end stays the end for every later call.
+            messages.put_nowait(None if message is None else _unavailable(message.__cause__))
+            if message is not None:
+                raise message
+        return message
+
+    def close(self) -> None:
+        """Unsubscribe by closing the connection; `next` returns None from then on. Safe twice."""
+        self._subscriber.end()
+
+
 class RedisConnection:
     """Commands and scripts on one pipelined connection to the Redis at ``url``.
 
     ``timeout``: seconds to connect, and for each command's reply.
     Connects on first use, and again on the first use after the connection was lost.
+    `subscribe` opens a connection of its own for each subscription.
     """
 
     def __init__(self, url: str, *, timeout: float) -> None:
@@ -192,6 +296,7 @@ class RedisConnection:
         self._timeout = timeout
         self._link: _Link | None = None
         self._connecting: asyncio.Task[_Link] | None = None
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._closed = False
 
     async def execute(self, *command: Arg) -> Any:
@@ -219,6 +324,41 @@ class RedisConnection:
         link, self._link = self._link, None
         if link is not None:
             link.close()
+        for subscription in list(self._subscriptions):
+            subscription.close()
+
+    async def subscribe(self, channel: str, *, health_every: float = HEALTH_CHECK_SECONDS) -> Subscription:
+        """Subscribe to ``channel`` on a new connection; returns once Redis confirmed it,
+        so every message published from then on is received."""
+        if self._closed:
+            raise StoreUnavailable("the Redis store is not open")
+        loop = asyncio.get_running_loop()
+        subscriber: _Subscriber | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                _, subscriber = await loop.create_connection(
+                    lambda: _Subscriber(loop, self._timeout, health_every),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                )
+                for command in self._hello:
+                    await subscriber.send(_pack(command))
+                subscriber.subscribe(channel)
+                await subscriber.subscribed
+        except (OSError, TimeoutError) as exc:
+            if subscriber is not None:
+                subscriber.end()
+            raise _unavailable(exc) from exc
+        except BaseException:
+            if subscriber is not None:
+                subscriber.end()
+            raise
+        subscription = Subscription(subscriber)
+        self._subscriptions.add(subscription)
+        if self._closed:  # closed while this connected: not kept
+            subscription.close()
+        return subscription
 
     async def _connected(self) -> _Link:
         if self._closed:

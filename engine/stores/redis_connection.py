@@ -185,7 +185,8 @@ class _Subscriber(_Link):
     Messages go to ``messages`` in order; then None once it was closed here, or
     StoreUnavailable once the connection was lost. An idle connection is pinged every
     ``health_every`` seconds: no PONG within ``timeout`` closes it as lost (a peer gone
-    without a word would otherwise leave a listener waiting for ever).
+    without a word would otherwise leave a listener waiting for ever). ``messages`` is
+    not bounded: the store's one listener (the live events' hub) never waits on a message.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, health_every: float) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -59,6 +59,7 @@ from engine.stores.base import (
     WindowStore,
 )
 from engine.stores.guard import Hold
+from engine.stores.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ class VerificationEngine:
             return self._over_budget(primary)
         reading = _Reading(failure=primary if primary.gate is AttemptGate.COUNTED else None)
         if reading.failure is not None and await self._judge(primary, code, now, reading):
-            return await self._approve_reading(primary, reading, now)
+            return await self._approve_reading(primary, reading)
         if call_id is not None:
             for earlier in await self.store.pending_for_call(call_id, now):
                 if earlier.id == verification_id:
@@ -330,7 +331,7 @@ class VerificationEngine:
                 if reading.failure is None:
                     reading.failure = attempt
                 if await self._judge(attempt, code, now, reading):
-                    return await self._approve_reading(attempt, reading, now)
+                    return await self._approve_reading(attempt, reading)
         return await self._not_right(primary, reading, now)
 
     async def _begin(
@@ -361,11 +362,11 @@ class VerificationEngine:
             reading.gone.append(await self._gone(counted))
         return answer is Answer.CORRECT
 
-    async def _approve_reading(self, attempt: Attempt, reading: _Reading, now: float) -> CheckResult:
-        # Not a wrong reading: the failure counted before judging it is given back.
-        if reading.failure is not None:
-            await self.store.unhit(reading.failure.budgets, now)
-        return await self._approve(attempt.verification)
+    async def _approve_reading(self, attempt: Attempt, reading: _Reading) -> CheckResult:
+        # Not a wrong reading: the failure counted before judging it is given back, in the
+        # approving step (whether or not it wins the approval).
+        give_back = reading.failure.budgets if reading.failure is not None else ()
+        return await self._approve(attempt.verification, give_back)
 
     async def _not_right(self, primary: Attempt, reading: _Reading, now: float) -> CheckResult:
         """No live code was this one: a wrong reading, or none could be judged."""
@@ -406,7 +407,7 @@ class VerificationEngine:
             return CheckResult(outcome=CheckOutcome.MAX_ATTEMPTS_REACHED, verification=verification)
         return CheckResult(outcome=_FINAL_OUTCOME[verification.status], verification=verification)
 
-    async def _approve(self, counted: Verification) -> CheckResult:
+    async def _approve(self, counted: Verification, give_back: Sequence[Window] = ()) -> CheckResult:
         # The call's record of it goes in the same step: a verified call is never left unrecorded.
         call_record = None
         if counted.call_id is not None:
@@ -415,7 +416,12 @@ class VerificationEngine:
         # The pumping guard counts the approval in the same step: once, whoever wins a race of right codes.
         conversions = self.fraud.approvals(counted.to, counted.country) if self.fraud else ()
         approved = await self.store.transition(
-            counted.id, Status.APPROVED, self.clock(), record=call_record, count=conversions
+            counted.id,
+            Status.APPROVED,
+            self.clock(),
+            record=call_record,
+            count=conversions,
+            give_back=give_back,
         )
         if approved is None:
             # Another request ended it first (a parallel right code, or expiry).

@@ -187,6 +187,17 @@ async def test_guessing_at_one_number_is_bounded_by_its_daily_failure_budget(wor
     assert "ending in 0143" in allowed["response"]
 
 
+@pytest.mark.parametrize("world", [{"mfa_max_failures_per_number_per_day": 2}], indirect=True)
+async def test_a_right_code_is_never_counted_as_a_failure(world: World) -> None:
+    # Each attempt is counted as a failure before its code is judged; a right one gives it back.
+    for _ in range(3):
+        platform = await world.call()
+        await platform.call("send_mfa")
+        verified = await platform.call("verify_mfa", token=world.code())
+        assert actions(verified, "set_meta_data") == [{"verified": True}], verified["response"]
+    assert not any(e.type in ("mfa.rejected", "mfa.locked") for e in world.events)
+
+
 async def test_a_number_locked_by_wrong_codes_on_the_api_is_locked_on_calls_too(world: World) -> None:
     budget = world.agent.settings.mfa_max_failures_per_number_per_day
     url = f"{world.agent.base_url}/verifications"

@@ -273,6 +273,46 @@ async def test_a_record_given_to_a_transition_is_kept_only_by_the_one_that_happe
     assert await store.get_record("call", "call-1") == {"verified": True, "by": "first"}
 
 
+async def test_an_approval_gives_back_its_failure_whether_or_not_it_wins(store: VerificationStore) -> None:
+    budgets = budgets_of(1)
+    verification = await created(store, call_id="call-1", max_attempts=5)
+    counted = await store.begin_attempt(verification.id, NOW, budgets=budgets)
+    assert counted is not None and counted.room == (0, 0)  # the one failure either budget has room for
+
+    approved = await store.transition(verification.id, Status.APPROVED, NOW + 1, give_back=counted.budgets)
+
+    assert approved is not None and approved.status is Status.APPROVED
+    # The call's and the number's failure are back: another code on the call may be tried.
+    again = await created(store, call_id="call-1", max_attempts=5)
+    late = await store.begin_attempt(again.id, NOW + 2, budgets=budgets)
+    assert late is not None and late.gate is AttemptGate.COUNTED
+    # A right code that loses the race gives its failure back all the same.
+    lost = await store.transition(verification.id, Status.APPROVED, NOW + 3, give_back=late.budgets)
+    assert lost is None
+    third = await created(store, call_id="call-1", max_attempts=5)
+    assert (await store.begin_attempt(third.id, NOW + 4, budgets=budgets)).gate is AttemptGate.COUNTED  # type: ignore[union-attr]
+
+
+async def test_another_instance_finds_a_verification_this_one_never_saw(
+    make_store: Callable[[], Store],
+) -> None:
+    here, there = make_store(), make_store()
+    await here.open()
+    await there.open()
+    try:
+        verification = make_verification(call_id="call-1")
+        await here.create_verification(verification)
+
+        assert await there.begin_attempt(verification.id, NOW, call_id="call-2") is None
+        attempt = await there.begin_attempt(verification.id, NOW, call_id="call-1", budgets=budgets_of(3))
+        assert attempt is not None and attempt.gate is AttemptGate.COUNTED and attempt.room == (2, 2)
+        again = await here.begin_attempt(verification.id, NOW, call_id="call-1", budgets=budgets_of(3))
+        assert again is not None and again.verification.attempts == 2 and again.room == (1, 1)
+    finally:
+        await here.close()
+        await there.close()
+
+
 async def test_a_transition_keeps_the_provider_ref(store: VerificationStore) -> None:
     kept = await created(store, provider_ref="original")
 

@@ -189,6 +189,7 @@ class VerificationStore(Protocol):
         *,
         record: Record | None = None,
         count: Sequence[Window] = (),
+        give_back: Sequence[Window] = (),
     ) -> Verification | None:
         """Move a `pending` verification to ``to``; None if it was not `pending`.
 
@@ -196,6 +197,10 @@ class VerificationStore(Protocol):
         (bucketed windows) it counts one event in each, in the same atomic
         step: all happen, or (when it was not `pending`) none. So an approval
         is counted once, however many right codes race for it.
+
+        With ``give_back``, first and whether or not the move happens, one event
+        is taken back from each counted window as ``unhit(give_back, now)`` would:
+        an approval gives back the failure its attempt was counted with.
 
         Exactly one of several concurrent callers succeeds. Ending a
         verification removes it from the expiry schedule and keeps it

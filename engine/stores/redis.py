@@ -2,8 +2,12 @@
 
 A script runs atomically in Redis, so the read and the write of a decision
 (count an attempt, end a verification, take a claim, lease outbox items) can
-never interleave with another instance's. Scripts are registered once in
-``open()``; redis-py sends them by SHA and loads them on first use.
+never interleave with another instance's.
+
+Every step but a few goes over one pipelined connection
+(engine/stores/redis_connection.py): scripts by SHA, loaded when Redis lacks
+them; ``listen``'s subscriptions have a connection each. redis-py keeps the
+rare reads that pipeline many commands: the history's and the holds'.
 
 Keys, all under ``prefix`` (default ``mfa:``):
 
@@ -41,10 +45,11 @@ and neither may make fresh data vanish.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import secrets
-import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -52,10 +57,8 @@ from typing import Any, cast
 
 import redis.exceptions
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.commands.core import AsyncScript
 
 from engine.errors import StoreUnavailable
 from engine.models import Channel, DeliveryState, Fallback, Origin, Status, Verification
@@ -93,6 +96,7 @@ from engine.stores.history import (
     newest_matching,
     next_page,
 )
+from engine.stores.redis_connection import RedisConnection, Script, Subscription
 from engine.stores.windows import (
     Refused,
     Window,
@@ -105,9 +109,11 @@ from engine.stores.windows import (
 
 # A dead or unreachable Redis must answer "unavailable" fast, not hang a request.
 SOCKET_TIMEOUT_SECONDS = 2.0
+# redis-py's pool, for the steps that stay on it (the history's and the holds' reads).
 MAX_CONNECTIONS = 64
-# How often an idle listener wakes up to notice that the store was closed.
-LISTEN_POLL_SECONDS = 1.0
+# Verifications whose number and call this instance remembers (see begin_attempt): a miss
+# costs one round trip more.
+KNOWN_VERIFICATIONS = 10_000
 
 # Verification field -> hash field. Short names keep a pending verification small.
 _SHORT = {
@@ -298,6 +304,23 @@ return {gate, redis.call('HGETALL', key), counts}
 """
 )
 
+_PENDING_FOR_CALL = """
+-- KEYS: the call's codes (sorted set of ids by expires_at). ARGV: now, the verifications' key
+-- prefix (the store's prefix and 'v:'), the most codes to read.
+-- Returns each code of the call still to expire at now whose verification is pending, the
+-- latest expiry first: its id, then its fields (flat, as HGETALL).
+local ids = redis.call('ZRANGE', KEYS[1], '+inf', '(' .. ARGV[1], 'BYSCORE', 'REV', 'LIMIT', 0, ARGV[3])
+local found = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[2] .. id
+  if redis.call('HGET', key, 'st') == 'pending' then
+    found[#found + 1] = id
+    found[#found + 1] = redis.call('HGETALL', key)
+  end
+end
+return found
+"""
+
 _REFUND_ATTEMPT = """
 -- KEYS: verification, its history entry, then the event log of each failure budget the attempt
 -- was counted in.
@@ -315,9 +338,22 @@ _TRANSITION = (
     _END_HISTORY
     + """
 -- KEYS: verification, expiry schedule, its history entry, the record to keep with it (the
--- verification again when none), then the current bucket of each window to count.
+-- verification again when none), then the window of each event to give back (g of them: an
+-- exact window's event log, a bucketed one's current bucket), then the current bucket of each
+-- window to count.
 -- ARGV: id, to, now, retain_ms, the history's prefix, retention_ms, cutoff and three buckets'
--- ms kept, the record's JSON ('' when none), its ttl_ms, then each bucket's ttl_ms.
+-- ms kept, the record's JSON ('' when none), its ttl_ms, g, then 'e' or 'b' for each window to
+-- give back, then each bucket's ttl_ms.
+-- The events go back first, whether or not the verification is still pending (see _UNHIT).
+local given = tonumber(ARGV[13])
+for i = 1, given do
+  local key = KEYS[4 + i]
+  if ARGV[13 + i] == 'e' then
+    redis.call('ZPOPMAX', key)
+  elseif tonumber(redis.call('GET', key) or '0') > 0 then
+    redis.call('DECR', key)
+  end
+end
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
   -- Also drops the schedule entry of a verification that Redis already forgot.
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -325,9 +361,9 @@ if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
 end
 redis.call('HSET', KEYS[1], 'st', ARGV[2], 'ua', ARGV[3])
 if ARGV[11] ~= '' then redis.call('SET', KEYS[4], ARGV[11], 'PX', ARGV[12]) end
-for i = 5, #KEYS do
+for i = 5 + given, #KEYS do
   redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[i + 8])
+  redis.call('PEXPIRE', KEYS[i], ARGV[i + 9])
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -496,6 +532,14 @@ end
 return items
 """
 
+_ACK = """
+-- KEYS: due schedule, payloads, attempts. ARGV: id. The item is gone from all three.
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 0
+"""
+
 _RETRY_LATER = """
 -- KEYS: due schedule, payloads, attempts. ARGV: id, due_at.
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
@@ -557,45 +601,27 @@ return 1
 """
 
 
-@dataclass(frozen=True)
 class _Scripts:
-    create: AsyncScript
-    begin_attempt: AsyncScript
-    refund_attempt: AsyncScript
-    transition: AsyncScript
-    hit: AsyncScript
-    unhit: AsyncScript
-    release_hold: AsyncScript
-    claim: AsyncScript
-    server_keys: AsyncScript
-    enqueue: AsyncScript
-    claim_due: AsyncScript
-    retry_later: AsyncScript
-    record_delivery: AsyncScript
-    claim_fallback: AsyncScript
-    settle_fallback: AsyncScript
-    mark_told: AsyncScript
+    """Every script, sent by its SHA (engine/stores/redis_connection.py loads one Redis lacks)."""
 
-    @classmethod
-    def register(cls, client: Redis) -> _Scripts:
-        return cls(
-            create=client.register_script(_CREATE),
-            begin_attempt=client.register_script(_BEGIN_ATTEMPT),
-            refund_attempt=client.register_script(_REFUND_ATTEMPT),
-            transition=client.register_script(_TRANSITION),
-            hit=client.register_script(_HIT),
-            unhit=client.register_script(_UNHIT),
-            release_hold=client.register_script(_RELEASE_HOLD),
-            claim=client.register_script(_CLAIM),
-            server_keys=client.register_script(_SERVER_KEYS),
-            enqueue=client.register_script(_ENQUEUE),
-            claim_due=client.register_script(_CLAIM_DUE),
-            retry_later=client.register_script(_RETRY_LATER),
-            record_delivery=client.register_script(_RECORD_DELIVERY),
-            claim_fallback=client.register_script(_CLAIM_FALLBACK),
-            settle_fallback=client.register_script(_SETTLE_FALLBACK),
-            mark_told=client.register_script(_MARK_TOLD),
-        )
+    create = Script(_CREATE)
+    begin_attempt = Script(_BEGIN_ATTEMPT)
+    pending_for_call = Script(_PENDING_FOR_CALL)
+    refund_attempt = Script(_REFUND_ATTEMPT)
+    transition = Script(_TRANSITION)
+    hit = Script(_HIT)
+    unhit = Script(_UNHIT)
+    release_hold = Script(_RELEASE_HOLD)
+    claim = Script(_CLAIM)
+    server_keys = Script(_SERVER_KEYS)
+    enqueue = Script(_ENQUEUE)
+    claim_due = Script(_CLAIM_DUE)
+    ack = Script(_ACK)
+    retry_later = Script(_RETRY_LATER)
+    record_delivery = Script(_RECORD_DELIVERY)
+    claim_fallback = Script(_CLAIM_FALLBACK)
+    settle_fallback = Script(_SETTLE_FALLBACK)
+    mark_told = Script(_MARK_TOLD)
 
 
 @contextmanager
@@ -786,10 +812,15 @@ class RedisStore(Store):
         self._retention = history_retention
         self._channel = f"{prefix}events"
         self._redis: Redis | None = None
-        self._scripts: _Scripts | None = None
+        self._connection: RedisConnection | None = None
+        # An event's member in a window's log only has to be unique: this instance's random
+        # name and a count (os.urandom for each was a system call per event).
+        self._instance = secrets.token_hex(6)
+        self._events = itertools.count()
+        # Id -> (number, call id) of verifications seen here: both never change for an id.
+        self._known: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         # Listeners of this instance whose SUBSCRIBE is not confirmed yet (see broadcast).
-        self._subscribing: set[asyncio.Task[None]] = set()
-        self._pubsubs: weakref.WeakSet[PubSub] = weakref.WeakSet()
+        self._subscribing: set[asyncio.Task[Subscription]] = set()
 
     # -- lifecycle ----------------------------------------------------------
     async def open(self) -> None:
@@ -806,22 +837,21 @@ class RedisStore(Store):
             decode_responses=True,
         )
         self._redis = Redis.from_pool(pool)
-        self._scripts = _Scripts.register(self._redis)
+        self._connection = RedisConnection(self._url, timeout=SOCKET_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
-        client, self._redis, self._scripts = self._redis, None, None
+        client, self._redis = self._redis, None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
         for task in list(self._subscribing):
             task.cancel()
-        for pubsub in list(self._pubsubs):
-            with suppress(redis.exceptions.RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
         if client is not None:
             with suppress(redis.exceptions.RedisError, OSError):
                 await client.aclose()
 
     async def ping(self) -> None:
-        with _unavailable():
-            await self._client.ping()
+        await self._lean.execute("PING")
 
     @property
     def _client(self) -> Redis:
@@ -830,10 +860,23 @@ class RedisStore(Store):
         return self._redis
 
     @property
-    def _script(self) -> _Scripts:
-        if self._scripts is None:
+    def _lean(self) -> RedisConnection:
+        """The pipelined connection every step but the rare reads and pub/sub takes."""
+        if self._connection is None:
             raise StoreUnavailable("the Redis store is not open")
-        return self._scripts
+        return self._connection
+
+    async def _run(self, script: Script, keys: list[str], args: Sequence[str | int | float] = ()) -> Any:
+        return await self._lean.run(script, keys, args)
+
+    def _unique_member(self) -> str:
+        return f"{self._instance}{next(self._events):x}"
+
+    def _remember(self, verification_id: str, to: str, call_id: str | None) -> None:
+        known = self._known
+        known[verification_id] = (to, call_id)
+        if len(known) > KNOWN_VERIFICATIONS:
+            known.popitem(last=False)
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -841,64 +884,60 @@ class RedisStore(Store):
     # -- server keys --------------------------------------------------------
     async def server_keys(self, proposed: Mapping[str, bytes]) -> dict[str, bytes]:
         names = list(proposed)
-        with _unavailable():
-            held: list[str] = await self._script.server_keys(
-                keys=[self._key("secret", name) for name in names],
-                args=[proposed[name].hex() for name in names],
-            )
+        held: list[str] = await self._run(
+            _Scripts.server_keys,
+            [self._key("secret", name) for name in names],
+            [proposed[name].hex() for name in names],
+        )
         return {name: bytes.fromhex(value) for name, value in zip(names, held, strict=True)}
 
     # -- verifications ------------------------------------------------------
     async def create_verification(self, verification: Verification) -> None:
         lifetime = max(0.0, verification.expires_at - verification.created_at)
         history = _HistoryFields.of(verification)
-        with _unavailable():
-            key = self._key("v", verification.id)
-            call = verification.call_id
-            created = await self._script.create(
-                keys=[
-                    key,
-                    self._key("expiry"),
-                    self._key("call", call) if call else key,
-                    self._key("h", verification.id),
-                    self._key("hx", "st", verification.status.value),
-                    self._key("hx", history.combo),
-                    self._key("hx", "combos"),
-                    *(
-                        self._bucket(level, verification.created_at, verification.agent_id)
-                        for level in LEVELS
-                    ),
-                    *(self._bucket(level, verification.created_at, ALL_AGENTS) for level in LEVELS),
-                ],
-                args=[
-                    verification.id,
-                    _num(verification.expires_at),
-                    _ms(lifetime + RETAIN_FINISHED_SECONDS),
-                    "1" if verification.status is Status.PENDING else "0",
-                    "1" if call else "0",
-                    _ms(self._retention),
-                    self._cutoff(verification.created_at),
-                    history.member,
-                    history.short_member,
-                    history.combo,
-                    history.agent_field,
-                    history.all_field,
-                    *(_ms(self._kept(level, history.created_at)) for level in LEVELS),
-                    _num(history.created_at),
-                    _num(history.created_at - self._retention),
-                    len(history.fields),
-                    *history.fields,
-                    *_to_hash(verification),
-                ],
-            )
+        key = self._key("v", verification.id)
+        call = verification.call_id
+        created = await self._run(
+            _Scripts.create,
+            [
+                key,
+                self._key("expiry"),
+                self._key("call", call) if call else key,
+                self._key("h", verification.id),
+                self._key("hx", "st", verification.status.value),
+                self._key("hx", history.combo),
+                self._key("hx", "combos"),
+                *(self._bucket(level, verification.created_at, verification.agent_id) for level in LEVELS),
+                *(self._bucket(level, verification.created_at, ALL_AGENTS) for level in LEVELS),
+            ],
+            [
+                verification.id,
+                _num(verification.expires_at),
+                _ms(lifetime + RETAIN_FINISHED_SECONDS),
+                "1" if verification.status is Status.PENDING else "0",
+                "1" if call else "0",
+                _ms(self._retention),
+                self._cutoff(verification.created_at),
+                history.member,
+                history.short_member,
+                history.combo,
+                history.agent_field,
+                history.all_field,
+                *(_ms(self._kept(level, history.created_at)) for level in LEVELS),
+                _num(history.created_at),
+                _num(history.created_at - self._retention),
+                len(history.fields),
+                *history.fields,
+                *_to_hash(verification),
+            ],
+        )
         if not created:
             raise ValueError(f"verification {verification.id} already exists")
+        self._remember(verification.id, verification.to, call)
 
     async def get_verification(self, verification_id: str) -> Verification | None:
-        with _unavailable():
-            # decode_responses=True: every reply is str, whatever redis-py's annotations allow.
-            values = cast(dict[str, str], await self._client.hgetall(self._key("v", verification_id)))
-        return _from_hash(verification_id, values) if values else None
+        flat: list[str] = await self._lean.execute("HGETALL", self._key("v", verification_id))
+        return _from_hash(verification_id, _pairs(flat)) if flat else None
 
     async def begin_attempt(
         self,
@@ -911,35 +950,43 @@ class RedisStore(Store):
         verified_kind: str | None = None,
     ) -> Attempt | None:
         key = self._key("v", verification_id)
-        with _unavailable():
-            # The script names every key it touches (but the history's, see _END_HISTORY), so
-            # the keys that follow from the verification's number and call are found first;
-            # both never change.
-            to, call = cast(list[str | None], await self._client.hmget(key, ["to", "ci"]))
-            if to is None or (call_id is not None and call != call_id):
+        # The script names every key it touches (but the history's, see _END_HISTORY), so
+        # the keys that follow from the verification's number and call are found first.
+        # Both never change for an id: this instance remembers those it saw, and asks
+        # Redis for the others (sent from another instance, or forgotten here).
+        known = self._known.get(verification_id)
+        if known is None:
+            to, call = await self._lean.execute("HMGET", key, "to", "ci")
+            if to is None:
                 return None
-            windows = tuple(budgets(to, call)) if budgets else ()
-            verified = self._key("record", verified_kind, call) if verified_kind and call else key
-            args: list[str | int | float] = [
-                verification_id,
-                _num(now),
-                _ms(RETAIN_FINISHED_SECONDS),
-                call_id or "",
-                origin or "",
-                "1" if verified != key else "0",
-                secrets.token_hex(8),
-                *self._history_context(now),
-            ]
-            for window in windows:
-                args += [window.limit, _ms(window.seconds), _num(now - window.seconds)]
-            keys = [
-                key,
-                self._key("expiry"),
-                verified,
-                self._key("h", verification_id),
-                *(self._key("hit", window.key) for window in windows),
-            ]
-            answer = await self._script.begin_attempt(keys=keys, args=args)
+            self._remember(verification_id, to, call)
+        else:
+            to, call = known
+        if call_id is not None and call != call_id:
+            return None
+        windows = tuple(budgets(to, call)) if budgets else ()
+        verified = self._key("record", verified_kind, call) if verified_kind and call else key
+        args: list[str | int | float] = [
+            verification_id,
+            _num(now),
+            _ms(RETAIN_FINISHED_SECONDS),
+            call_id or "",
+            origin or "",
+            "1" if verified != key else "0",
+            self._unique_member(),
+            *self._history_context(now),
+        ]
+        for window in windows:
+            args += [window.limit, _ms(window.seconds), _num(now - window.seconds)]
+        keys = [
+            key,
+            self._key("expiry"),
+            verified,
+            self._key("h", verification_id),
+            *(self._key("hit", window.key) for window in windows),
+        ]
+        # The script checks the call again: a remembered verification may be gone from Redis.
+        answer = await self._run(_Scripts.begin_attempt, keys, args)
         if answer is None:
             return None
         gate = AttemptGate(answer[0])
@@ -957,26 +1004,10 @@ class RedisStore(Store):
         return Attempt(gate, verification, changed=gate is AttemptGate.EXPIRED)
 
     async def pending_for_call(self, call_id: str, now: float) -> list[Verification]:
-        with _unavailable():
-            # The call's codes by expiry: those still to expire, newest first.
-            ids = cast(
-                list[str],
-                await self._client.zrange(
-                    self._key("call", call_id),
-                    "+inf",
-                    f"({_num(now)}",
-                    desc=True,
-                    byscore=True,
-                    offset=0,
-                    num=20,
-                ),
-            )
-            async with self._client.pipeline(transaction=False) as pipe:
-                for verification_id in ids:
-                    pipe.hgetall(self._key("v", verification_id))
-                found = cast(list[dict[str, str]], await pipe.execute())
-        pending = [_from_hash(vid, values) for vid, values in zip(ids, found, strict=True) if values]
-        live = [v for v in pending if v.status is Status.PENDING]
+        flat: list[Any] = await self._run(
+            _Scripts.pending_for_call, [self._key("call", call_id)], [_num(now), self._key("v", ""), 20]
+        )
+        live = [_from_hash(flat[i], _pairs(flat[i + 1])) for i in range(0, len(flat), 2)]
         return sorted(live, key=lambda v: v.created_at, reverse=True)
 
     async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
@@ -985,8 +1016,7 @@ class RedisStore(Store):
             self._key("h", verification_id),
             *(self._key("hit", window.key) for window in budgets),
         ]
-        with _unavailable():
-            await self._script.refund_attempt(keys=keys)
+        await self._run(_Scripts.refund_attempt, keys)
 
     async def transition(
         self,
@@ -996,6 +1026,7 @@ class RedisStore(Store):
         *,
         record: Record | None = None,
         count: Sequence[Window] = (),
+        give_back: Sequence[Window] = (),
     ) -> Verification | None:
         key = self._key("v", verification_id)
         keys = [key, self._key("expiry"), self._key("h", verification_id)]
@@ -1012,34 +1043,35 @@ class RedisStore(Store):
         else:
             keys.append(key)
             args += ["", 0]
+        given = [window for window in give_back if window.counted]
+        keys += self._unhit_keys(given, now)
+        args += [len(given), *("e" if window.exact else "b" for window in given)]
         for window in count:
             assert not window.exact, "a transition counts bucketed windows only"
             keys.append(self._key("count", bucket_key(window, bucket(now, window.seconds))))
             args.append(_ms(2 * window.seconds))
-        with _unavailable():
-            flat = await self._script.transition(keys=keys, args=args)
+        flat = await self._run(_Scripts.transition, keys, args)
         return None if flat is None else _from_hash(verification_id, _pairs(flat))
 
     async def due_for_expiry(self, now: float, limit: int = 100) -> list[str]:
-        with _unavailable():
-            ids = await self._client.zrangebyscore(self._key("expiry"), "-inf", _num(now), start=0, num=limit)
-        return cast(list[str], ids)
+        ids: list[str] = await self._lean.execute(
+            "ZRANGEBYSCORE", self._key("expiry"), "-inf", _num(now), "LIMIT", 0, limit
+        )
+        return ids
 
     async def next_expiry(self) -> float | None:
-        with _unavailable():
-            earliest = cast(
-                list[tuple[str, float]], await self._client.zrange(self._key("expiry"), 0, 0, withscores=True)
-            )
-        return float(earliest[0][1]) if earliest else None
+        earliest: list[str] = await self._lean.execute("ZRANGE", self._key("expiry"), 0, 0, "WITHSCORES")
+        return float(earliest[1]) if earliest else None
 
     # -- delivery ----------------------------------------------------------------
     async def record_delivery(
         self, verification_id: str, carrier_ref: str, state: DeliveryState, error_code: str | None
     ) -> DeliveryChange | None:
-        with _unavailable():
-            answer = await self._script.record_delivery(
-                keys=[self._key("v", verification_id)], args=[carrier_ref, state.value, error_code or ""]
-            )
+        answer = await self._run(
+            _Scripts.record_delivery,
+            [self._key("v", verification_id)],
+            [carrier_ref, state.value, error_code or ""],
+        )
         if answer is None:
             return None
         verification = _from_hash(verification_id, _pairs(answer[1]))
@@ -1047,20 +1079,19 @@ class RedisStore(Store):
 
     async def claim_fallback(self, verification_id: str, now: float, code_digest: str) -> Verification | None:
         args = [_num(now), Fallback.CALLING.value, code_digest, DeliveryState.DELIVERED.value]
-        with _unavailable():
-            flat = await self._script.claim_fallback(keys=[self._key("v", verification_id)], args=args)
+        flat = await self._run(_Scripts.claim_fallback, [self._key("v", verification_id)], args)
         return None if flat is None else _from_hash(verification_id, _pairs(flat))
 
     async def settle_fallback(self, verification_id: str, outcome: Fallback) -> Verification | None:
-        with _unavailable():
-            flat = await self._script.settle_fallback(
-                keys=[self._key("v", verification_id)], args=[Fallback.CALLING.value, outcome.value]
-            )
+        flat = await self._run(
+            _Scripts.settle_fallback,
+            [self._key("v", verification_id)],
+            [Fallback.CALLING.value, outcome.value],
+        )
         return None if flat is None else _from_hash(verification_id, _pairs(flat))
 
     async def mark_delivery_told(self, verification_id: str) -> bool:
-        with _unavailable():
-            marked = await self._script.mark_told(keys=[self._key("v", verification_id)])
+        marked = await self._run(_Scripts.mark_told, [self._key("v", verification_id)])
         return int(marked) == 1
 
     # -- history --------------------------------------------------------------
@@ -1182,7 +1213,7 @@ class RedisStore(Store):
     ) -> Refused | GuardRefused | None:
         keys: list[str] = []
         # The member only has to be unique: two events may share a timestamp.
-        args: list[str | int | float] = [_num(now), secrets.token_hex(8), len(windows)]
+        args: list[str | int | float] = [_num(now), self._unique_member(), len(windows)]
         for window in windows:
             if window.exact:
                 keys.append(self._key("hit", window.key))
@@ -1199,8 +1230,7 @@ class RedisStore(Store):
         if guard is not None:
             keys += self._guard_keys(guard, now)
             args += self._guard_args(guard, now)
-        with _unavailable():
-            refused = await self._script.hit(keys=keys, args=args)
+        refused = await self._run(_Scripts.hit, keys, args)
         if refused is None:
             return None
         if guard is not None and isinstance(refused[0], str):
@@ -1253,16 +1283,21 @@ class RedisStore(Store):
 
     async def unhit(self, windows: Sequence[Window], now: float) -> None:
         counted = [window for window in windows if window.counted]
-        keys = [
+        if counted:
+            await self._run(
+                _Scripts.unhit,
+                self._unhit_keys(counted, now),
+                ["e" if window.exact else "b" for window in counted],
+            )
+
+    def _unhit_keys(self, counted: Sequence[Window], now: float) -> list[str]:
+        """Where each counted window's latest event is: an exact one's log, a bucketed one's bucket."""
+        return [
             self._key("hit", window.key)
             if window.exact
             else self._key("count", bucket_key(window, bucket(now, window.seconds)))
             for window in counted
         ]
-        if not keys:
-            return
-        with _unavailable():
-            await self._script.unhit(keys=keys, args=["e" if window.exact else "b" for window in counted])
 
     # -- the pumping guard's holds -------------------------------------------
     async def holds(self, now: float) -> list[Hold]:
@@ -1285,14 +1320,12 @@ class RedisStore(Store):
                 self._key("count", bucket_key(window, number - 1)),
                 self._key("count", bucket_key(window, number)),
             ]
-        with _unavailable():
-            fields = await self._script.release_hold(keys=keys, args=[prefix, _num(now)])
+        fields = await self._run(_Scripts.release_hold, keys, [prefix, _num(now)])
         return None if fields is None else _hold(prefix, _pairs(fields))
 
     # -- repeated requests --------------------------------------------------
     async def claim(self, key: str, ttl: float) -> Claim:
-        with _unavailable():
-            value = await self._script.claim(keys=[self._key("claim", key)], args=[_RUNNING, _ms(ttl)])
+        value = await self._run(_Scripts.claim, [self._key("claim", key)], [_RUNNING, _ms(ttl)])
         if value is None:
             return Claim(ClaimState.NEW)
         if value == _RUNNING:
@@ -1300,137 +1333,93 @@ class RedisStore(Store):
         return Claim(ClaimState.DONE, json.loads(value))
 
     async def complete(self, key: str, result: dict[str, Any], ttl: float) -> None:
-        with _unavailable():
-            await self._client.set(self._key("claim", key), _json(result), px=_ms(ttl))
+        await self._lean.execute("SET", self._key("claim", key), _json(result), "PX", _ms(ttl))
 
     async def release(self, key: str) -> None:
-        with _unavailable():
-            await self._client.delete(self._key("claim", key))
+        await self._lean.execute("DEL", self._key("claim", key))
 
     # -- generic records ----------------------------------------------------
     async def put_record(self, kind: str, record_id: str, data: dict[str, Any], ttl: float) -> None:
-        with _unavailable():
-            await self._client.set(self._key("record", kind, record_id), _json(data), px=_ms(ttl))
+        await self._lean.execute("SET", self._key("record", kind, record_id), _json(data), "PX", _ms(ttl))
 
     async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
-        with _unavailable():
-            value = await self._client.get(self._key("record", kind, record_id))
+        value = await self._lean.execute("GET", self._key("record", kind, record_id))
         if value is None:
             return None
         data: dict[str, Any] = json.loads(value)
         return data
 
     async def delete_record(self, kind: str, record_id: str) -> None:
-        with _unavailable():
-            await self._client.delete(self._key("record", kind, record_id))
+        await self._lean.execute("DEL", self._key("record", kind, record_id))
 
     # -- durable outbox -----------------------------------------------------
     def _outbox(self, queue: str) -> list[str]:
         return [self._key("outbox", queue, part) for part in ("due", "payload", "attempts")]
 
     async def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> None:
-        with _unavailable():
-            await self._script.enqueue(keys=self._outbox(queue)[:2], args=[item_id, _num(due_at), payload])
+        await self._run(_Scripts.enqueue, self._outbox(queue)[:2], [item_id, _num(due_at), payload])
 
     async def claim_due(self, queue: str, now: float, lease: float, limit: int) -> list[OutboxItem]:
         """Items due by ``now``, each hidden for ``lease`` seconds; ``due_at`` is when it fell due."""
         if limit <= 0:
             return []
-        with _unavailable():
-            flat: list[str] = await self._script.claim_due(
-                keys=self._outbox(queue), args=[_num(now), _num(now + lease), limit]
-            )
+        flat: list[str] = await self._run(
+            _Scripts.claim_due, self._outbox(queue), [_num(now), _num(now + lease), limit]
+        )
         return [
             OutboxItem(id=flat[i], payload=flat[i + 1], attempts=int(flat[i + 2]), due_at=float(flat[i + 3]))
             for i in range(0, len(flat), 4)
         ]
 
     async def ack(self, queue: str, item_id: str) -> None:
-        due, payload, attempts = self._outbox(queue)
-        with _unavailable():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.zrem(due, item_id)
-                pipe.hdel(payload, item_id)
-                pipe.hdel(attempts, item_id)
-                await pipe.execute()
+        await self._run(_Scripts.ack, self._outbox(queue), [item_id])
 
     async def retry_later(self, queue: str, item_id: str, due_at: float) -> None:
-        with _unavailable():
-            await self._script.retry_later(keys=self._outbox(queue), args=[item_id, _num(due_at)])
+        await self._run(_Scripts.retry_later, self._outbox(queue), [item_id, _num(due_at)])
 
     async def backlog(self, queue: str) -> int:
-        with _unavailable():
-            count: int = await self._client.zcard(self._key("outbox", queue, "due"))
+        count: int = await self._lean.execute("ZCARD", self._key("outbox", queue, "due"))
         return count
 
     # -- event fan-out ------------------------------------------------------
     async def broadcast(self, message: str) -> None:
-        client = self._client
+        connection = self._lean
         if self._subscribing:
             # This instance's listeners still subscribing: let them finish first, so a
             # message broadcast here after listen() returned reaches them. asyncio.wait
             # never cancels them, even if this call is cancelled.
             await asyncio.wait(set(self._subscribing), timeout=SOCKET_TIMEOUT_SECONDS)
-        with _unavailable():
-            await client.publish(self._channel, message)
+        await connection.execute("PUBLISH", self._channel, message)
 
     def listen(self) -> AsyncIterator[str]:
         """Every message broadcast after this call, by any instance; ends when the store closes.
 
-        Each call has its own pub/sub connection. Its SUBSCRIBE starts here, not
-        at the first ``__anext__``, and this instance's ``broadcast`` waits for it,
-        so nothing this instance broadcasts after ``listen()`` returns is missed.
-        The race that remains: a message another instance publishes before the
-        SUBSCRIBE is confirmed (a few milliseconds) is not received, and neither
-        is anything published while the connection is being re-established
-        after Redis dropped it (pub/sub keeps no history).
+        Each call has its own subscription, on a connection of its own. Its SUBSCRIBE
+        starts here, not at the first ``__anext__``, and this instance's ``broadcast``
+        waits for it, so nothing this instance broadcasts after ``listen()`` returns is
+        missed. The race that remains: a message another instance publishes before the
+        SUBSCRIBE is confirmed (a few milliseconds) is not received, and neither is
+        anything published after the connection was lost (pub/sub keeps no history):
+        the listener raises StoreUnavailable, and its owner listens again.
         """
-        client = self._client
-        pubsub = client.pubsub()
-        self._pubsubs.add(pubsub)
-        subscribed = asyncio.create_task(self._subscribe(pubsub))
+        subscribed = asyncio.create_task(self._lean.subscribe(self._channel))
         self._subscribing.add(subscribed)
         subscribed.add_done_callback(self._subscribing.discard)
         # Mark a failure as seen even if the iterator is never started; it re-raises on first use.
         subscribed.add_done_callback(lambda task: task.cancelled() or task.exception())
-        return self._messages(client, pubsub, subscribed)
+        return self._messages(subscribed)
 
-    async def _subscribe(self, pubsub: PubSub) -> None:
-        with _unavailable():
-            await pubsub.subscribe(self._channel)
-            # Redis answers SUBSCRIBE once the subscription is in place: from that reply
-            # on, every PUBLISH reaches this connection.
-            while True:
-                reply = await pubsub.get_message(timeout=SOCKET_TIMEOUT_SECONDS)
-                if reply is None:
-                    raise redis.exceptions.TimeoutError("no reply to SUBSCRIBE")
-                if reply["type"] == "subscribe":
-                    return
-
-    async def _messages(
-        self, client: Redis, pubsub: PubSub, subscribed: asyncio.Task[None]
-    ) -> AsyncIterator[str]:
+    @staticmethod
+    async def _messages(subscribed: asyncio.Task[Subscription]) -> AsyncIterator[str]:
+        subscription: Subscription | None = None
         try:
-            await subscribed
-            # A bounded wait, so a listener notices close() even if its connection lingers.
-            while self._redis is client:
-                try:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=LISTEN_POLL_SECONDS
-                    )
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                    if self._redis is not client:
-                        return  # close() cut the connection: the end, not a failure
-                    raise StoreUnavailable("the Redis store cannot be reached") from exc
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # redis-py can swallow a cancellation that lands inside get_message's own
-                    # timeout; without this check a cancelled listener would poll on forever.
-                    raise asyncio.CancelledError
-                if message is not None and message["type"] == "message":
-                    yield str(message["data"])
+            subscription = await subscribed
+            while (message := await subscription.next()) is not None:
+                yield message
         finally:
             subscribed.cancel()
-            self._pubsubs.discard(pubsub)
-            with suppress(redis.exceptions.RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if subscription is None and subscribed.done() and not subscribed.cancelled():
+                # Subscribed just as this listener was closed or cancelled: not kept.
+                subscription = None if subscribed.exception() else subscribed.result()
+            if subscription is not None:
+                subscription.close()

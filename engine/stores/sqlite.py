@@ -815,8 +815,10 @@ class SqliteStore(Store):
         *,
         record: Record | None = None,
         count: Sequence[Window] = (),
+        give_back: Sequence[Window] = (),
     ) -> Verification | None:
         def end_and_record(db: sqlite3.Connection) -> Verification | None:
+            self._take_back(db, give_back, now)
             ended = self._end(db, verification_id, to, now)
             if ended is not None:
                 if record is not None:
@@ -1165,17 +1167,18 @@ class SqliteStore(Store):
         )
 
     async def unhit(self, windows: Sequence[Window], now: float) -> None:
-        def take_back(db: sqlite3.Connection) -> None:
-            wall = time.time()
-            for window in windows:
-                if not window.counted:
-                    continue
-                if window.exact:
-                    _take_back_event(db, window)
-                else:
-                    self._add_to_bucket(db, window, now, -1, wall)
+        await self._write(lambda db: self._take_back(db, windows, now))
 
-        await self._write(take_back)
+    def _take_back(self, db: sqlite3.Connection, windows: Sequence[Window], now: float) -> None:
+        """Take back one event from each counted window, inside the caller's transaction."""
+        wall = time.time()
+        for window in windows:
+            if not window.counted:
+                continue
+            if window.exact:
+                _take_back_event(db, window)
+            else:
+                self._add_to_bucket(db, window, now, -1, wall)
 
     # -- the pumping guard's holds -------------------------------------------
     async def holds(self, now: float) -> list[Hold]:

@@ -39,16 +39,32 @@ import collections
 import re
 import socket
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
+if sys.platform != "win32":
+    import resource
+
 import httptools
 
-# Connections in flight = request rate x provider delay: 250 at 125 requests/s with a 2 s
-# provider. A smaller pool would queue requests until they time out.
-POOL_SIZE = 1000
+
+def _pool_size() -> int:
+    """Connections in flight = request rate x provider delay: 1200 at 200 calls/s (three
+    requests each) with a 2 s provider, and a smaller pool makes requests queue for a
+    connection. Half of the files this process may open, so the connections the agent
+    serves keep the other half; at most 4000."""
+    if sys.platform == "win32":
+        return 1000
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if files == resource.RLIM_INFINITY:
+        return 4000
+    return max(100, min(4000, files // 2))
+
+
+POOL_SIZE = _pool_size()
 KEEPALIVE_SECONDS = 30.0
 MAX_BODY = 1024 * 1024  # bytes; SignalWire's answers are a few hundred
 USER_AGENT = "signalwire-mfa-agent"

@@ -11,15 +11,20 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if sys.platform != "win32":
+    import resource
+
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from engine import http1
 from engine.errors import ProviderUnavailable
 from engine.http1 import (
     MAX_BODY,
@@ -673,3 +678,12 @@ async def test_a_certificate_for_another_name_fails_tls(certificate: Certificate
     async with tls_app(certificate) as port, client(ssl_context=trusting, resolver=to_loopback) as http:
         with pytest.raises(TlsFailed):
             await get(http, Origin("https", "space.signalwire.test", port), "/hello")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE")
+def test_the_pool_takes_half_the_files_the_process_may_open_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for soft, size in ((1024, 512), (20_000, 4000), (150, 100), (resource.RLIM_INFINITY, 4000)):
+        monkeypatch.setattr(http1.resource, "getrlimit", lambda _kind, soft=soft: (soft, soft))
+        assert http1._pool_size() == size, soft

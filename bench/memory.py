@@ -13,6 +13,11 @@ schedule), with a stub provider that answers at once, as a SignalWire send would
 
 A second figure counts the verification record alone (``store.create_verification``),
 without the limiter's entries: those go away after their window (an hour at most).
+
+Each figure also says how much of it is the history (the list's entry, its indexes and
+the summary's counters: engine/stores/history.py), which every verification keeps for
+``MFA_HISTORY_DAYS`` whatever becomes of it: SQLite's history tables and indexes
+(``dbstat``); Redis's ``used_memory`` drop when the history's keys are deleted.
 """
 
 from __future__ import annotations
@@ -106,6 +111,11 @@ def _sqlite_size(path: Path) -> tuple[int, dict[str, int]]:
     return size, by_object
 
 
+# The history's tables and indexes (SQLite), and its kinds of key (Redis: entries, indexes, counters).
+_SQLITE_HISTORY = "history"
+_REDIS_HISTORY = frozenset({"h", "hx", "hr"})
+
+
 async def sqlite_per_verification(numbers: list[str], through_engine: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-sqlite-") as folder:
         path = Path(folder) / "mfa.sqlite3"
@@ -127,9 +137,11 @@ async def sqlite_per_verification(numbers: list[str], through_engine: bool) -> d
         for name, size in sorted(tables_after.items())
         if size - tables_before.get(name, 0) > 0
     }
+    history = sum(size for name, size in breakdown.items() if name.startswith(_SQLITE_HISTORY))
     return {
         "verifications": count,
         "bytes_per_verification": round((after - before) / count, 1),
+        "history_bytes_per_verification": round(history, 1),
         "file_bytes_before": before,
         "file_bytes_after": after,
         "by_table_or_index": breakdown,
@@ -166,6 +178,11 @@ async def redis_per_verification(url: str, numbers: list[str], through_engine: b
             }
             for kind, sizes in sorted(by_kind.items())
         }
+        # The history's share: what Redis gives back when its keys go.
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            if key.removeprefix(prefix).split(":")[0] in _REDIS_HISTORY:
+                await client.delete(key)
+        without_history = int((await client.info("memory"))["used_memory"])
     finally:
         await store.close()
         deleted = 0
@@ -175,6 +192,7 @@ async def redis_per_verification(url: str, numbers: list[str], through_engine: b
     return {
         "verifications": count,
         "bytes_per_verification": round((after - before) / count, 1),
+        "history_bytes_per_verification": round((after - without_history) / count, 1),
         "used_memory_before": before,
         "used_memory_after": after,
         "keys": keys,

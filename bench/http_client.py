@@ -90,6 +90,11 @@ def aiohttp_calls(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
         answer: dict[str, Any] = json.loads(raw)
         return answer
 
+    return _call_over(post), session.close
+
+
+def _call_over(post: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Call:
+    """A call's three requests (a send and two checks), each through ``post``."""
     calls = 0
 
     async def call(caller: int) -> int:
@@ -100,7 +105,7 @@ def aiohttp_calls(base_url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
             await post(f"{MFA}/{sent['id']}/verify", CHECK)
         return 3
 
-    return call, session.close
+    return call
 
 
 def http1_calls(port: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
@@ -125,17 +130,7 @@ def http1_calls(port: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
         answer: dict[str, Any] = json.loads(response.body)
         return answer
 
-    calls = 0
-
-    async def call(caller: int) -> int:
-        nonlocal calls
-        calls += 1
-        sent = await post(f"{MFA}/sms", _send_body(caller, calls))
-        for _ in range(2):
-            await post(f"{MFA}/{sent['id']}/verify", CHECK)
-        return 3
-
-    return call, http.close
+    return _call_over(post), http.close
 
 
 async def one_round(call: Call, workers: int, warmup: float, duration: float) -> dict[str, float]:

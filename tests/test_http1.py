@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -488,6 +489,61 @@ async def test_bytes_after_an_answer_spoil_its_connection_not_the_next_answer() 
         assert (await get(http, origin)).body == b"ok"
         assert (await get(http, origin)).body == b"ok"
     assert server.connections == 2
+
+
+# == Hostile answers: what one answer may make the client hold or do is bounded ==
+
+
+HOSTILE_BYTES = 8 * 1024 * 1024  # sent by a hostile server, far more than any answer may take
+
+
+def endless(start: bytes, unit: bytes) -> Callable[[RawServer], Answer]:
+    """An answer that begins with ``start`` and repeats ``unit`` for HOSTILE_BYTES (as fast as
+    the client reads), then stalls: the client must give up long before its timeout."""
+
+    def make(server: RawServer) -> Answer:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(start)
+            block = unit * max(1, 65536 // len(unit))
+            for _ in range(HOSTILE_BYTES // len(block)):
+                writer.write(block)
+                await writer.drain()
+
+        return answer
+
+    return make
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("start", "unit"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\n", b"X-A: 1\r\n", id="headers-without-end"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-Big: ", b"a", id="a-header-line-of-megabytes"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n", b"X", id="a-header-name-of-megabytes"),
+        pytest.param(CHUNKED + b"2\r\nok\r\n0\r\n", b"X-T: 1\r\n", id="trailers-without-end"),
+        pytest.param(b"", b"HTTP/1.1 100 Continue\r\n\r\n", id="interim-answers-without-end"),
+        pytest.param(CHUNKED, b"1\r\nx\r\n", id="one-byte-chunks-without-end"),
+    ],
+)
+async def test_an_answer_that_never_ends_its_head_is_a_bad_response_in_bounded_memory(
+    start: bytes, unit: bytes
+) -> None:
+    async with raw(endless(start, unit)) as (server, origin), client() as http:
+        tracemalloc.start()
+        try:
+            with pytest.raises(BadResponse):  # not a timeout: the client stopped reading
+                await get(http, origin, seconds=30.0)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        async with asyncio.timeout(WAIT):
+            await server.hung_up.wait()
+        assert http.connections(origin) == 0
+    assert peak < 4 * 1024 * 1024
 
 
 # == Cancellation ==

@@ -546,6 +546,18 @@ async def test_an_answer_that_never_ends_its_head_is_a_bad_response_in_bounded_m
     assert peak < 4 * 1024 * 1024
 
 
+async def test_a_json_body_nested_too_deep_to_read_is_a_bad_response() -> None:
+    nested = b"[" * 100_000
+    deep = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(nested) + nested
+    refused = b"HTTP/1.1 422 Unprocessable\r\nContent-Length: %d\r\n\r\n" % len(nested) + nested
+    async with raw(answering(deep, refused)) as (_, origin), client() as http:
+        rest = SignalWireRest(http, f"http://127.0.0.1:{origin.port}", "project", "token", WAIT)
+        with pytest.raises(ProviderUnavailable) as raised:
+            await rest.get_json("/api/x")
+        assert raised.value.kind == "bad_response"
+        assert await rest.get_json("/api/x") == (422, {})  # the status speaks; the body reads as {}
+
+
 # == Cancellation ==
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import socket
 import ssl
@@ -346,7 +347,9 @@ class _Pool:
             given = await waiter
         except BaseException:
             if waiter.cancelled():
-                self.waiters.remove(waiter)
+                # A release in the same turn of the loop may have taken it off already.
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
             elif waiter.exception() is None:  # given something just before the cancel: pass it on
                 passed = waiter.result()
                 if passed is None:

@@ -659,6 +659,33 @@ async def test_a_request_cancelled_as_it_is_handed_a_connection_passes_it_on() -
     assert server.connections == 1
 
 
+async def test_requests_cancelled_together_with_the_one_they_wait_for_are_cancelled() -> None:
+    # What timeouts do to a burst against a provider that stalls: the request holding the
+    # connection and the one waiting for it are cancelled in the same turn of the loop.
+    arrived = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        arrived.set()
+        await reader.read()
+
+    server = RawServer(stall)
+    async with server as origin, client(pool_size=1) as http:
+        holding = asyncio.create_task(get(http, origin))
+        async with asyncio.timeout(WAIT):
+            await arrived.wait()
+        waiting = asyncio.create_task(get(http, origin))
+        await asyncio.sleep(0)  # queued for the pool's one connection
+        holding.cancel()  # frees the slot before the waiting request runs again
+        waiting.cancel()
+        for task in (holding, waiting):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert http.connections(origin) == 0
+        with pytest.raises(RequestTimedOut):  # the slot is free and counted right
+            await get(http, origin, seconds=0.1)
+
+
 async def test_requests_waiting_for_a_slot_get_it_in_turn() -> None:
     async with raw(answering(OK, OK, OK, OK, OK)) as (server, origin), client(pool_size=1) as http:
         answers = await asyncio.gather(*(get(http, origin, f"/{n}") for n in range(5)))

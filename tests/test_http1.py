@@ -686,6 +686,38 @@ async def test_requests_cancelled_together_with_the_one_they_wait_for_are_cancel
             await get(http, origin, seconds=0.1)
 
 
+async def test_a_burst_against_a_server_that_stalls_times_out_within_the_pool_and_leaves_nothing() -> None:
+    open_now = most_open = 0
+    hung_up = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most_open
+        open_now += 1
+        most_open = max(most_open, open_now)
+        try:
+            await reader.read()  # takes the request, never answers
+        finally:
+            open_now -= 1
+            if open_now == 0:
+                hung_up.set()
+            writer.close()
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0, backlog=1024)
+    origin = Origin("http", "127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        async with client(pool_size=50) as http:
+            outcomes = await asyncio.gather(
+                *(get(http, origin, seconds=0.2) for _ in range(1000)), return_exceptions=True
+            )
+            assert {type(outcome) for outcome in outcomes} == {RequestTimedOut}
+            assert http.connections(origin) == 0
+            async with asyncio.timeout(WAIT):
+                await hung_up.wait()  # every connection it opened was closed
+        assert most_open <= 50
+    finally:
+        server.close()
+
+
 async def test_requests_waiting_for_a_slot_get_it_in_turn() -> None:
     async with raw(answering(OK, OK, OK, OK, OK)) as (server, origin), client(pool_size=1) as http:
         answers = await asyncio.gather(*(get(http, origin, f"/{n}") for n in range(5)))

@@ -18,7 +18,9 @@ httptools' response parser:
   minutes unless a connection to its addresses fails;
 - a request written in one ``transport.write``; answers with a
   ``Content-Length``, chunked or read until close, at most ``max_body``
-  bytes; ``1xx`` answers skipped;
+  bytes; ``1xx`` answers skipped; at most MAX_HEAD bytes of everything else
+  (the heads, chunk sizes, trailers), so a hostile answer cannot make the
+  client hold or parse more than that until the timeout;
 - one timeout over the whole request: waiting for a connection, connecting,
   writing and reading.
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import socket
 import ssl
@@ -67,6 +70,10 @@ def _pool_size() -> int:
 POOL_SIZE = _pool_size()
 KEEPALIVE_SECONDS = 30.0
 MAX_BODY = 1024 * 1024  # bytes; SignalWire's answers are a few hundred
+# Bytes of an answer that are not its body: status lines and headers (interim answers' too),
+# chunk sizes, trailers. The parser keeps a header line whole until it ends: without this
+# bound a server could make the client hold megabytes (aiohttp's limit is 8190 bytes a line).
+MAX_HEAD = 64 * 1024
 USER_AGENT = "signalwire-mfa-agent"
 CLOSE_WAIT_SECONDS = 1.0  # at most, for connections to finish closing when the client closes
 # An origin's addresses are looked up once for all the connections opened within this time
@@ -340,7 +347,9 @@ class _Pool:
             given = await waiter
         except BaseException:
             if waiter.cancelled():
-                self.waiters.remove(waiter)
+                # A release in the same turn of the loop may have taken it off already.
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
             elif waiter.exception() is None:  # given something just before the cancel: pass it on
                 passed = waiter.result()
                 if passed is None:
@@ -458,6 +467,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.body_size = 0
+        self.received = 0  # bytes of the answer to the current request, body included
         self.headers_done = False
         self.until_close = True  # the body ends when the connection does: no length, not chunked
         self.error: HttpError | None = None
@@ -470,6 +480,7 @@ class _Connection(asyncio.Protocol):
             raise ConnectionLost("the connection closed before the request was written")
         self.answer = self.loop.create_future()
         self.reusable = False
+        self.received = self.body_size = 0
         self.transport.write(request)
         try:
             return await self.answer
@@ -507,6 +518,9 @@ class _Connection(asyncio.Protocol):
             self._fail(BadResponse("the server switched protocols"))
         except httptools.HttpParserError:
             self._fail(self.error or BadResponse("the answer is not valid HTTP/1.1"))
+        self.received += len(data)
+        if self.received - self.body_size > MAX_HEAD and not self.closed:
+            self._fail(BadResponse(f"the answer's head is larger than {MAX_HEAD} bytes"))
 
     def eof_received(self) -> bool | None:
         return False  # close: a half-closed connection cannot carry another request
@@ -534,7 +548,6 @@ class _Connection(asyncio.Protocol):
             raise self.error
         self.headers = []
         self.body = []
-        self.body_size = 0
         self.headers_done = False
         self.until_close = True
 
@@ -578,6 +591,7 @@ def _host_header(origin: Origin) -> str:
 __all__ = [
     "KEEPALIVE_SECONDS",
     "MAX_BODY",
+    "MAX_HEAD",
     "POOL_SIZE",
     "BadResponse",
     "ConnectFailed",

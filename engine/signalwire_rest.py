@@ -237,7 +237,7 @@ def _parse_body(raw: bytes, status: int, where: str) -> JsonObject:
     """
     try:
         parsed = json.loads(raw) if raw.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than Python recurses
         parsed = None
     if isinstance(parsed, dict):
         return parsed

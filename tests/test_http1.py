@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,6 +491,73 @@ async def test_bytes_after_an_answer_spoil_its_connection_not_the_next_answer() 
     assert server.connections == 2
 
 
+# == Hostile answers: what one answer may make the client hold or do is bounded ==
+
+
+HOSTILE_BYTES = 8 * 1024 * 1024  # sent by a hostile server, far more than any answer may take
+
+
+def endless(start: bytes, unit: bytes) -> Callable[[RawServer], Answer]:
+    """An answer that begins with ``start`` and repeats ``unit`` for HOSTILE_BYTES (as fast as
+    the client reads), then stalls: the client must give up long before its timeout."""
+
+    def make(server: RawServer) -> Answer:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(start)
+            block = unit * max(1, 65536 // len(unit))
+            for _ in range(HOSTILE_BYTES // len(block)):
+                writer.write(block)
+                await writer.drain()
+
+        return answer
+
+    return make
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("start", "unit"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\n", b"X-A: 1\r\n", id="headers-without-end"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-Big: ", b"a", id="a-header-line-of-megabytes"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n", b"X", id="a-header-name-of-megabytes"),
+        pytest.param(CHUNKED + b"2\r\nok\r\n0\r\n", b"X-T: 1\r\n", id="trailers-without-end"),
+        pytest.param(b"", b"HTTP/1.1 100 Continue\r\n\r\n", id="interim-answers-without-end"),
+        pytest.param(CHUNKED, b"1\r\nx\r\n", id="one-byte-chunks-without-end"),
+    ],
+)
+async def test_an_answer_that_never_ends_its_head_is_a_bad_response_in_bounded_memory(
+    start: bytes, unit: bytes
+) -> None:
+    async with raw(endless(start, unit)) as (server, origin), client() as http:
+        tracemalloc.start()
+        try:
+            with pytest.raises(BadResponse):  # not a timeout: the client stopped reading
+                await get(http, origin, seconds=30.0)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        async with asyncio.timeout(WAIT):
+            await server.hung_up.wait()
+        assert http.connections(origin) == 0
+    assert peak < 4 * 1024 * 1024
+
+
+async def test_a_json_body_nested_too_deep_to_read_is_a_bad_response() -> None:
+    nested = b"[" * 100_000
+    deep = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(nested) + nested
+    refused = b"HTTP/1.1 422 Unprocessable\r\nContent-Length: %d\r\n\r\n" % len(nested) + nested
+    async with raw(answering(deep, refused)) as (_, origin), client() as http:
+        rest = SignalWireRest(http, f"http://127.0.0.1:{origin.port}", "project", "token", WAIT)
+        with pytest.raises(ProviderUnavailable) as raised:
+            await rest.get_json("/api/x")
+        assert raised.value.kind == "bad_response"
+        assert await rest.get_json("/api/x") == (422, {})  # the status speaks; the body reads as {}
+
+
 # == Cancellation ==
 
 
@@ -589,6 +657,65 @@ async def test_a_request_cancelled_as_it_is_handed_a_connection_passes_it_on() -
             await waiting[0]
         assert (await get(http, origin, seconds=1.0)).body == b"ok"  # the connection was not lost
     assert server.connections == 1
+
+
+async def test_requests_cancelled_together_with_the_one_they_wait_for_are_cancelled() -> None:
+    # What timeouts do to a burst against a provider that stalls: the request holding the
+    # connection and the one waiting for it are cancelled in the same turn of the loop.
+    arrived = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        arrived.set()
+        await reader.read()
+
+    server = RawServer(stall)
+    async with server as origin, client(pool_size=1) as http:
+        holding = asyncio.create_task(get(http, origin))
+        async with asyncio.timeout(WAIT):
+            await arrived.wait()
+        waiting = asyncio.create_task(get(http, origin))
+        await asyncio.sleep(0)  # queued for the pool's one connection
+        holding.cancel()  # frees the slot before the waiting request runs again
+        waiting.cancel()
+        for task in (holding, waiting):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert http.connections(origin) == 0
+        with pytest.raises(RequestTimedOut):  # the slot is free and counted right
+            await get(http, origin, seconds=0.1)
+
+
+async def test_a_burst_against_a_server_that_stalls_times_out_within_the_pool_and_leaves_nothing() -> None:
+    open_now = most_open = 0
+    hung_up = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most_open
+        open_now += 1
+        most_open = max(most_open, open_now)
+        try:
+            await reader.read()  # takes the request, never answers
+        finally:
+            open_now -= 1
+            if open_now == 0:
+                hung_up.set()
+            writer.close()
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0, backlog=1024)
+    origin = Origin("http", "127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        async with client(pool_size=50) as http:
+            outcomes = await asyncio.gather(
+                *(get(http, origin, seconds=0.2) for _ in range(1000)), return_exceptions=True
+            )
+            assert {type(outcome) for outcome in outcomes} == {RequestTimedOut}
+            assert http.connections(origin) == 0
+            async with asyncio.timeout(WAIT):
+                await hung_up.wait()  # every connection it opened was closed
+        assert most_open <= 50
+    finally:
+        server.close()
 
 
 async def test_requests_waiting_for_a_slot_get_it_in_turn() -> None:

@@ -261,6 +261,35 @@ async def test_a_closed_connection_refuses_commands(connection: RedisConnection)
     await connection.close()  # twice is fine
 
 
+async def test_a_command_waiting_for_the_connection_when_it_closes_is_unavailable() -> None:
+    # A server that takes the connection but never answers the handshake's AUTH: the command
+    # waits for the connection to be ready when the store closes (a shutdown mid-request).
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = RedisConnection(f"redis://:s3cret@127.0.0.1:{port}/0", timeout=30.0)
+    try:
+        async with asyncio.timeout(5):  # a bound for the test, not a measurement
+            command = asyncio.create_task(connection.execute("PING"))
+            await accepted.wait()
+            await connection.close()
+            # What every caller of the store handles; a CancelledError would look like the
+            # caller's own task being cancelled.
+            with pytest.raises(StoreUnavailable):
+                await command
+    finally:
+        await connection.close()
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key."""

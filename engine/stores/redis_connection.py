@@ -364,12 +364,20 @@ class RedisConnection:
     async def _connected(self) -> _Link:
         if self._closed:
             raise StoreUnavailable("the Redis store is not open")
-        if self._connecting is None:
+        attempt = self._connecting
+        if attempt is None:
             # Every command that finds no connection waits for the same attempt.
-            self._connecting = asyncio.get_running_loop().create_task(self._connect())
-            self._connecting.add_done_callback(self._finished_connecting)
-        # Shielded: a waiter that is cancelled leaves the attempt to the others.
-        return await asyncio.shield(self._connecting)
+            attempt = self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            attempt.add_done_callback(self._finished_connecting)
+        try:
+            # Shielded: a waiter that is cancelled leaves the attempt to the others.
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if attempt.cancelled() and self._closed and (task is None or not task.cancelling()):
+                # `close` cancelled the attempt, not this caller's own task.
+                raise StoreUnavailable("the Redis store is not open") from None
+            raise
 
     def _finished_connecting(self, attempt: asyncio.Task[_Link]) -> None:
         self._connecting = None

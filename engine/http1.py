@@ -45,7 +45,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
 if sys.platform != "win32":
@@ -165,6 +165,12 @@ class Response:
         return None
 
 
+def _hear_failure(done: asyncio.Future[Any]) -> None:
+    """Take a finished future's error, so asyncio does not log it as never retrieved."""
+    if not done.cancelled():
+        done.exception()
+
+
 class HttpClient:
     """Requests over pooled keep-alive connections; see the module docstring.
 
@@ -267,7 +273,7 @@ class HttpClient:
     async def _resolve(self, origin: Origin) -> Sequence[tuple[str, int]]:
         try:
             addresses = await self._resolver(origin.host, origin.port)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name no resolver can encode
             raise ConnectFailed(f"could not resolve {origin} ({type(exc).__name__})") from exc
         if not addresses:
             raise ConnectFailed(f"could not resolve {origin} (no address)")
@@ -379,6 +385,8 @@ class _Pool:
         lookup = self.lookup
         if lookup is None or self.loop.time() - self.looked_up > DNS_TTL_SECONDS:
             lookup = self.lookup = asyncio.ensure_future(self.client._resolve(self.origin))
+            # Heard here too: its openers may all have given up before it fails.
+            lookup.add_done_callback(_hear_failure)
             self.looked_up = self.loop.time()
         return await asyncio.shield(lookup)
 

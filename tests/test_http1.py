@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import shutil
 import socket
@@ -405,6 +406,31 @@ async def test_a_name_that_does_not_resolve_was_not_sent() -> None:
     async with client(resolver=nowhere) as http:
         with pytest.raises(ConnectFailed):
             await get(http, Origin("https", "space.invalid", 443))
+
+
+async def test_a_host_name_no_resolver_can_encode_was_not_sent() -> None:
+    async with client() as http:  # the loop's own resolver: a label over 63 letters is a UnicodeError
+        with pytest.raises(ConnectFailed):
+            await get(http, Origin("https", "x" * 64 + ".example.com", 443))
+
+
+async def test_a_look_up_that_fails_after_its_requests_gave_up_leaves_no_error_unheard() -> None:
+    unheard: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unheard.append(context))
+    answer = asyncio.Event()
+
+    async def slow_failure(host: str, port: int) -> list[tuple[str, int]]:
+        await answer.wait()
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    async with client(resolver=slow_failure) as http:
+        with pytest.raises(RequestTimedOut):
+            await get(http, Origin("https", "space.example", 443), seconds=0.05)
+        answer.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()
+    assert not unheard
 
 
 async def test_garbage_for_a_status_line_is_a_bad_response() -> None:

@@ -408,3 +408,25 @@ async def test_closing_the_connection_ends_its_subscriptions(
         assert [await subscription.next() for subscription in subscriptions] == [None, None, None]
     with pytest.raises(StoreUnavailable):
         await connection.subscribe(f"{prefix}events")
+
+
+async def test_a_redis_out_of_memory_or_read_only_is_unavailable_not_a_bug() -> None:
+    port = free_port()
+    server = RedisServer(port, arguments=(*QUIET, "--maxmemory", "2mb", "--maxmemory-policy", "noeviction"))
+    server.start()
+    connection = RedisConnection(server.url, timeout=TIMEOUT)
+    try:
+        with pytest.raises(StoreUnavailable) as full:
+            for number in range(1000):  # 1000 x 64 KiB: far past 2 MB
+                await connection.execute("SET", f"filler:{number}", "x" * 65536)
+        assert isinstance(full.value.__cause__, redis.exceptions.OutOfMemoryError)
+        await connection.execute("CONFIG", "SET", "maxmemory", "0")
+        await connection.execute("REPLICAOF", "127.0.0.1", str(free_port()))  # a master that is not there
+        with pytest.raises(StoreUnavailable) as read_only:
+            await connection.execute("SET", "after", "1")
+        assert isinstance(read_only.value.__cause__, redis.exceptions.ReadOnlyError)
+        with pytest.raises(redis.exceptions.ResponseError):  # a wrong command is still the caller's bug
+            await connection.execute("GET", "a", "b")
+    finally:
+        await connection.close()
+        server.stop()

@@ -96,7 +96,7 @@ from engine.stores.history import (
     newest_matching,
     next_page,
 )
-from engine.stores.redis_connection import RedisConnection, Script, Subscription
+from engine.stores.redis_connection import RedisConnection, Script, Subscription, cannot_serve
 from engine.stores.windows import (
     Refused,
     Window,
@@ -626,11 +626,16 @@ class _Scripts:
 
 @contextmanager
 def _unavailable() -> Iterator[None]:
-    """Turn "cannot reach Redis" into StoreUnavailable; other Redis errors are bugs and pass."""
+    """Turn "cannot reach Redis" (or "cannot serve now": `cannot_serve`) into StoreUnavailable;
+    other Redis errors are bugs and pass."""
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise StoreUnavailable("the Redis store cannot be reached") from exc
+    except redis.exceptions.ResponseError as exc:
+        if cannot_serve(exc):
+            raise StoreUnavailable("the Redis store cannot serve now") from exc
+        raise
 
 
 def _num(value: float) -> str:

@@ -75,11 +75,32 @@ def _unavailable(cause: BaseException | None) -> StoreUnavailable:
     return failure
 
 
+def cannot_serve(error: BaseException) -> bool:
+    """Whether a Redis error says it cannot serve now, not that the command was wrong:
+    redis-py's ConnectionError family (LOADING, NOAUTH...), and a Redis out of memory, a
+    read-only replica, one that cannot save (MISCONF), one busy with a script, or a replica
+    whose master is down."""
+    if isinstance(
+        error,
+        (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.OutOfMemoryError,
+            redis.exceptions.ReadOnlyError,
+            redis.exceptions.MasterDownError,
+        ),
+    ):
+        return True
+    return isinstance(error, redis.exceptions.ResponseError) and str(error).startswith(_CANNOT_SERVE)
+
+
+_CANNOT_SERVE = ("MISCONF ", "BUSY ", "MASTERDOWN ")
+
+
 def _error(reply: hiredis.ReplyError) -> Exception:
     """The exception redis-py raises for an error reply; StoreUnavailable for those that
-    say Redis cannot serve now (redis-py's ConnectionError family: LOADING, NOAUTH...)."""
+    say Redis cannot serve now (`cannot_serve`)."""
     error: Exception = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
-    if isinstance(error, redis.exceptions.ConnectionError):
+    if cannot_serve(error):
         return _unavailable(error)
     return error
 

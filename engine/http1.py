@@ -45,7 +45,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 if sys.platform != "win32":
@@ -163,12 +163,6 @@ class Response:
             if key == wanted:
                 return value.decode("latin-1")
         return None
-
-
-def _hear_failure(done: asyncio.Future[Any]) -> None:
-    """Take a finished future's error, so asyncio does not log it as never retrieved."""
-    if not done.cancelled():
-        done.exception()
 
 
 class HttpClient:
@@ -385,8 +379,8 @@ class _Pool:
         lookup = self.lookup
         if lookup is None or self.loop.time() - self.looked_up > DNS_TTL_SECONDS:
             lookup = self.lookup = asyncio.ensure_future(self.client._resolve(self.origin))
-            # Heard here too: its openers may all have given up before it fails.
-            lookup.add_done_callback(_hear_failure)
+            # Its error taken here too: its openers may all have given up before it fails.
+            lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
             self.looked_up = self.loop.time()
         return await asyncio.shield(lookup)
 

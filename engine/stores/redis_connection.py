@@ -75,6 +75,9 @@ def _unavailable(cause: BaseException | None) -> StoreUnavailable:
     return failure
 
 
+_CANNOT_SERVE = ("MISCONF ", "BUSY ", "MASTERDOWN ")
+
+
 def cannot_serve(error: BaseException) -> bool:
     """Whether a Redis error says it cannot serve now, not that the command was wrong:
     redis-py's ConnectionError family (LOADING, NOAUTH...), and a Redis out of memory, a
@@ -91,9 +94,6 @@ def cannot_serve(error: BaseException) -> bool:
     ):
         return True
     return isinstance(error, redis.exceptions.ResponseError) and str(error).startswith(_CANNOT_SERVE)
-
-
-_CANNOT_SERVE = ("MISCONF ", "BUSY ", "MASTERDOWN ")
 
 
 def _error(reply: hiredis.ReplyError) -> Exception:

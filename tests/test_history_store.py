@@ -27,6 +27,7 @@ from engine.stores import RedisStore, SqliteStore, Store
 from engine.stores import history as history_module
 from engine.stores import redis as redis_module
 from engine.stores import sqlite as sqlite_module
+from engine.stores import sqlite_history as sqlite_history_module
 from engine.stores.history import (
     APPROVE_BIN_EDGES,
     DAY,
@@ -59,9 +60,17 @@ APPROVE_DELAYS = (3, 12, 28, 44, 70, 200, 700)
 MakeStore = Callable[..., Awaitable[Store]]
 
 
-@pytest_asyncio.fixture(params=["sqlite", "redis"])
-async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeStore]:
-    """Opens stores of one backend with a given retention; ids read ``[sqlite]``/``[redis]``."""
+@pytest_asyncio.fixture(params=["sqlite", "sqlite-fold-3", "redis"])
+async def make(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[MakeStore]:
+    """Opens stores of one backend with a given retention; ids read ``[sqlite]``/``[redis]``.
+
+    ``sqlite-fold-3`` folds SQLite's history journal three steps at a time, so that most
+    verifications are sent in one batch and ended in another, and the rest within one.
+    """
+    if request.param == "sqlite-fold-3":
+        monkeypatch.setattr(sqlite_history_module, "FOLD_BATCH", 3)
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     opened: list[Store] = []
 
@@ -487,6 +496,41 @@ async def test_history_written_by_one_instance_is_read_by_another(make: MakeStor
         await second.close()
 
 
+async def test_sqlite_history_of_steps_not_yet_folded_outlives_a_crash(tmp_path: Path) -> None:
+    # Each step writes its journal row in its own transaction; a process that stops before
+    # the fold loses none of it: the next one folds the journal before it reads.
+    path = tmp_path / "mfa.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    await store.create_verification(verification_at(DAY0))  # the first write: a purge and a fold
+    if store._maintenance is not None:
+        await store._maintenance
+    verification = verification_at(DAY0 + 60, country="GB")
+    await store.create_verification(verification)
+    await store.begin_attempt(verification.id, DAY0 + 70)
+    await store.transition(verification.id, Status.APPROVED, DAY0 + 75)
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT count(*) FROM history_journal").fetchone()[0] == 3
+    raw.close()
+    await store.close()  # as a killed process: nothing folds on the way out
+
+    reopened = SqliteStore(str(path))
+    await reopened.open()
+    try:
+        [entry] = (await reopened.list_history(HistoryFilter(country="GB"), LATER)).entries
+        assert (entry.id, entry.status, entry.attempts, entry.ended_at) == (
+            verification.id,
+            Status.APPROVED,
+            1,
+            DAY0 + 75,
+        )
+        summary = await History(reopened, 30 * DAY, clock=lambda: LATER).summary(HistoryFilter(since=DAY0))
+        assert (summary.totals.sent, summary.totals.approved) == (2, 1)
+        assert summary.totals.approve_quantile(0.5) == 15  # 15 s from send to approval
+    finally:
+        await reopened.close()
+
+
 # -- cursors -----------------------------------------------------------------------
 
 
@@ -541,6 +585,7 @@ async def test_a_verification_without_a_history_entry_still_ends(store: Store) -
     verification = verification_at(DAY0 + 11 * HOUR)
     await store.create_verification(verification)
     if isinstance(store, SqliteStore):
+        await store._fold_history()  # the entry is written, then lost
         await store._execute("DELETE FROM history WHERE id = ?", (verification.id,))
     else:
         assert isinstance(store, RedisStore)
@@ -562,7 +607,7 @@ async def test_sqlite_gives_a_file_from_before_the_history_its_tables(tmp_path: 
     await store.create_verification(before)
     await store.close()
     old = sqlite3.connect(path)
-    for table in ("history", "history_combo", "history_rollup"):
+    for table in ("history", "history_combo", "history_rollup", "history_journal"):
         old.execute(f"DROP TABLE {table}")
     old.execute('ALTER TABLE verification DROP COLUMN "country"')  # as the file was before
     old.commit()

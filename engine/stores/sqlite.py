@@ -22,8 +22,9 @@ Redis forgets through key expiry (a TTL, a finished verification after
 RETAIN_FINISHED_SECONDS) is emulated here with a ``forget_at`` column on the
 wall clock: rows past it are invisible at once and deleted in batches.
 
-The history (engine/stores/history.py) is three tables written in the
-verification's own transactions: ``history`` (one entry per verification, the
+The history (engine/stores/history.py) is three tables folded from a journal
+written in the verification's own transactions (engine/stores/sqlite_history.py):
+``history`` (one entry per verification, the
 number masked; indexed by send time alone, by status and by ``combo``),
 ``history_combo`` (each combination of agent id, origin, channel, country and
 status, numbered: an entry's ``combo``) and ``history_rollup`` (the summary's
@@ -75,9 +76,7 @@ from engine.stores.guard import (
 )
 from engine.stores.history import (
     ALL_AGENTS,
-    APPROVE_BIN_EDGES,
     DEFAULT_RETENTION,
-    LEVELS,
     MERGE_UP_TO,
     HistoryEntry,
     HistoryFilter,
@@ -86,13 +85,20 @@ from engine.stores.history import (
     Span,
     Tallies,
     TallySums,
-    approve_bin,
-    bucket_start,
-    kept_for,
     newest_first,
     newest_matching,
     next_page,
 )
+from engine.stores.sqlite_history import (
+    ENTRY_COLUMNS,
+    ROLLUP_KEY,
+    TALLY_COLUMNS,
+    fold,
+    journal_counted,
+    journal_ended,
+    journal_sent,
+)
+from engine.stores.sqlite_history import SCHEMA as _HISTORY_SCHEMA
 from engine.stores.windows import (
     Refused,
     Window,
@@ -226,46 +232,12 @@ CREATE TABLE IF NOT EXISTS history_combo (
 );
 """
 
-# The rollups' counters: one column per outcome and one per time-to-approve bin (t0...).
-_OUTCOME_COLUMNS = ("sent", "approved", "expired", "max_attempts_reached", "canceled")
-_BIN_COLUMNS = tuple(f"t{index}" for index in range(len(APPROVE_BIN_EDGES)))
-_TALLY_COLUMNS = _OUTCOME_COLUMNS + _BIN_COLUMNS
-# Agent id before start: a summary of one agent (or of all, "*") reads its rows alone.
-_ROLLUP_KEY = "level, agent_id, start, origin, channel, country"
-_ROLLUP_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS history_rollup (level INTEGER NOT NULL, start INTEGER NOT NULL,"
-    " agent_id TEXT NOT NULL, origin TEXT NOT NULL, channel TEXT NOT NULL, country TEXT NOT NULL, "
-    + ", ".join(f"{column} INTEGER NOT NULL DEFAULT 0" for column in _TALLY_COLUMNS)
-    + f", forget_at REAL NOT NULL, PRIMARY KEY ({_ROLLUP_KEY})) WITHOUT ROWID;"
-    " CREATE INDEX IF NOT EXISTS history_rollup_forget ON history_rollup (forget_at);"
-)
-
-
-def _count_sql(columns: tuple[str, ...]) -> str:
-    """Add one to ``columns`` of a bucket's row, making the row if it is the bucket's first event."""
-    return (
-        f"INSERT INTO history_rollup ({_ROLLUP_KEY}, {', '.join(columns)}, forget_at)"  # noqa: S608
-        f" VALUES (?, ?, ?, ?, ?, ?, {', '.join('1' * len(columns))}, ?)"
-        f" ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET "
-        + ", ".join(f"{column} = {column} + 1" for column in columns)
-    )
-
-
-# Column names from the fixed lists above only.
-_COUNT_SENT = _count_sql(("sent",))
-_COUNT_END = {column: _count_sql((column,)) for column in _OUTCOME_COLUMNS[2:]}
-_COUNT_APPROVED = [_count_sql(("approved", column)) for column in _BIN_COLUMNS]
 # Summed in Python: a GROUP BY with a sum per column costs SQLite more than the reading.
 _READ_TALLIES = (
     "SELECT start, channel, country, "  # noqa: S608
-    + ", ".join(_TALLY_COLUMNS)
+    + ", ".join(TALLY_COLUMNS)
     + " FROM history_rollup WHERE level = ? AND start >= ? AND start < ? AND forget_at > ?"
 )
-_HISTORY_COLUMNS = (
-    'id, "to", country, agent_id, origin, channel, call_id, status, attempts, max_attempts,'
-    " created_at, ended_at"
-)
-
 # Columns added since the first release, and how an older file gets them.
 _MIGRATIONS = {
     "origin": (
@@ -289,7 +261,7 @@ _FORGETTING_TABLES = {
     "record": "kind, id",
     "hold": "prefix",
     "history": "id",
-    "history_rollup": _ROLLUP_KEY,
+    "history_rollup": ROLLUP_KEY,
 }
 
 
@@ -342,30 +314,19 @@ def _history_entry(row: Sequence[Any]) -> HistoryEntry:
     )
 
 
-def _combo(
-    db: sqlite3.Connection, agent_id: str, origin: str, channel: str, country: str, status: str
-) -> int:
-    """The number of a combination of the list's dimensions, numbered on first use."""
-    key = (agent_id, origin, channel, country, status)
-    row = db.execute(
-        "SELECT id FROM history_combo"
-        " WHERE agent_id = ? AND origin = ? AND channel = ? AND country = ? AND status = ?",
-        key,
-    ).fetchone()
-    if row is not None:
-        return int(row[0])
-    cursor = db.execute(
-        "INSERT INTO history_combo (agent_id, origin, channel, country, status) VALUES (?, ?, ?, ?, ?)", key
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+def _fold_all(db: sqlite3.Connection, retention: float) -> None:
+    """Fold the history's journal, a batch per transaction."""
+    while _in_transaction(db, lambda db: fold(db, retention)):
+        pass
 
 
-def _maintenance(db: sqlite3.Connection, *, purge: bool) -> bool:
-    """On the thread: delete forgotten rows (if ``purge``), then copy the WAL into the file.
+def _maintenance(db: sqlite3.Connection, *, purge: bool, retention: float) -> bool:
+    """On the thread: fold the history's journal, delete forgotten rows (if ``purge``),
+    then copy the WAL into the file.
 
     True when more forgotten rows are left than one pass deletes.
     """
+    _fold_all(db, retention)
     more = purge and any([_purge_batch(db, table, time.time()) for table in _FORGETTING_TABLES])
     if purge:
         # Combinations no entry has any more (a few rows; each test one index lookup).
@@ -572,7 +533,7 @@ class SqliteStore(Store):
             # WAL first: it is a property of the file that the other connection then shares.
             db.execute("PRAGMA journal_mode = WAL")
             db.executescript(_SCHEMA)
-            db.executescript(_ROLLUP_SCHEMA)
+            db.executescript(_HISTORY_SCHEMA)
             columns = {column[1] for column in db.execute("PRAGMA table_info(verification)")}
             for column, statements in _MIGRATIONS.items():
                 if column not in columns:
@@ -675,7 +636,10 @@ class SqliteStore(Store):
         self._writes_since_checkpoint = 0
         try:
             # Queued on the thread at once, even while the event loop is busy.
-            self._maintenance = self._thread.submit(lambda db: _maintenance(db, purge=purge))
+            retention = self._retention
+            self._maintenance = self._thread.submit(
+                lambda db: _maintenance(db, purge=purge, retention=retention)
+            )
         except StoreUnavailable:
             return  # closing: the write that brought us here has succeeded all the same
         self._maintenance.add_done_callback(self._after_maintenance)
@@ -770,7 +734,7 @@ class SqliteStore(Store):
                 "UPDATE verification SET attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (now, verification_id),
             )
-            db.execute("UPDATE history SET attempts = attempts + 1 WHERE id = ?", (verification_id,))
+            journal_counted(db, verification_id, 1, wall)
             for window in windows:
                 _log_event(db, window, now, wall)
             counted = verification.model_copy(
@@ -792,16 +756,13 @@ class SqliteStore(Store):
 
     async def refund_attempt(self, verification_id: str, budgets: Sequence[Window], now: float) -> None:
         def refund(db: sqlite3.Connection) -> None:
-            db.execute(
+            given_back = db.execute(
                 "UPDATE verification SET attempts = attempts - 1"
                 " WHERE id = ? AND status = 'pending' AND attempts > 0",
                 (verification_id,),
-            )
-            db.execute(
-                "UPDATE history SET attempts = attempts - 1"
-                " WHERE id = ? AND status = 'pending' AND attempts > 0",
-                (verification_id,),
-            )
+            ).rowcount
+            if given_back:
+                journal_counted(db, verification_id, -1, time.time())
             for window in budgets:
                 _take_back_event(db, window)
 
@@ -922,69 +883,23 @@ class SqliteStore(Store):
         return bool(rows)
 
     # -- history --------------------------------------------------------------
-    # Written inside the verification's own transactions (create, count, end), read here.
+    # Written as a journal inside the verification's own transactions (create, count,
+    # end), folded into the history's tables (engine/stores/sqlite_history.py), read here.
     def _history_created(self, db: sqlite3.Connection, verification: Verification, wall: float) -> None:
-        country = verification.country or ""
-        dimensions = (verification.agent_id, verification.origin, verification.channel, country)
-        combo = _combo(db, *dimensions, verification.status.value)
-        db.execute(
-            f"INSERT INTO history ({_HISTORY_COLUMNS}, combo, forget_at)"  # noqa: S608 - fixed columns
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
-            (
-                verification.id,
-                verification.masked_to,
-                country,
-                *dimensions[:3],
-                verification.call_id,
-                verification.status.value,
-                verification.attempts,
-                verification.max_attempts,
-                verification.created_at,
-                combo,
-                wall + self._retention,
-            ),
-        )
-        self._count(db, _COUNT_SENT, verification.created_at, dimensions, verification.created_at)
+        journal_sent(db, verification, wall)
 
     def _history_ended(self, db: sqlite3.Connection, ended: Verification, now: float) -> None:
-        # The entry was written from this verification, so its place is the verification's.
-        place = (ended.agent_id, ended.origin, ended.channel, ended.country or "")
-        combo = _combo(db, *place, ended.status.value)
-        row = db.execute(
-            "UPDATE history SET status = ?, combo = ?, attempts = ?, ended_at = ?"
-            " WHERE id = ? AND status = 'pending'"
-            " RETURNING created_at, agent_id, origin, channel, country",
-            (ended.status.value, combo, ended.attempts, now, ended.id),
-        ).fetchone()
-        if row is None:
-            return  # older than the retention, or sent before the history was kept
-        created_at, dimensions = row[0], tuple(row[1:])
-        if ended.status is Status.APPROVED:
-            sql = _COUNT_APPROVED[approve_bin(now - created_at)]
-        else:
-            sql = _COUNT_END[ended.status.value]
-        self._count(db, sql, created_at, dimensions, now)
+        journal_ended(db, ended, now, time.time())
 
-    def _count(
-        self, db: sqlite3.Connection, sql: str, created_at: float, dimensions: tuple[str, ...], now: float
-    ) -> None:
-        """One event in the buckets of every size that ``created_at`` (the send) falls in and
-        that are still kept at ``now``: in the row of its agent id, origin, channel and
-        country, and in the all-agents row."""
-        _, _, channel, country = dimensions
-        rows = (dimensions, (ALL_AGENTS, ALL_AGENTS, channel, country))
-        wall = time.time()
-        counted = []
-        for level in LEVELS:
-            start = bucket_start(created_at, level)
-            kept = kept_for(level, self._retention, start, now)
-            if kept > 0:
-                counted += [(level, row[0], start, *row[1:], wall + kept) for row in rows]
-        db.executemany(sql, counted)
+    async def _fold_history(self) -> None:
+        """Fold the whole journal, so that a read of the history sees every step before it."""
+        retention = self._retention
+        await self._thread.run(lambda db: _fold_all(db, retention))
 
     async def list_history(
         self, query: HistoryFilter, now: float, *, after: Position | None = None, limit: int = 50
     ) -> HistoryPage:
+        await self._fold_history()
         low = max(query.since if query.since is not None else -math.inf, now - self._retention)
         where = "created_at >= ? AND forget_at > ?"
         window: list[Any] = [low, time.time()]
@@ -1008,7 +923,7 @@ class SqliteStore(Store):
             pages = []
             for source, last, count in requests:
                 start = last.position if last is not None else after
-                sql = f"SELECT {_HISTORY_COLUMNS} FROM history WHERE {where}"  # noqa: S608 - fixed text
+                sql = f"SELECT {ENTRY_COLUMNS} FROM history WHERE {where}"  # noqa: S608 - fixed text
                 parameters = list(window)
                 if source is not None:
                     sql += f" AND {source[0]} = ?"  # "status" or "combo"
@@ -1031,6 +946,7 @@ class SqliteStore(Store):
         return HistoryPage(walked.kept[:limit], next_page(walked.kept, limit, position, walked=walked))
 
     async def history_tallies(self, query: HistoryFilter, span: Span) -> Tallies:
+        await self._fold_history()
         # The all-agents rows unless the filter names an agent id or an origin.
         if query.agent_id is None and query.origin is None:
             where, parameters = " AND agent_id = ?", [ALL_AGENTS]

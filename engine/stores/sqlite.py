@@ -252,16 +252,16 @@ _MIGRATIONS = {
     "delivery_told": ('ALTER TABLE verification ADD COLUMN "delivery_told" INTEGER NOT NULL DEFAULT 0',),
 }
 
-# Each table whose rows are forgotten, with its key.
+# Each table whose rows are forgotten: its key, and the order its rows come due in.
 _FORGETTING_TABLES = {
-    "verification": "id",
-    "hit": "rowid",
-    "counter": "key",
-    "claim": "key",
-    "record": "kind, id",
-    "hold": "prefix",
-    "history": "id",
-    "history_rollup": ROLLUP_KEY,
+    "verification": ("id", "forget_at"),
+    "hit": ("rowid", "forget_at"),
+    "counter": ("key", "forget_at"),
+    "claim": ("key", "forget_at"),
+    "record": ("kind, id", "forget_at"),
+    "hold": ("prefix", "forget_at"),
+    "history": ("id", "forget_at"),
+    "history_rollup": (ROLLUP_KEY, "forget_at"),
 }
 
 
@@ -342,18 +342,18 @@ def _maintenance(db: sqlite3.Connection, *, purge: bool, retention: float) -> bo
 
 
 def _purge_batch(db: sqlite3.Connection, table: str, wall: float) -> bool:
-    """Delete up to PURGE_BATCH forgotten rows of ``table``, oldest first; True if more may be left.
+    """Of the first PURGE_BATCH rows of ``table`` to come due, delete the forgotten; True if more may be left.
 
     A DELETE holds every write of the event loop (they queue behind it on the
     thread), so it is kept short: an index on forget_at finds the rows (claims,
     which live 30 s, are few enough to scan), and a backlog (a day of call
     records coming due) goes in several passes.
     """
-    key = _FORGETTING_TABLES[table]
+    key, order = _FORGETTING_TABLES[table]
     deleted = db.execute(
         f"DELETE FROM {table} WHERE ({key}) IN"  # noqa: S608 - names from _FORGETTING_TABLES
-        f" (SELECT {key} FROM {table} WHERE forget_at <= ? ORDER BY forget_at LIMIT ?)",
-        (wall, PURGE_BATCH),
+        f" (SELECT {key} FROM {table} ORDER BY {order} LIMIT ?) AND forget_at <= ?",
+        (PURGE_BATCH, wall),
     ).rowcount
     return deleted >= PURGE_BATCH
 

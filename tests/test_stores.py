@@ -510,6 +510,18 @@ async def test_an_abandoned_claim_is_free_after_its_ttl(store: ClaimStore) -> No
     await eventually(free)
 
 
+async def test_a_completed_claim_is_forgotten_after_its_ttl(store: ClaimStore) -> None:
+    await store.claim("request", ttl=30)
+    await store.complete("request", {"response": "sent"}, ttl=SHORT_TTL)
+    assert (await store.claim("request", ttl=30)).state is ClaimState.DONE
+
+    async def free() -> bool:
+        return (await store.claim("request", ttl=30)).state is ClaimState.NEW
+
+    await eventually(free)
+    assert (await store.claim("request", ttl=30)).state is ClaimState.RUNNING
+
+
 # -- records (RecordStore) ------------------------------------------------
 
 
@@ -789,14 +801,18 @@ async def test_sqlite_forgets_a_backlog_in_short_passes(
     store = SqliteStore(str(path))
     await store.open()
     try:
+        # The oldest claim is still running: the forgotten ones behind it go all the same.
+        await store.claim("running", ttl=3600)
         other.executemany("INSERT INTO record VALUES ('call', ?, '{}', 1.0)", [(str(n),) for n in range(350)])
-        other.executemany("INSERT INTO claim VALUES (?, NULL, 1.0)", [(f"c{n}",) for n in range(250)])
+        claims = [(f"c{n}",) for n in range(250)]
+        other.executemany("INSERT INTO claim (key, result, forget_at) VALUES (?, NULL, 1.0)", claims)
         await store.put_record("call", "live", {"verified": True}, ttl=3600)
 
         async def forgotten() -> bool:
             await store.put_record("call", "writes", {}, ttl=60)  # purges start after writes
             left = other.execute(
-                "SELECT (SELECT count(*) FROM record WHERE forget_at < 2) + (SELECT count(*) FROM claim)"
+                "SELECT (SELECT count(*) FROM record WHERE forget_at < 2)"
+                " + (SELECT count(*) FROM claim WHERE forget_at < 2)"
             ).fetchone()[0]
             return bool(left == 0)
 
@@ -804,9 +820,71 @@ async def test_sqlite_forgets_a_backlog_in_short_passes(
         assert max(passes) == 100
         assert sum(passes) == 600
         assert await store.get_record("call", "live") == {"verified": True}
+        assert (await store.claim("running", ttl=30)).state is ClaimState.RUNNING
     finally:
         other.close()
         await store.close()
+
+
+async def test_sqlite_goes_on_forgetting_claims_without_waiting_for_the_next_interval(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pass that finds more forgotten claims than it deletes says so, and the next pass
+    # follows the next write: a backlog is not left to grow until the interval comes round.
+    monkeypatch.setattr(sqlite_module, "PURGE_BATCH", 100)
+    monkeypatch.setattr(sqlite_module, "PURGE_INTERVAL_SECONDS", 3600.0)
+    path = tmp_path / "mfa.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None)
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        claims = [(f"c{n}",) for n in range(250)]
+        other.executemany("INSERT INTO claim (key, result, forget_at) VALUES (?, '{}', 1.0)", claims)
+
+        async def forgotten() -> bool:
+            await store.claim(f"request-{time.monotonic()}", ttl=30)  # purges start after writes
+            return bool(other.execute("SELECT count(*) FROM claim WHERE forget_at < 2").fetchone()[0] == 0)
+
+        await eventually(forgotten)
+        assert (await store.claim("c0", ttl=30)).state is ClaimState.NEW
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_sqlite_carries_the_live_claims_of_an_older_file_over(tmp_path: Any) -> None:
+    path = tmp_path / "mfa.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    await store.close()
+    old = sqlite3.connect(path)
+    old.execute("DROP TABLE claim")  # as the file was before: claims by key
+    old.execute(
+        "CREATE TABLE claim (key TEXT PRIMARY KEY, result TEXT, forget_at REAL NOT NULL) WITHOUT ROWID"
+    )
+    old.executemany(
+        "INSERT INTO claim VALUES (?, ?, ?)",
+        [
+            ("running", None, time.time() + 3600),
+            ("done", '{"response":"sent"}', time.time() + 3600),
+            ("forgotten", '{"response":"old"}', 1.0),
+        ],
+    )
+    old.commit()
+    old.close()
+
+    reopened = SqliteStore(str(path))
+    await reopened.open()
+    try:
+        assert (await reopened.claim("running", ttl=30)).state is ClaimState.RUNNING
+        done = await reopened.claim("done", ttl=30)
+        assert (done.state, done.result) == (ClaimState.DONE, {"response": "sent"})
+        assert (await reopened.claim("forgotten", ttl=30)).state is ClaimState.NEW
+        assert (await reopened.claim("new", ttl=30)).state is ClaimState.NEW
+        await reopened.complete("new", {"response": "sent"}, ttl=30)
+        assert (await reopened.claim("new", ttl=30)).result == {"response": "sent"}
+    finally:
+        await reopened.close()
 
 
 async def test_redis_on_a_closed_port_is_unavailable_at_once(unused_tcp_port: int) -> None:

@@ -138,9 +138,9 @@ _END_VERIFICATION = (
 # Claims in the order they were taken (id): each request writes its claim twice, and
 # with the random keys as the table's order every write would land on a page of its own.
 # Claims that live alike (a repeat's, 15 to 30 s) come due in that order too, so the purge
-# reads the oldest ids and no forget_at index has to be kept up (it measured a third more
-# per request). A claim that lives long (a discovery's binding: the token lifetime) keeps
-# its place among the oldest until it goes; the forgotten ones around it go all the same.
+# looks for forgotten ones from the oldest id and no forget_at index has to be kept up (it
+# measured a third more per request). A claim that lives long (a discovery's binding: the
+# token lifetime) keeps its place among the oldest until it goes; the purge steps over it.
 # The key is kept as given: a 32-byte digest of it measured no cheaper. result NULL: the
 # owner is still running.
 _CLAIM_TABLE = (
@@ -352,18 +352,21 @@ def _maintenance(db: sqlite3.Connection, *, purge: bool, retention: float) -> bo
 
 
 def _purge_batch(db: sqlite3.Connection, table: str, wall: float) -> bool:
-    """Of the first PURGE_BATCH rows of ``table`` to come due, delete the forgotten; True if more may be left.
+    """Delete the first PURGE_BATCH forgotten rows of ``table``; True if more may be left.
 
     A DELETE holds every write of the event loop (they queue behind it on the
-    thread), so it is kept short: it reads those rows alone, in an order an
-    index gives (forget_at's, or the claims' ids), and a backlog (a day of call
-    records coming due) goes in several passes.
+    thread), so it is kept short: the rows are found in an order an index gives
+    (forget_at's, or the claims' ids), and a backlog (a day of call records
+    coming due) goes in several passes. By forget_at, the search stops at the
+    first live row. By id, it steps over the live rows in its way: the last
+    half minute of claims, and any discovery bindings (claims kept for an hour),
+    which would otherwise hold every forgotten claim behind them.
     """
     key, order = _FORGETTING_TABLES[table]
     deleted = db.execute(
         f"DELETE FROM {table} WHERE ({key}) IN"  # noqa: S608 - names from _FORGETTING_TABLES
-        f" (SELECT {key} FROM {table} ORDER BY {order} LIMIT ?) AND forget_at <= ?",
-        (PURGE_BATCH, wall),
+        f" (SELECT {key} FROM {table} WHERE forget_at <= ? ORDER BY {order} LIMIT ?)",
+        (wall, PURGE_BATCH),
     ).rowcount
     return deleted >= PURGE_BATCH
 

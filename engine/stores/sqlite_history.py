@@ -6,8 +6,8 @@ transaction that takes the step, so the history never disagrees with the engine
 and a crash loses nothing: a journal left behind is folded after the restart.
 One journal row is an append to the table's last page; writing the entry, its
 indexes and its six rollup counters in the step itself cost about a tenth of
-what a whole call costs the agent (bench/README.md, "Issue 17: the history's
-journal").
+what a whole call costs the agent (bench/README.md, "Issue 17: the SQLite
+store's commits").
 
 The fold applies the journal in order, one batch per transaction, on the
 store's thread (with the checkpoints) and before every read of the history, so

@@ -738,7 +738,7 @@ class SqliteStore(Store):
             wall = time.time()
             values = [*verification.model_dump().values(), wall + lifetime + RETAIN_FINISHED_SECONDS]
             db.execute(_INSERT_VERIFICATION, values)
-            self._history_created(db, verification, wall)
+            journal_sent(db, verification, wall)
 
         try:
             await self._write(create)
@@ -867,7 +867,7 @@ class SqliteStore(Store):
         if row is None:
             return None
         ended = _verification(row)
-        self._history_ended(db, ended, now)
+        journal_ended(db, ended, now, wall)
         return ended
 
     async def due_for_expiry(self, now: float, limit: int = 100) -> list[str]:
@@ -948,12 +948,6 @@ class SqliteStore(Store):
     # -- history --------------------------------------------------------------
     # Written as a journal inside the verification's own transactions (create, count,
     # end), folded into the history's tables (engine/stores/sqlite_history.py), read here.
-    def _history_created(self, db: sqlite3.Connection, verification: Verification, wall: float) -> None:
-        journal_sent(db, verification, wall)
-
-    def _history_ended(self, db: sqlite3.Connection, ended: Verification, now: float) -> None:
-        journal_ended(db, ended, now, time.time())
-
     async def _fold_history(self) -> None:
         """Fold the whole journal, so that a read of the history sees every step before it."""
         retention = self._retention

@@ -335,7 +335,8 @@ def _fold_all(db: sqlite3.Connection, retention: float) -> None:
 
 
 def _maintenance(db: sqlite3.Connection, *, purge: bool, retention: float) -> bool:
-    """On the thread: fold the history's journal and delete forgotten rows (if ``purge``).
+    """On the thread: fold the history's journal, delete forgotten rows (if ``purge``),
+    then copy the WAL into the file.
 
     True when more forgotten rows are left than one pass deletes.
     """
@@ -347,22 +348,11 @@ def _maintenance(db: sqlite3.Connection, *, purge: bool, retention: float) -> bo
             "DELETE FROM history_combo"
             " WHERE NOT EXISTS (SELECT 1 FROM history WHERE combo = history_combo.id)"
         )
-    return more
-
-
-def _checkpoint(db: sqlite3.Connection) -> None:
-    """On the thread: copy the WAL into the file, and have it start again from its beginning.
-
-    PASSIVE copies what the log holds, and syncs the file, while the event loop
-    goes on writing: the sync alone takes tens of milliseconds, in which the
-    loop's writes would otherwise wait (and its core idle). RESTART then copies
-    the little written meanwhile, holding writes off while it does, so that the
-    next write starts the log from its beginning and the file stays the size of
-    CHECKPOINT_EVERY_WRITES writes; the loop's writes that meet it come to this
-    thread and wait.
-    """
-    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    # RESTART: holds writes off while it copies, so that it catches up and the next
+    # write starts the WAL from its beginning (the file stays the size of
+    # CHECKPOINT_EVERY_WRITES writes). The event loop's writes that meet it come to this thread meanwhile.
     db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    return more
 
 
 def _purge_batch(db: sqlite3.Connection, table: str, wall: float) -> bool:
@@ -534,8 +524,6 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     try:
         # NORMAL under WAL: a power cut may lose the last commits, never corrupt the file.
         db.execute("PRAGMA synchronous = NORMAL")
-        # Checkpoints (which sync) are the thread's own job (_checkpoint), never a commit's.
-        db.execute("PRAGMA wal_autocheckpoint = 0")
     except BaseException:
         db.close()
         raise
@@ -568,10 +556,7 @@ class SqliteStore(Store):
         self._thread = _Thread()
         self._writes_since_checkpoint = 0
         self._next_purge = 0.0
-        # On the thread: the fold and purge (the event loop's writes wait behind them), then
-        # the checkpoint (they go on beside its copy).
         self._maintenance: asyncio.Future[bool] | None = None
-        self._checkpointing: asyncio.Future[None] | None = None
         # Weak, so a listener dropped without being closed does not collect messages forever.
         self._listeners: weakref.WeakSet[asyncio.Queue[str | None]] = weakref.WeakSet()
 
@@ -602,6 +587,8 @@ class SqliteStore(Store):
             await self._thread.open(self._path)
             columns = await self._thread.run(create)
             self._db = _connect(self._path, busy_timeout=0)
+            # Checkpoints (which fsync) run on the thread, never in a commit on the event loop.
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")
         except (sqlite3.Error, StoreUnavailable) as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
@@ -612,10 +599,9 @@ class SqliteStore(Store):
     async def close(self) -> None:
         for queue in list(self._listeners):
             queue.put_nowait(None)  # ends that listener's iteration
-        for job in (self._maintenance, self._checkpointing):
-            if job is not None:
-                with suppress(Exception):
-                    await job
+        if self._maintenance is not None:
+            with suppress(Exception):
+                await self._maintenance
         db, self._db = self._db, None
         if db is not None:
             _close(db)
@@ -642,8 +628,8 @@ class SqliteStore(Store):
             raise StoreUnavailable("the SQLite store is not open")
         try:
             if write and self._maintaining():
-                # Queue behind the fold and the purge, whose write lock would send this
-                # write to the thread anyway, after failing here.
+                # Queue behind the checkpoint, which would otherwise starve under a
+                # stream of writes from here and let the WAL grow.
                 return await self._thread.run(run)
             with _unavailable():
                 try:
@@ -679,7 +665,7 @@ class SqliteStore(Store):
     def _maintain(self) -> None:
         """After a write: start a checkpoint or a purge on the thread when one is due."""
         self._writes_since_checkpoint += 1
-        if self._maintaining() or (self._checkpointing is not None and not self._checkpointing.done()):
+        if self._maintaining():
             return
         purge = time.monotonic() >= self._next_purge
         if not purge and self._writes_since_checkpoint < CHECKPOINT_EVERY_WRITES:
@@ -698,23 +684,13 @@ class SqliteStore(Store):
         self._maintenance.add_done_callback(self._after_maintenance)
 
     def _after_maintenance(self, done: asyncio.Future[bool]) -> None:
-        # Queued now, not with the fold: behind the writes that waited for the fold, which
-        # then go on beside the checkpoint's copy instead of waiting for it too.
-        with suppress(StoreUnavailable):  # closing
-            self._checkpointing = self._thread.submit(_checkpoint)
-            self._checkpointing.add_done_callback(self._after_checkpoint)
         if done.cancelled():
             return
         failure = done.exception()
         if failure is not None:
-            log.warning("SQLite maintenance (fold, purge) failed; it is tried again later: %s", failure)
+            log.warning("SQLite maintenance (purge, checkpoint) failed; it is tried again later: %s", failure)
         elif done.result():
             self._next_purge = time.monotonic()  # a backlog: the next pass after the next write
-
-    @staticmethod
-    def _after_checkpoint(done: asyncio.Future[None]) -> None:
-        if not done.cancelled() and (failure := done.exception()) is not None:
-            log.warning("SQLite checkpoint failed; it is tried again later: %s", failure)
 
     # -- server keys --------------------------------------------------------
     async def server_keys(self, proposed: Mapping[str, bytes]) -> dict[str, bytes]:

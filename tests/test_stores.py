@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -37,7 +38,7 @@ from engine.stores import (
     open_store,
 )
 from engine.stores import sqlite as sqlite_module
-from engine.stores.sqlite import CHECKPOINT_EVERY_WRITES
+from engine.stores.sqlite import CHECKPOINT_EVERY_WRITES, WRITES_BESIDE_THE_COPY
 from engine.stores.windows import Refused, Window
 
 NOW = 1_700_000_000.0
@@ -777,6 +778,47 @@ async def test_sqlite_keeps_its_write_ahead_log_short(sqlite_store: SqliteStore,
             await asyncio.sleep(0)  # a server between requests
     # Each write adds a few pages (4 KiB each); unchecked, the log holds every one of them.
     assert wal.stat().st_size < 3 * CHECKPOINT_EVERY_WRITES * 4096
+
+
+async def test_sqlite_writes_go_on_beside_the_checkpoints_copy(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The copy syncs the log and the file, tens of milliseconds in which the requests'
+    # writes would otherwise wait. Here it is held until released.
+    copying, release = threading.Event(), threading.Event()
+    copy = sqlite_module._copy
+
+    def held_copy(db: sqlite3.Connection) -> None:
+        copying.set()
+        release.wait(10)
+        copy(db)
+
+    monkeypatch.setattr(sqlite_module, "_copy", held_copy)
+    store = SqliteStore(str(tmp_path / "mfa.sqlite3"))
+    await store.open()
+    try:
+        await store.complete("first", {"n": 0}, ttl=30)  # the first write starts a purge and a checkpoint
+        assert await asyncio.to_thread(copying.wait, 10)
+        for number in range(WRITES_BESIDE_THE_COPY):
+            await asyncio.wait_for(store.complete(f"beside-{number}", {"n": number}, ttl=30), 10)
+        # Beyond those the log would outgrow its bound: the next write waits for the checkpoint.
+        late = asyncio.ensure_future(store.complete("late", {"n": -1}, ttl=30))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not late.done()
+        release.set()
+        await asyncio.wait_for(late, 10)
+        assert store._maintenance is not None
+        await store._maintenance
+        assert (await store.claim("beside-7", ttl=30)).result == {"n": 7}
+        await store.complete("after", {"n": 1}, ttl=30)
+        # The checkpoint restarted the log: it holds only the write made since.
+        with sqlite3.connect(tmp_path / "mfa.sqlite3") as raw:
+            _, frames, _ = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert 0 < frames < 10
+    finally:
+        release.set()
+        await store.close()
 
 
 async def test_sqlite_forgets_a_backlog_in_short_passes(

@@ -12,6 +12,8 @@ hold up the event loop never runs there:
   back and runs again on the thread, whose connection waits for the lock;
 - fsync: under WAL with ``synchronous = NORMAL`` a commit does not sync; the
   checkpoints that do, and the batch deletes of forgotten rows, run on the thread.
+  A checkpoint's copy and sync go on beside the loop's writes (a bounded number
+  of them); only its last short step, which starts the log again, holds them.
 
 ``BEGIN IMMEDIATE`` takes SQLite's write lock before a decision reads
 anything, so even a second process on the same file cannot slip in between
@@ -118,11 +120,15 @@ BUSY_TIMEOUT_SECONDS = 5.0
 PURGE_INTERVAL_SECONDS = 10.0
 PURGE_BATCH = 2000  # rows per table and pass
 # Writes between two WAL checkpoints, and two folds of the history's journal (SQLite's
-# own default is 1000 pages; a write here adds about 5). Each checkpoint copies a page
-# once however often it changed, and a fold adds a bucket's events up in one upsert:
-# 2000 cost a call 0.13 ms less than 500 (bench/README.md, "Issue 17: the SQLite
-# store's commits"), for a log of about 40 MB between checkpoints.
+# own default is 1000 pages; a write here adds about 5), at most: the log never holds
+# more. Each checkpoint copies a page once however often it changed, and a fold adds a
+# bucket's events up in one upsert: 2000 cost a call 0.13 ms less than 500
+# (bench/README.md, "Issue 17: the SQLite store's commits"), for a log of about 40 MB.
 CHECKPOINT_EVERY_WRITES = 2000
+# Of those, the last ones the event loop may make itself while the checkpoint copies
+# the log (and syncs it, tens of milliseconds); any more wait for it on the thread. The
+# checkpoint starts this many writes early.
+WRITES_BESIDE_THE_COPY = 400
 
 _FIELDS = tuple(Verification.model_fields)
 _COLUMNS = ", ".join(f'"{field}"' for field in _FIELDS)
@@ -334,9 +340,8 @@ def _fold_all(db: sqlite3.Connection, retention: float) -> None:
         pass
 
 
-def _maintenance(db: sqlite3.Connection, *, purge: bool, retention: float) -> bool:
-    """On the thread: fold the history's journal, delete forgotten rows (if ``purge``),
-    then copy the WAL into the file.
+def _tidy(db: sqlite3.Connection, *, purge: bool, retention: float) -> bool:
+    """On the thread: fold the history's journal, and delete forgotten rows (if ``purge``).
 
     True when more forgotten rows are left than one pass deletes.
     """
@@ -348,11 +353,18 @@ def _maintenance(db: sqlite3.Connection, *, purge: bool, retention: float) -> bo
             "DELETE FROM history_combo"
             " WHERE NOT EXISTS (SELECT 1 FROM history WHERE combo = history_combo.id)"
         )
-    # RESTART: holds writes off while it copies, so that it catches up and the next
-    # write starts the WAL from its beginning (the file stays the size of
-    # CHECKPOINT_EVERY_WRITES writes). The event loop's writes that meet it come to this thread meanwhile.
-    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
     return more
+
+
+def _copy(db: sqlite3.Connection) -> None:
+    """On the thread: copy the WAL into the file, and sync both, beside other writers."""
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _restart(db: sqlite3.Connection) -> None:
+    """On the thread: copy what the WAL holds still, holding writes off, so that the next
+    write starts it again from its beginning (its file never grows past that)."""
+    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 def _purge_batch(db: sqlite3.Connection, table: str, wall: float) -> bool:
@@ -524,6 +536,9 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     try:
         # NORMAL under WAL: a power cut may lose the last commits, never corrupt the file.
         db.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoints (which sync) are the maintenance's own jobs, never a commit's: on the
+        # thread, a commit's would hold the event loop's writes that wait behind it.
+        db.execute("PRAGMA wal_autocheckpoint = 0")
     except BaseException:
         db.close()
         raise
@@ -556,7 +571,9 @@ class SqliteStore(Store):
         self._thread = _Thread()
         self._writes_since_checkpoint = 0
         self._next_purge = 0.0
-        self._maintenance: asyncio.Future[bool] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        # While the maintenance's checkpoint copies the log beside the loop's writes.
+        self._copying = False
         # Weak, so a listener dropped without being closed does not collect messages forever.
         self._listeners: weakref.WeakSet[asyncio.Queue[str | None]] = weakref.WeakSet()
 
@@ -587,8 +604,6 @@ class SqliteStore(Store):
             await self._thread.open(self._path)
             columns = await self._thread.run(create)
             self._db = _connect(self._path, busy_timeout=0)
-            # Checkpoints (which fsync) run on the thread, never in a commit on the event loop.
-            self._db.execute("PRAGMA wal_autocheckpoint = 0")
         except (sqlite3.Error, StoreUnavailable) as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
@@ -627,9 +642,9 @@ class SqliteStore(Store):
         if db is None:
             raise StoreUnavailable("the SQLite store is not open")
         try:
-            if write and self._maintaining():
-                # Queue behind the checkpoint, which would otherwise starve under a
-                # stream of writes from here and let the WAL grow.
+            if write and self._maintaining() and not self._beside_the_copy():
+                # Queue behind the fold, the purge or the checkpoint's restart, which hold
+                # the write lock (this write would fail here), or the log would outgrow its bound.
                 return await self._thread.run(run)
             with _unavailable():
                 try:
@@ -662,13 +677,18 @@ class SqliteStore(Store):
     def _maintaining(self) -> bool:
         return self._maintenance is not None and not self._maintenance.done()
 
+    def _beside_the_copy(self) -> bool:
+        """Whether a write may go on here while the maintenance runs: only while its
+        checkpoint copies the log, and no more than WRITES_BESIDE_THE_COPY of them."""
+        return self._copying and self._writes_since_checkpoint < WRITES_BESIDE_THE_COPY
+
     def _maintain(self) -> None:
         """After a write: start a checkpoint or a purge on the thread when one is due."""
         self._writes_since_checkpoint += 1
         if self._maintaining():
             return
         purge = time.monotonic() >= self._next_purge
-        if not purge and self._writes_since_checkpoint < CHECKPOINT_EVERY_WRITES:
+        if not purge and self._writes_since_checkpoint < CHECKPOINT_EVERY_WRITES - WRITES_BESIDE_THE_COPY:
             return
         if purge:
             self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
@@ -676,21 +696,26 @@ class SqliteStore(Store):
         try:
             # Queued on the thread at once, even while the event loop is busy.
             retention = self._retention
-            self._maintenance = self._thread.submit(
-                lambda db: _maintenance(db, purge=purge, retention=retention)
-            )
+            tidied = self._thread.submit(lambda db: _tidy(db, purge=purge, retention=retention))
         except StoreUnavailable:
             return  # closing: the write that brought us here has succeeded all the same
-        self._maintenance.add_done_callback(self._after_maintenance)
+        self._maintenance = asyncio.ensure_future(self._maintenance_after(tidied))
 
-    def _after_maintenance(self, done: asyncio.Future[bool]) -> None:
-        if done.cancelled():
-            return
-        failure = done.exception()
-        if failure is not None:
+    async def _maintenance_after(self, tidied: asyncio.Future[bool]) -> None:
+        """The maintenance, once the fold and purge are queued: the checkpoint, in two jobs
+        on the thread, so that the writes waiting for the first job (the loop's writes
+        would fail on its lock) wait for no more than that."""
+        try:
+            if await tidied:
+                self._next_purge = time.monotonic()  # a backlog: the next pass after the next write
+            self._copying = True
+            try:
+                await self._thread.run(_copy)
+            finally:
+                self._copying = False
+            await self._thread.run(_restart)
+        except Exception as failure:
             log.warning("SQLite maintenance (purge, checkpoint) failed; it is tried again later: %s", failure)
-        elif done.result():
-            self._next_purge = time.monotonic()  # a backlog: the next pass after the next write
 
     # -- server keys --------------------------------------------------------
     async def server_keys(self, proposed: Mapping[str, bytes]) -> dict[str, bytes]:

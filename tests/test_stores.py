@@ -9,6 +9,7 @@ Times are a fixed fake clock; only the TTL tests wait, briefly, on the real one.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import sqlite3
 import threading
@@ -768,6 +769,107 @@ async def test_sqlite_waits_for_another_process_s_lock_without_holding_up_the_ev
         other.close()
     assert (await asyncio.wait_for(claiming, timeout=5)).state is ClaimState.NEW
     assert (await sqlite_store.claim("key", ttl=30)).state is ClaimState.RUNNING
+
+
+async def settled(store: SqliteStore) -> None:
+    """The store's first write starts a purge; once it is over, writes run on the event loop."""
+    await store.put_record("call", "first", {}, ttl=30)
+    if store._maintenance is not None:
+        await store._maintenance
+
+
+async def test_sqlite_answers_each_write_of_a_turn_once_their_one_commit_is_made(
+    sqlite_store: SqliteStore, tmp_path: Any
+) -> None:
+    await settled(sqlite_store)
+    other = sqlite3.connect(tmp_path / "mfa.sqlite3", isolation_level=None)  # as another process would
+    other.execute("PRAGMA wal_checkpoint(RESTART)")  # the next write starts the log from its beginning
+    seen: list[bool] = []
+
+    async def write_then_look(number: int) -> None:
+        await sqlite_store.complete(f"key-{number}", {"n": number}, ttl=30)
+        row = other.execute("SELECT result FROM claim WHERE key = ?", (f"key-{number}",)).fetchone()
+        seen.append(row == (json.dumps({"n": number}, separators=(",", ":")),))
+
+    try:
+        await asyncio.gather(*(write_then_look(number) for number in range(20)))
+        # Every caller heard back only once its write was committed: another process saw it.
+        assert seen == [True] * 20
+        # One commit for the turn: the claim table's pages went to the log once, not 20 times.
+        frames = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    finally:
+        other.close()
+    assert 0 < frames < 10
+
+
+class _FailingCommit:
+    """The store's connection, but a COMMIT fails as on a full or failing disk."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *parameters: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *parameters)
+
+
+async def test_sqlite_a_failed_commit_fails_every_write_and_read_of_its_turn(
+    sqlite_store: SqliteStore,
+) -> None:
+    await settled(sqlite_store)
+    connection = sqlite_store._db
+    assert connection is not None
+    sqlite_store._db = _FailingCommit(connection)  # type: ignore[assignment]
+    try:
+        answers = await asyncio.gather(
+            sqlite_store.claim("repeat", ttl=30),
+            sqlite_store.put_record("call", "lost", {"verified": True}, ttl=30),
+            sqlite_store.get_record("call", "lost"),  # it saw the uncommitted write: it must not answer
+            return_exceptions=True,
+        )
+    finally:
+        sqlite_store._db = connection
+    assert [type(answer) for answer in answers] == [StoreUnavailable] * 3
+    assert await sqlite_store.get_record("call", "lost") is None
+    assert (await sqlite_store.claim("repeat", ttl=30)).state is ClaimState.NEW
+
+
+async def test_sqlite_a_write_that_fails_halfway_undoes_itself_and_no_other(
+    sqlite_store: SqliteStore,
+) -> None:
+    await settled(sqlite_store)
+
+    def half_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO record VALUES ('call', 'half', '{}', 9e99)")
+        raise RuntimeError("a bug halfway through a write")
+
+    answers = await asyncio.gather(
+        sqlite_store.put_record("call", "before", {}, ttl=30),
+        sqlite_store._write(half_then_fail),
+        sqlite_store.put_record("call", "after", {}, ttl=30),
+        return_exceptions=True,
+    )
+    assert [type(answer) for answer in answers] == [type(None), RuntimeError, type(None)]
+    assert await sqlite_store.get_record("call", "before") == {}
+    assert await sqlite_store.get_record("call", "after") == {}
+    assert await sqlite_store.get_record("call", "half") is None
+
+
+async def test_sqlite_close_commits_the_writes_under_way(tmp_path: Any) -> None:
+    store = SqliteStore(str(tmp_path / "mfa.sqlite3"))
+    await store.open()
+    await settled(store)
+    writing = asyncio.ensure_future(store.put_record("call", "late", {"verified": True}, ttl=30))
+    await asyncio.sleep(0)  # the write has run; its commit comes after this turn
+    await store.close()
+    await writing  # committed, not failed
+    reopened = SqliteStore(str(tmp_path / "mfa.sqlite3"))
+    await reopened.open()
+    try:
+        assert await reopened.get_record("call", "late") == {"verified": True}
+    finally:
+        await reopened.close()
 
 
 async def test_sqlite_keeps_its_write_ahead_log_short(sqlite_store: SqliteStore, tmp_path: Any) -> None:

@@ -1,11 +1,16 @@
-"""The SQLite store: one instance, one file, every decision in one transaction.
+"""The SQLite store: one instance, one file, every decision all or nothing.
 
 Statements run on the event loop, on a connection of its own: on a small local
 file each takes microseconds, less than handing it to a thread would cost
-(bench/README.md, "What changed"). Nothing awaits inside a job, so
-the statements of two transactions can never interleave, and a decision's
-whole transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) is one job. What could
-hold up the event loop never runs there:
+(bench/README.md, "What changed"). Nothing awaits inside a job, so the
+statements of two jobs can never interleave. The writes of one turn of the
+event loop share one transaction (``BEGIN IMMEDIATE`` when the first of them
+runs, ``COMMIT`` once the turn is over), each of them inside a savepoint of its
+own, so that one that fails undoes itself and no other; each caller hears back
+only once that commit has succeeded, and a read that saw writes not yet
+committed waits for them too. A commit costs about as much however much it
+holds: under load a turn holds about twenty writes (bench/README.md, "Issue 17:
+one commit a turn"). What could hold up the event loop never runs there:
 
 - waiting for a lock: that connection has a busy timeout of 0; when another
   process (or the thread below) holds the file's write lock, the job is rolled
@@ -454,6 +459,20 @@ def _json(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
+def _in_savepoint(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``job`` inside the open transaction, all or nothing: undone if it raises."""
+    db.execute("SAVEPOINT job")
+    try:
+        result = job(db)
+    except BaseException:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK TO job")
+            db.execute("RELEASE job")
+        raise
+    db.execute("RELEASE job")
+    return result
+
+
 def _in_transaction(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``job`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back if it raises."""
     db.execute("BEGIN IMMEDIATE")
@@ -572,6 +591,8 @@ class SqliteStore(Store):
         self._writes_since_checkpoint = 0
         self._next_purge = 0.0
         self._maintenance: asyncio.Task[None] | None = None
+        # This turn of the event loop's open transaction: its writers wait for its commit.
+        self._batch: list[asyncio.Future[None]] | None = None
         # While the maintenance's checkpoint copies the log beside the loop's writes.
         self._copying = False
         # Weak, so a listener dropped without being closed does not collect messages forever.
@@ -614,6 +635,9 @@ class SqliteStore(Store):
     async def close(self) -> None:
         for queue in list(self._listeners):
             queue.put_nowait(None)  # ends that listener's iteration
+        if self._batch is not None:
+            with suppress(StoreUnavailable):
+                await self._committed()
         if self._maintenance is not None:
             with suppress(Exception):
                 await self._maintenance
@@ -633,30 +657,78 @@ class SqliteStore(Store):
     # Nothing awaits inside a job, so two jobs can never interleave.
     async def _run(self, job: Callable[[sqlite3.Connection], T], *, write: bool, transaction: bool) -> T:
         """Run ``job`` here, or on the thread if it would have to wait; ``transaction``
-        wraps it in ``BEGIN IMMEDIATE`` ... ``COMMIT`` (a single statement is atomic alone)."""
+        makes it all or nothing (a single statement is atomic alone).
 
-        def run(db: sqlite3.Connection) -> T:
-            return _in_transaction(db, job) if transaction else job(db)
-
+        Here, a write joins the batch of this turn of the event loop: one transaction,
+        committed once the turn's other writers have joined it too (each pays a share
+        of one commit). It returns once that commit has succeeded; a read that may
+        have seen the batch waits for it too, so that nothing uncommitted is answered.
+        """
         db = self._db
         if db is None:
             raise StoreUnavailable("the SQLite store is not open")
+        if not write:
+            with _unavailable():
+                rows = job(db)
+            if self._batch is not None:
+                await self._committed()
+            return rows
         try:
-            if write and self._maintaining() and not self._beside_the_copy():
+            if self._maintaining() and not self._beside_the_copy():
                 # Queue behind the fold, the purge or the checkpoint's restart, which hold
                 # the write lock (this write would fail here), or the log would outgrow its bound.
-                return await self._thread.run(run)
+                return await self._thread.run(lambda db: _in_transaction(db, job))
             with _unavailable():
                 try:
-                    return run(db)
+                    self._join_batch(db)
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):
                         raise
-            # Rolled back, so nothing of it happened: run it where waiting is harmless.
-            return await self._thread.run(run)
+                    # Another process writes: run it where waiting is harmless.
+                    return await self._thread.run(lambda db: _in_transaction(db, job))
+                result = _in_savepoint(db, job) if transaction else job(db)
+            await self._committed()
+            return result
         finally:
-            if write:
-                self._maintain()
+            self._maintain()
+
+    def _join_batch(self, db: sqlite3.Connection) -> None:
+        """Open this turn's batch (the write lock, ``BEGIN IMMEDIATE``) unless it is open."""
+        if self._batch is not None:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        self._batch = []
+        asyncio.get_running_loop().call_soon(self._commit_batch)
+
+    async def _committed(self) -> None:
+        """Wait for the open batch's commit; StoreUnavailable if it failed."""
+        assert self._batch is not None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.append(waiter)
+        await waiter
+
+    def _commit_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        assert batch is not None
+        failure: StoreUnavailable | None = None
+        db = self._db
+        try:
+            if db is None:
+                raise StoreUnavailable("the SQLite store was closed before its writes were committed")
+            with _unavailable():
+                db.execute("COMMIT")
+        except StoreUnavailable as exc:
+            failure = exc
+            if db is not None:
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+        for waiter in batch:
+            if waiter.done():
+                continue  # its caller was cancelled
+            if failure is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(StoreUnavailable(str(failure)))
 
     async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query."""

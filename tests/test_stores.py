@@ -808,6 +808,10 @@ class _FailingCommit:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
     def execute(self, sql: str, *parameters: Any) -> sqlite3.Cursor:
         if sql == "COMMIT":
             raise sqlite3.OperationalError("disk I/O error")
@@ -854,6 +858,27 @@ async def test_sqlite_a_write_that_fails_halfway_undoes_itself_and_no_other(
     assert await sqlite_store.get_record("call", "before") == {}
     assert await sqlite_store.get_record("call", "after") == {}
     assert await sqlite_store.get_record("call", "half") is None
+
+
+async def test_sqlite_a_turn_that_sqlite_rolled_back_keeps_none_of_its_writes(
+    sqlite_store: SqliteStore,
+) -> None:
+    await settled(sqlite_store)
+
+    def on_a_full_disk(db: sqlite3.Connection) -> None:
+        db.execute("ROLLBACK")  # what SQLite does by itself when the disk is full
+
+    answers = await asyncio.gather(
+        sqlite_store.put_record("call", "before", {}, ttl=30),
+        sqlite_store._write(on_a_full_disk),
+        sqlite_store.put_record("call", "after", {}, ttl=30),  # must not go in on its own
+        return_exceptions=True,
+    )
+    assert [type(answer) for answer in answers] == [StoreUnavailable] * 3
+    assert await sqlite_store.get_record("call", "before") is None
+    assert await sqlite_store.get_record("call", "after") is None
+    await sqlite_store.put_record("call", "next turn", {}, ttl=30)
+    assert await sqlite_store.get_record("call", "next turn") == {}
 
 
 async def test_sqlite_close_commits_the_writes_under_way(tmp_path: Any) -> None:

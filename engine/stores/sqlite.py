@@ -13,8 +13,8 @@ holds: under load a turn holds about twenty writes (bench/README.md, "Issue 17:
 one commit a turn"). What could hold up the event loop never runs there:
 
 - waiting for a lock: that connection has a busy timeout of 0; when another
-  process (or the thread below) holds the file's write lock, the job is rolled
-  back and runs again on the thread, whose connection waits for the lock;
+  process (or the thread below) holds the file's write lock, the job runs on
+  the thread instead, whose connection waits for the lock;
 - fsync: under WAL with ``synchronous = NORMAL`` a commit does not sync; the
   checkpoints that do, and the batch deletes of forgotten rows, run on the thread.
   A checkpoint's copy and sync go on beside the loop's writes (a bounded number
@@ -652,8 +652,8 @@ class SqliteStore(Store):
     # -- running statements -------------------------------------------------
     # A statement on a small local file takes microseconds, less than the hand-over
     # to a thread that would hide it, so it runs on the event loop. What can take
-    # long never does: a file locked by another process (the job is retried on the
-    # thread, which waits for the lock), checkpoints and purges (run on the thread).
+    # long never does: a file locked by another process (the job runs on the thread
+    # instead, which waits for the lock), checkpoints and purges (run on the thread).
     # Nothing awaits inside a job, so two jobs can never interleave.
     async def _run(self, job: Callable[[sqlite3.Connection], T], *, write: bool, transaction: bool) -> T:
         """Run ``job`` here, or on the thread if it would have to wait; ``transaction``
@@ -695,6 +695,10 @@ class SqliteStore(Store):
     def _join_batch(self, db: sqlite3.Connection) -> None:
         """Open this turn's batch (the write lock, ``BEGIN IMMEDIATE``) unless it is open."""
         if self._batch is not None:
+            if not db.in_transaction:
+                # SQLite rolled the whole transaction back (a full or failing disk): the
+                # turn's writes are lost, and this one must not run outside it, on its own.
+                raise StoreUnavailable("the SQLite store rolled back this turn's writes")
             return
         db.execute("BEGIN IMMEDIATE")
         self._batch = []
@@ -710,14 +714,13 @@ class SqliteStore(Store):
     def _commit_batch(self) -> None:
         batch, self._batch = self._batch, None
         assert batch is not None
-        failure: StoreUnavailable | None = None
+        failure: Exception | None = None
         db = self._db
         try:
             if db is None:
                 raise StoreUnavailable("the SQLite store was closed before its writes were committed")
-            with _unavailable():
-                db.execute("COMMIT")
-        except StoreUnavailable as exc:
+            db.execute("COMMIT")  # fails too if SQLite rolled the transaction back itself
+        except Exception as exc:  # every waiter must hear back, whatever went wrong
             failure = exc
             if db is not None:
                 with suppress(sqlite3.Error):
@@ -728,7 +731,7 @@ class SqliteStore(Store):
             if failure is None:
                 waiter.set_result(None)
             else:
-                waiter.set_exception(StoreUnavailable(str(failure)))
+                waiter.set_exception(StoreUnavailable(f"the SQLite store failed to commit: {failure}"))
 
     async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query."""

@@ -3,18 +3,19 @@
 Statements run on the event loop, on a connection of its own: on a small local
 file each takes microseconds, less than handing it to a thread would cost
 (bench/README.md, "What changed"). Nothing awaits inside a job, so the
-statements of two jobs can never interleave. The writes of one turn of the
-event loop share one transaction (``BEGIN IMMEDIATE`` when the first of them
-runs, ``COMMIT`` once the turn is over), each of them inside a savepoint of its
-own, so that one that fails undoes itself and no other; each caller hears back
-only once that commit has succeeded, and a read that saw writes not yet
-committed waits for them too. A commit costs about as much however much it
-holds: under load a turn holds about twenty writes (bench/README.md, "Issue 17:
-one commit a turn"). What could hold up the event loop never runs there:
+statements of two jobs can never interleave. A read runs at once. A write waits
+for the end of its turn of the event loop; the turn's writes then run one after
+the other in one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), each inside
+a savepoint of its own, so that one that fails undoes itself and no other, and
+each caller hears back once that commit has succeeded. A commit costs about as
+much however much it holds, and under load a turn holds about twenty writes
+(bench/README.md, "Issue 17: one commit a turn"); the write lock is held only
+while the statements run, so another process's writes still get in between.
+What could hold up the event loop never runs there:
 
 - waiting for a lock: that connection has a busy timeout of 0; when another
-  process (or the thread below) holds the file's write lock, the job runs on
-  the thread instead, whose connection waits for the lock;
+  process (or the thread below) holds the file's write lock, the turn's writes
+  run on the thread instead, whose connection waits for the lock;
 - fsync: under WAL with ``synchronous = NORMAL`` a commit does not sync; the
   checkpoints that do, and the batch deletes of forgotten rows, run on the thread.
   A checkpoint's copy and sync go on beside the loop's writes (a bounded number
@@ -51,7 +52,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -473,6 +474,67 @@ def _in_savepoint(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]
     return result
 
 
+@dataclass(frozen=True)
+class _Write:
+    """A write waiting for the end of its turn of the event loop."""
+
+    job: Callable[[sqlite3.Connection], Any]
+    transaction: bool
+    answer: asyncio.Future[Any]
+
+
+# What a write returned, as a one-tuple, or what it raised.
+_Outcome = tuple[Any] | Exception
+
+
+def _run_batch(
+    db: sqlite3.Connection, jobs: Sequence[tuple[Callable[[sqlite3.Connection], Any], bool]]
+) -> list[_Outcome]:
+    """In the transaction just begun: each job in turn (all or nothing, if its flag says
+    so), then COMMIT. What each returned or raised; a job that raised undid only itself.
+    Raises, with nothing kept, if the transaction as a whole fails."""
+    outcomes: list[_Outcome] = []
+    try:
+        for job, transaction in jobs:
+            try:
+                with _unavailable():
+                    outcomes.append((_in_savepoint(db, job) if transaction else job(db),))
+            except Exception as exc:
+                if not db.in_transaction:
+                    # SQLite rolled the whole transaction back (a full or failing disk): the
+                    # writes before are lost, and the ones after must not run on their own.
+                    raise StoreUnavailable(f"the SQLite store rolled back a batch of writes: {exc}") from exc
+                outcomes.append(exc)
+        db.execute("COMMIT")
+    except BaseException:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _begin_and_run_batch(
+    db: sqlite3.Connection, jobs: Sequence[tuple[Callable[[sqlite3.Connection], Any], bool]]
+) -> list[_Outcome]:
+    db.execute("BEGIN IMMEDIATE")
+    return _run_batch(db, jobs)
+
+
+def _answer(writes: Sequence[_Write], outcomes: Sequence[_Outcome] | BaseException) -> None:
+    """Tell each write's caller what it returned or raised, or that its batch failed."""
+    for index, write in enumerate(writes):
+        if write.answer.done():
+            continue  # its caller was cancelled
+        if isinstance(outcomes, BaseException):
+            write.answer.set_exception(StoreUnavailable(f"the SQLite store did not commit: {outcomes}"))
+            continue
+        outcome = outcomes[index]
+        if isinstance(outcome, Exception):
+            write.answer.set_exception(outcome)
+        else:
+            write.answer.set_result(outcome[0])
+
+
 def _in_transaction(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``job`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back if it raises."""
     db.execute("BEGIN IMMEDIATE")
@@ -591,8 +653,8 @@ class SqliteStore(Store):
         self._writes_since_checkpoint = 0
         self._next_purge = 0.0
         self._maintenance: asyncio.Task[None] | None = None
-        # This turn of the event loop's open transaction: its writers wait for its commit.
-        self._batch: list[asyncio.Future[None]] | None = None
+        # The writes of this turn of the event loop, waiting for its end.
+        self._batch: list[_Write] | None = None
         # While the maintenance's checkpoint copies the log beside the loop's writes.
         self._copying = False
         # Weak, so a listener dropped without being closed does not collect messages forever.
@@ -636,8 +698,7 @@ class SqliteStore(Store):
         for queue in list(self._listeners):
             queue.put_nowait(None)  # ends that listener's iteration
         if self._batch is not None:
-            with suppress(StoreUnavailable):
-                await self._committed()
+            self._commit_batch()  # the writes under way, now rather than after the close
         if self._maintenance is not None:
             with suppress(Exception):
                 await self._maintenance
@@ -652,86 +713,67 @@ class SqliteStore(Store):
     # -- running statements -------------------------------------------------
     # A statement on a small local file takes microseconds, less than the hand-over
     # to a thread that would hide it, so it runs on the event loop. What can take
-    # long never does: a file locked by another process (the job runs on the thread
+    # long never does: a file locked by another process (the writes run on the thread
     # instead, which waits for the lock), checkpoints and purges (run on the thread).
     # Nothing awaits inside a job, so two jobs can never interleave.
     async def _run(self, job: Callable[[sqlite3.Connection], T], *, write: bool, transaction: bool) -> T:
         """Run ``job`` here, or on the thread if it would have to wait; ``transaction``
         makes it all or nothing (a single statement is atomic alone).
 
-        Here, a write joins the batch of this turn of the event loop: one transaction,
-        committed once the turn's other writers have joined it too (each pays a share
-        of one commit). It returns once that commit has succeeded; a read that may
-        have seen the batch waits for it too, so that nothing uncommitted is answered.
+        A write waits for the end of this turn of the event loop: the turn's writes then
+        run one after the other in one transaction (each pays a share of one commit),
+        and each caller hears back once that commit has succeeded. A read runs at
+        once, and sees only what is committed.
         """
         db = self._db
         if db is None:
             raise StoreUnavailable("the SQLite store is not open")
         if not write:
             with _unavailable():
-                rows = job(db)
-            if self._batch is not None:
-                await self._committed()
-            return rows
+                return job(db)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[T] = loop.create_future()
+        if self._batch is None:
+            self._batch = []
+            loop.call_soon(self._commit_batch)
+        self._batch.append(_Write(job, transaction, answer))
         try:
-            if self._maintaining() and not self._beside_the_copy():
-                # Queue behind the fold, the purge or the checkpoint's restart, which hold
-                # the write lock (this write would fail here), or the log would outgrow its bound.
-                return await self._thread.run(lambda db: _in_transaction(db, job))
-            with _unavailable():
-                try:
-                    self._join_batch(db)
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                    # Another process writes: run it where waiting is harmless.
-                    return await self._thread.run(lambda db: _in_transaction(db, job))
-                result = _in_savepoint(db, job) if transaction else job(db)
-            await self._committed()
-            return result
+            return await answer
         finally:
             self._maintain()
 
-    def _join_batch(self, db: sqlite3.Connection) -> None:
-        """Open this turn's batch (the write lock, ``BEGIN IMMEDIATE``) unless it is open."""
-        if self._batch is not None:
-            if not db.in_transaction:
-                # SQLite rolled the whole transaction back (a full or failing disk): the
-                # turn's writes are lost, and this one must not run outside it, on its own.
-                raise StoreUnavailable("the SQLite store rolled back this turn's writes")
-            return
-        db.execute("BEGIN IMMEDIATE")
-        self._batch = []
-        asyncio.get_running_loop().call_soon(self._commit_batch)
-
-    async def _committed(self) -> None:
-        """Wait for the open batch's commit; StoreUnavailable if it failed."""
-        assert self._batch is not None
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._batch.append(waiter)
-        await waiter
-
     def _commit_batch(self) -> None:
+        """At the end of a turn: its writes in one transaction, here or on the thread."""
         batch, self._batch = self._batch, None
-        assert batch is not None
-        failure: Exception | None = None
+        # A write whose caller was cancelled before it ran never runs.
+        writes = [write for write in batch or () if not write.answer.cancelled()]
+        jobs = [(write.job, write.transaction) for write in writes]
         db = self._db
+        if not jobs or db is None:
+            _answer(writes, StoreUnavailable("the SQLite store is closed"))
+            return
+        if not (self._maintaining() and not self._beside_the_copy()):
+            try:
+                with _unavailable():
+                    try:
+                        db.execute("BEGIN IMMEDIATE")
+                    except sqlite3.OperationalError as exc:
+                        if not _is_busy(exc):
+                            raise
+                    else:
+                        _answer(writes, _run_batch(db, jobs))
+                        return
+            except Exception as exc:  # every caller must hear back, whatever went wrong
+                _answer(writes, exc)
+                return
+        # Another process holds the lock, or the fold, the purge or the checkpoint's
+        # restart does (or the log would outgrow its bound): wait for it on the thread.
         try:
-            if db is None:
-                raise StoreUnavailable("the SQLite store was closed before its writes were committed")
-            db.execute("COMMIT")  # fails too if SQLite rolled the transaction back itself
-        except Exception as exc:  # every waiter must hear back, whatever went wrong
-            failure = exc
-            if db is not None:
-                with suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-        for waiter in batch:
-            if waiter.done():
-                continue  # its caller was cancelled
-            if failure is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(StoreUnavailable(f"the SQLite store failed to commit: {failure}"))
+            done = self._thread.submit(lambda db: _begin_and_run_batch(db, jobs))
+        except StoreUnavailable as exc:
+            _answer(writes, exc)
+            return
+        done.add_done_callback(lambda done: _answer(writes, done.exception() or done.result()))
 
     async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query."""

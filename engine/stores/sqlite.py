@@ -487,37 +487,23 @@ class _Write:
 _Outcome = tuple[Any] | Exception
 
 
-def _run_batch(
+def _each_write(
     db: sqlite3.Connection, jobs: Sequence[tuple[Callable[[sqlite3.Connection], Any], bool]]
 ) -> list[_Outcome]:
-    """In the transaction just begun: each job in turn (all or nothing, if its flag says
-    so), then COMMIT. What each returned or raised; a job that raised undid only itself.
-    Raises, with nothing kept, if the transaction as a whole fails."""
+    """In one open transaction: each job in turn (all or nothing, if its flag says so).
+    What each returned or raised; a job that raised undid only itself."""
     outcomes: list[_Outcome] = []
-    try:
-        for job, transaction in jobs:
-            try:
-                with _unavailable():
-                    outcomes.append((_in_savepoint(db, job) if transaction else job(db),))
-            except Exception as exc:
-                if not db.in_transaction:
-                    # SQLite rolled the whole transaction back (a full or failing disk): the
-                    # writes before are lost, and the ones after must not run on their own.
-                    raise StoreUnavailable(f"the SQLite store rolled back a batch of writes: {exc}") from exc
-                outcomes.append(exc)
-        db.execute("COMMIT")
-    except BaseException:
-        with suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
+    for job, transaction in jobs:
+        try:
+            with _unavailable():
+                outcomes.append((_in_savepoint(db, job) if transaction else job(db),))
+        except Exception as exc:
+            if not db.in_transaction:
+                # SQLite rolled the whole transaction back (a full or failing disk): the
+                # writes before are lost, and the ones after must not run on their own.
+                raise StoreUnavailable(f"the SQLite store rolled back a batch of writes: {exc}") from exc
+            outcomes.append(exc)
     return outcomes
-
-
-def _begin_and_run_batch(
-    db: sqlite3.Connection, jobs: Sequence[tuple[Callable[[sqlite3.Connection], Any], bool]]
-) -> list[_Outcome]:
-    db.execute("BEGIN IMMEDIATE")
-    return _run_batch(db, jobs)
 
 
 def _answer(writes: Sequence[_Write], outcomes: Sequence[_Outcome] | BaseException) -> None:
@@ -538,6 +524,11 @@ def _answer(writes: Sequence[_Write], outcomes: Sequence[_Outcome] | BaseExcepti
 def _in_transaction(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``job`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back if it raises."""
     db.execute("BEGIN IMMEDIATE")
+    return _then_commit(db, job)
+
+
+def _then_commit(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """In the transaction just begun: ``job``, then ``COMMIT``; roll back if either raises."""
     try:
         result = job(db)
         db.execute("COMMIT")
@@ -761,7 +752,7 @@ class SqliteStore(Store):
                         if not _is_busy(exc):
                             raise
                     else:
-                        _answer(writes, _run_batch(db, jobs))
+                        _answer(writes, _then_commit(db, lambda db: _each_write(db, jobs)))
                         return
             except Exception as exc:  # every caller must hear back, whatever went wrong
                 _answer(writes, exc)
@@ -769,7 +760,7 @@ class SqliteStore(Store):
         # Another process holds the lock, or the fold, the purge or the checkpoint's
         # restart does (or the log would outgrow its bound): wait for it on the thread.
         try:
-            done = self._thread.submit(lambda db: _begin_and_run_batch(db, jobs))
+            done = self._thread.submit(lambda db: _in_transaction(db, lambda db: _each_write(db, jobs)))
         except StoreUnavailable as exc:
             _answer(writes, exc)
             return

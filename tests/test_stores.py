@@ -881,6 +881,38 @@ async def test_sqlite_a_turn_that_sqlite_rolled_back_keeps_none_of_its_writes(
     assert await sqlite_store.get_record("call", "next turn") == {}
 
 
+async def test_sqlite_a_turn_s_writes_wait_together_for_another_process_s_lock(
+    sqlite_store: SqliteStore, tmp_path: Any
+) -> None:
+    await settled(sqlite_store)
+
+    def half_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO record VALUES ('call', 'half', '{}', 9e99)")
+        raise RuntimeError("a bug halfway through a write")
+
+    other = sqlite3.connect(tmp_path / "mfa.sqlite3", isolation_level=None)  # as another process would
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        writing = asyncio.gather(
+            sqlite_store.put_record("call", "before", {}, ttl=30),
+            sqlite_store._write(half_then_fail),
+            sqlite_store.put_record("call", "after", {}, ttl=30),
+            return_exceptions=True,
+        )
+        for _ in range(3):  # the writes are queued, their turn ends, they go to the thread
+            await asyncio.sleep(0)
+        assert await sqlite_store.get_record("call", "before") is None  # reads go on meanwhile
+        assert not writing.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    answers = await asyncio.wait_for(writing, timeout=10)
+    assert [type(answer) for answer in answers] == [type(None), RuntimeError, type(None)]
+    assert await sqlite_store.get_record("call", "before") == {}
+    assert await sqlite_store.get_record("call", "after") == {}
+    assert await sqlite_store.get_record("call", "half") is None
+
+
 async def test_sqlite_close_commits_the_writes_under_way(tmp_path: Any) -> None:
     store = SqliteStore(str(tmp_path / "mfa.sqlite3"))
     await store.open()

@@ -521,6 +521,13 @@ def _answer(writes: Sequence[_Write], outcomes: Sequence[_Outcome] | BaseExcepti
             write.answer.set_result(outcome[0])
 
 
+def _outcomes_of(done: asyncio.Future[list[_Outcome]]) -> list[_Outcome] | BaseException:
+    """What a batch run on the thread returned, or why it did not."""
+    if done.cancelled():
+        return StoreUnavailable("the SQLite store's writes were cancelled")
+    return done.exception() or done.result()
+
+
 def _in_transaction(db: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``job`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back if it raises."""
     db.execute("BEGIN IMMEDIATE")
@@ -764,7 +771,7 @@ class SqliteStore(Store):
         except StoreUnavailable as exc:
             _answer(writes, exc)
             return
-        done.add_done_callback(lambda done: _answer(writes, done.exception() or done.result()))
+        done.add_done_callback(lambda done: _answer(writes, _outcomes_of(done)))
 
     async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query."""

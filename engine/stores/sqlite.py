@@ -125,16 +125,18 @@ BUSY_TIMEOUT_SECONDS = 5.0
 # How often forgotten rows are deleted (they are already invisible before that).
 PURGE_INTERVAL_SECONDS = 10.0
 PURGE_BATCH = 2000  # rows per table and pass
-# Writes between two WAL checkpoints, and two folds of the history's journal (SQLite's
-# own default is 1000 pages; a write here adds about 5), at most: the log never holds
-# more. Each checkpoint copies a page once however often it changed, and a fold adds a
-# bucket's events up in one upsert: 2000 cost a call 0.13 ms less than 500
-# (bench/README.md, "Issue 17: the SQLite store's commits"), for a log of about 40 MB.
-CHECKPOINT_EVERY_WRITES = 2000
+# Writes between two WAL checkpoints, and two folds of the history's journal, at most:
+# the log never holds more (SQLite's own default is 1000 pages). Each checkpoint copies
+# a page once however often it changed, and a fold adds a bucket's events up in one
+# upsert: 2000 cost a call 0.13 ms less than 500, and with a turn's writes in one
+# commit 4000 did better than 2000 again (bench/README.md, "Issue 17: the SQLite store's
+# commits" and "Issue 17: one commit a turn"). A write adds about 2.5 pages to the log
+# under load (a turn's writes share pages) and 5 when alone: a log of 40 to 80 MB.
+CHECKPOINT_EVERY_WRITES = 4000
 # Of those, the last ones the event loop may make itself while the checkpoint copies
 # the log (and syncs it, tens of milliseconds); any more wait for it on the thread. The
 # checkpoint starts this many writes early.
-WRITES_BESIDE_THE_COPY = 400
+WRITES_BESIDE_THE_COPY = 800
 
 _FIELDS = tuple(Verification.model_fields)
 _COLUMNS = ", ".join(f'"{field}"' for field in _FIELDS)

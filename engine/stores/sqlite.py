@@ -489,16 +489,15 @@ class _Write:
 _Outcome = tuple[Any] | Exception
 
 
-def _each_write(
-    db: sqlite3.Connection, jobs: Sequence[tuple[Callable[[sqlite3.Connection], Any], bool]]
-) -> list[_Outcome]:
-    """In one open transaction: each job in turn (all or nothing, if its flag says so).
-    What each returned or raised; a job that raised undid only itself."""
+def _each_write(db: sqlite3.Connection, writes: Sequence[_Write]) -> list[_Outcome]:
+    """In one open transaction: each write's job in turn (all or nothing, if it asks).
+    What each returned or raised; a job that raised undid only itself. Runs on either
+    connection's thread: it never touches the writes' answers, which are the loop's."""
     outcomes: list[_Outcome] = []
-    for job, transaction in jobs:
+    for write in writes:
         try:
             with _unavailable():
-                outcomes.append((_in_savepoint(db, job) if transaction else job(db),))
+                outcomes.append((_in_savepoint(db, write.job) if write.transaction else write.job(db),))
         except Exception as exc:
             if not db.in_transaction:
                 # SQLite rolled the whole transaction back (a full or failing disk): the
@@ -747,12 +746,11 @@ class SqliteStore(Store):
         batch, self._batch = self._batch, None
         # A write whose caller was cancelled before it ran never runs.
         writes = [write for write in batch or () if not write.answer.cancelled()]
-        jobs = [(write.job, write.transaction) for write in writes]
         db = self._db
-        if not jobs or db is None:
+        if not writes or db is None:
             _answer(writes, StoreUnavailable("the SQLite store is closed"))
             return
-        if not (self._maintaining() and not self._beside_the_copy()):
+        if not self._writes_held_off():
             try:
                 with _unavailable():
                     try:
@@ -761,7 +759,7 @@ class SqliteStore(Store):
                         if not _is_busy(exc):
                             raise
                     else:
-                        _answer(writes, _then_commit(db, lambda db: _each_write(db, jobs)))
+                        _answer(writes, _then_commit(db, lambda db: _each_write(db, writes)))
                         return
             except Exception as exc:  # every caller must hear back, whatever went wrong
                 _answer(writes, exc)
@@ -769,7 +767,7 @@ class SqliteStore(Store):
         # Another process holds the lock, or the fold, the purge or the checkpoint's
         # restart does (or the log would outgrow its bound): wait for it on the thread.
         try:
-            done = self._thread.submit(lambda db: _in_transaction(db, lambda db: _each_write(db, jobs)))
+            done = self._thread.submit(lambda db: _in_transaction(db, lambda db: _each_write(db, writes)))
         except StoreUnavailable as exc:
             _answer(writes, exc)
             return
@@ -794,10 +792,12 @@ class SqliteStore(Store):
     def _maintaining(self) -> bool:
         return self._maintenance is not None and not self._maintenance.done()
 
-    def _beside_the_copy(self) -> bool:
-        """Whether a write may go on here while the maintenance runs: only while its
-        checkpoint copies the log, and no more than WRITES_BESIDE_THE_COPY of them."""
-        return self._copying and self._writes_since_checkpoint < WRITES_BESIDE_THE_COPY
+    def _writes_held_off(self) -> bool:
+        """Whether writes must wait for the maintenance on the thread: while it runs,
+        except while its checkpoint copies the log, until WRITES_BESIDE_THE_COPY writes
+        have gone on beside the copy."""
+        beside_the_copy = self._copying and self._writes_since_checkpoint < WRITES_BESIDE_THE_COPY
+        return self._maintaining() and not beside_the_copy
 
     def _maintain(self) -> None:
         """After a write: start a checkpoint or a purge on the thread when one is due."""
